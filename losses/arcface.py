@@ -1,0 +1,44 @@
+"""ArcFace: additive angular margin loss.
+
+Deng, Guo, Xue, Zafeiriou, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
+CVPR 2019.
+
+    L = -log( exp(s cos(theta_y + m)) / (exp(s cos(theta_y + m)) + sum_{j != y} exp(s cos theta_j)) )
+
+cos(theta + m) is computed as cos(theta) cos(m) - sin(theta) sin(m) with
+sin(theta) = sqrt(1 - cos^2 theta), all inside autograd, so the gradient is exact (no arccos under
+no_grad as in some reference code). Near |cos| = 1 the sqrt is clamped at 1e-12 below.
+
+theta + m > pi: cos(theta + m) would start to *increase* again past theta = pi - m, rewarding
+the network for pushing the true class further away. As in the paper's reference implementation
+we switch, for theta > pi - m, to the CosFace-like penalty cos(theta) - m sin(m), which keeps the
+target logit monotonically non-increasing on [0, pi] (there is a small downward step at
+theta = pi - m, never an upward one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from losses.base import CosineMarginHead
+
+
+class ArcFace(CosineMarginHead):
+    def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: float = 0.5) -> None:
+        super().__init__(in_features, n_class, scale)
+        if not 0 <= margin < math.pi:
+            raise ValueError(f"margin must be in [0, pi), got {margin}")
+        self.margin = float(margin)
+        self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
+        self.threshold = math.cos(math.pi - margin)  # cos(theta) above this <=> theta + m <= pi
+        self.fallback = math.sin(math.pi - margin) * margin  # = m sin(m)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        sin_y = torch.sqrt((1.0 - cos_y * cos_y).clamp_min(1e-12))
+        shifted = cos_y * self.cos_m - sin_y * self.sin_m
+        return torch.where(cos_y > self.threshold, shifted, cos_y - self.fallback)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", margin={self.margin}"

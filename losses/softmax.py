@@ -1,0 +1,26 @@
+"""Plain softmax cross-entropy: a linear classifier (with bias) on the embedding.
+
+    L = -log( exp(W_y x + b_y) / sum_j exp(W_j x + b_j) )
+
+Same interface as the margin heads: `forward(emb, labels=None)` returns logits; the labels are
+ignored because there is no margin to apply.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Softmax(nn.Module):
+    def __init__(self, in_features: int, n_class: int) -> None:
+        super().__init__()
+        self.in_features, self.n_class = in_features, n_class
+        self.fc = nn.Linear(in_features, n_class)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.fc.weight
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc(embeddings.float())

@@ -1,0 +1,25 @@
+"""ResNet18 + ArcFace head (the original's `trainArcFace.py`): parameters and entry point.
+
+Edit a default below to change `python main.py` with flag = 'flag1', or override any field on the
+command line: `python main.py arcface --margin=0.3 --scale=64`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.config import TrainParams
+from utils.experiment import run
+
+
+@dataclass
+class TrainArcFaceParams(TrainParams):
+    model_name: str = "resnet18_arcface"
+    loss_fuc_type: str = "arcface"
+    scale: float = 30.0  # s: radius of the hypersphere the logits live on
+    margin: float = 0.5  # m: additive angular margin in radians (ArcFace paper: 0.5)
+
+
+def trainArcFaceMain(params: TrainArcFaceParams | None = None, train: bool = True) -> dict:  # noqa: N802
+    """Train (unless train=False) and evaluate ResNet18 + ArcFace; returns the metrics dict."""
+    return run(params if params is not None else TrainArcFaceParams(), train=train)

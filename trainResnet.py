@@ -1,0 +1,23 @@
+"""ResNet18 + softmax classifier (the original's `trainResnet.py`): parameters and entry point.
+
+Same backbone and embedding as the ArcFace model; only the head (a plain linear layer) and the
+loss (cross-entropy on its logits) differ. `python main.py softmax --lr=1e-3` overrides a field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.config import TrainParams
+from utils.experiment import run
+
+
+@dataclass
+class TrainResnetParams(TrainParams):
+    model_name: str = "resnet18_softmax"
+    loss_fuc_type: str = "softmax"
+
+
+def trainResnetSoftmaxMain(params: TrainResnetParams | None = None, train: bool = True) -> dict:  # noqa: N802
+    """Train (unless train=False) and evaluate ResNet18 + softmax; returns the metrics dict."""
+    return run(params if params is not None else TrainResnetParams(), train=train)

@@ -1,0 +1,175 @@
+"""Run parameters: one dataclass, presets, `--field=value` overrides and validation.
+
+Resolution order (later wins): dataclass defaults <- preset <- command-line overrides.
+The dataclass defaults *are* the CPU preset, so editing a default in `trainArcFace.py` or
+`trainResnet.py` changes the run, as in the original project.
+Everything here fails fast with a `ConfigError` whose message names the fix; nothing expensive
+has started when it is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+LOSSES = ("softmax", "arcface")
+DATASETS = ("mnist",)
+STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
+SCHEDULES = ("cosine", "step")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+class ConfigError(ValueError):
+    """A user error in the parameters; main.py prints it without a traceback."""
+
+
+@dataclass
+class TrainParams:
+    """Every knob of one training + evaluation run. Defaults = the CPU preset (see readme)."""
+
+    # --- what to train (original field names kept) ---
+    model_name: str = "resnet18"
+    loss_fuc_type: str = "softmax"
+    backbone_type: str = "resnet18"
+    dataset_name: str = "mnist"
+    n_class: int = 10
+    preset: str = "cpu"
+    # --- model ---
+    img_size: int = 28
+    stem: str = "s2"  # cifar: 3x3/1; s2: 3x3/2 (4x cheaper); imagenet: 7x7/2 + maxpool
+    embedding_dim: int = 512
+    pretrained: bool = False
+    scale: float = 30.0
+    margin: float = 0.5
+    # --- optimisation ---
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine: per-step warmup + cosine decay; step: StepLR per epoch
+    warmup_epochs: float = 0.5
+    step_size: int = 10
+    gamma: float = 0.99
+    total_epochs: int = 8
+    early_stop_epochs: int = 20
+    augment: bool = True
+    amp: str = "auto"  # auto: bf16 where the CPU has native bf16, fp16 on CUDA... see engine
+    # --- data ---
+    data_root: str = "./data"
+    val_size: int = 10000
+    split_seed: int = 0
+    # --- run ---
+    seed: int = 0
+    device: str = "auto"
+    use_tqdm: bool = True
+    quick_debug: bool = False
+    results_dir: str = "results"
+    ckpt_dir: str = "ckp"
+    resume: str = ""  # "", "auto" (latest of this model) or a checkpoint path
+    eval_batch_size: int = 1024
+    hist_bins: int = 1 << 20
+
+
+# Preset = a dict of field values laid over the dataclass defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    # The published recipe, for people with a GPU.
+    "original": dict(
+        img_size=128, stem="imagenet", pretrained=True, lr=5e-5, weight_decay=5e-4, batch_size=128,
+        schedule="step", step_size=10, gamma=0.99, total_epochs=1000, early_stop_epochs=20,
+        augment=False, amp="off",
+    ),
+}
+
+
+def field_names(cls: type = TrainParams) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+def _parse_value(name: str, text: str, typ: type) -> Any:
+    if typ is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--{name}={text}: expected a boolean (true/false).")
+    try:
+        return typ(text)
+    except ValueError:
+        raise ConfigError(f"--{name}={text}: expected {typ.__name__}.") from None
+
+
+def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:
+    """Turn ['--lr=1e-3', '--use_tqdm=false'] into typed values; refuse unknown names and types."""
+    types = {f.name: f.type for f in fields(cls)}
+    types = {k: {"int": int, "float": float, "str": str, "bool": bool}.get(v, v) for k, v in types.items()}
+    out: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"cannot read '{arg}': write overrides as --field=value (see --help).")
+        name, text = arg[2:].split("=", 1)
+        if name not in types:
+            raise ConfigError(f"unknown field '{name}'. Valid fields: {', '.join(types)}.")
+        out[name] = _parse_value(name, text, types[name])
+    return out
+
+
+def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> TrainParams:
+    """defaults <- preset <- overrides, then DATA_ROOT env and quick_debug, then validation."""
+    overrides = dict(overrides or {})
+    preset = overrides.get("preset", params.preset)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'. Choose one of: {', '.join(PRESETS)}.")
+    values = dataclasses.asdict(params)
+    values.update(PRESETS[preset])
+    values.update(overrides)
+    values["preset"] = preset
+    if "data_root" not in overrides and os.environ.get("DATA_ROOT"):
+        values["data_root"] = os.environ["DATA_ROOT"]
+    out = type(params)(**values)
+    validate(out)
+    return out
+
+
+def validate(p: TrainParams) -> None:
+    checks = [
+        (p.loss_fuc_type in LOSSES, f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {LOSSES}."),
+        (p.dataset_name in DATASETS, f"dataset_name '{p.dataset_name}' unknown; choose one of {DATASETS}."),
+        (p.backbone_type == "resnet18", f"backbone_type '{p.backbone_type}' unknown; use resnet18."),
+        (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
+        (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
+        (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
+        (0 <= p.margin < math.pi, f"margin={p.margin} out of range; use 0 <= margin < pi (0.5 is usual)."),
+        (p.scale > 0, f"scale={p.scale} must be > 0 (30 or 64 are usual)."),
+        (p.lr > 0, f"lr={p.lr} must be > 0."),
+        (p.weight_decay >= 0, f"weight_decay={p.weight_decay} must be >= 0."),
+        (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
+        (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),
+        (p.embedding_dim >= 2, f"embedding_dim={p.embedding_dim} must be >= 2."),
+        (p.n_class >= 2, f"n_class={p.n_class} must be >= 2."),
+        (p.total_epochs >= 1, f"total_epochs={p.total_epochs} must be >= 1."),
+        (p.early_stop_epochs >= 1, f"early_stop_epochs={p.early_stop_epochs} must be >= 1."),
+        (p.step_size >= 1, f"step_size={p.step_size} must be >= 1."),
+        (0 < p.gamma <= 1, f"gamma={p.gamma} must be in (0, 1]."),
+        (p.warmup_epochs >= 0, f"warmup_epochs={p.warmup_epochs} must be >= 0."),
+        (p.val_size >= 1, f"val_size={p.val_size} must be >= 1."),
+        (1024 <= p.hist_bins <= 1 << 24, f"hist_bins={p.hist_bins} must be in [1024, 2**24]."),
+        (p.model_name.replace("-", "_").replace(".", "_").isidentifier(),
+         f"model_name '{p.model_name}' must be a plain folder name (letters, digits, _ - .)."),
+        (p.device == "auto" or p.device == "cpu" or p.device.startswith("cuda"),
+         f"device '{p.device}' unknown; use auto, cpu, cuda or cuda:N."),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    smallest = STEMS[p.stem]
+    if p.img_size < smallest:
+        raise ConfigError(f"img_size={p.img_size} is too small for stem '{p.stem}'; use >= {smallest}.")
+
+
+def describe_fields(params: TrainParams) -> str:
+    """One line per field with its default, for --help."""
+    return "\n".join(f"  --{f.name}={getattr(params, f.name)!r}" for f in fields(params))

@@ -1,0 +1,167 @@
+"""One experiment end to end: params -> data -> model -> fit -> evaluate best -> results files.
+
+Both original trainers (`trainArcFaceMain`, `trainResnetSoftmaxMain`) are thin calls of `run`.
+Results of model M go to results/M/{params.json, history.csv, loss.png, metrics.json, far_frr.csv}
+and results/DET.png is redrawn from every model found under the results folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from losses import build_head
+from models import get_model
+from utils import plots
+from utils.data import DataError, Splits, load_idx_dataset, make_splits
+from utils.engine import embed, fit, resolve_device, seed_everything
+from utils.io import check_writable, load_checkpoint, save_figure, write_csv, write_json
+from utils.metrics import evaluate_embeddings
+
+# params that must agree between a checkpoint and the run that loads it
+CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained")
+
+
+def build_models(params: Any, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
+    head = build_head(params.loss_fuc_type, params.embedding_dim, params.n_class,
+                      scale=params.scale, margin=params.margin)
+    return model.to(device), head.to(device)
+
+
+def load_splits(params: Any) -> Splits:
+    data = load_idx_dataset(params.data_root, params.dataset_name)
+    n_found = int(data["train_y"].max()) + 1
+    if n_found != params.n_class:
+        raise DataError(f"n_class={params.n_class} but {params.dataset_name} has {n_found} classes; "
+                         f"set --n_class={n_found}.")
+    return make_splits(data, params.val_size if not params.quick_debug else 256, params.split_seed,
+                       params.quick_debug)
+
+
+def quick_debug_params(params: Any) -> Any:
+    """quick_debug: one short epoch on a few hundred images, same code path everywhere else."""
+    if not params.quick_debug:
+        return params
+    return dataclasses.replace(params, total_epochs=1, batch_size=min(params.batch_size, 64),
+                               img_size=min(params.img_size, 32), pretrained=False,
+                               hist_bins=min(params.hist_bins, 1 << 16), eval_batch_size=256)
+
+
+def paths(params: Any) -> tuple[Path, Path]:
+    return Path(params.results_dir) / params.model_name, Path(params.ckpt_dir) / params.model_name
+
+
+def resume_path(params: Any) -> Path | None:
+    if not params.resume:
+        return None
+    if params.resume == "auto":
+        return paths(params)[1] / "last.pt"
+    return Path(params.resume)
+
+
+def write_history(out: Path, params: Any, history: list[dict]) -> None:
+    cols = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
+    write_csv(out / "history.csv", cols, [[h[c] for c in cols] for h in history])
+    fig = plots.loss_figure([h["epoch"] for h in history], [h["train_loss"] for h in history],
+                            [h["val_loss"] for h in history], f"{params.model_name} ({params.loss_fuc_type})")
+    save_figure(fig, out / "loss.png")
+    plots.close(fig)
+
+
+def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits: Splits,
+             device: torch.device) -> dict:
+    """Gallery = training split, queries = test set: 1-NN accuracy, head accuracy, verification."""
+    t0 = time.perf_counter()
+    gallery = embed(model, splits.train_x, params, device, desc="embed gallery")
+    query = embed(model, splits.test_x, params, device, desc="embed queries")
+    head.eval()
+    with torch.inference_mode():
+        acc_head = (head(query).argmax(1).cpu() == splits.test_y).float().mean().item()
+    m = evaluate_embeddings(query, splits.test_y.to(device), gallery, splits.train_y.to(device),
+                            bins=params.hist_bins)
+    m["acc_head"] = acc_head
+    m["eval_seconds"] = time.perf_counter() - t0
+    return m
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run(params: Any, train: bool = True) -> dict:
+    """Train (unless train=False) and evaluate the best checkpoint; returns metrics.json's dict."""
+    params = quick_debug_params(params)
+    out, ckpt_dir = paths(params)
+    check_writable(out)
+    check_writable(ckpt_dir)
+    device = resolve_device(params.device)
+    expect = {k: getattr(params, k) for k in CKPT_KEYS}
+    resume_state = None
+    if train and resume_path(params) is not None:
+        resume_state = load_checkpoint(resume_path(params), expect)
+    if not train:
+        best_state = load_checkpoint(ckpt_dir / "best.pt", expect)  # fail before loading data
+    seed_everything(params.seed)
+    splits = load_splits(params)
+    model, head = build_models(params, device)
+    if train:
+        write_json(out / "params.json", dataclasses.asdict(params))
+        if resume_state is not None:
+            model.load_state_dict(resume_state["model"])
+            head.load_state_dict(resume_state["head"])
+        summary = fit(params, model, head, splits, device, ckpt_dir,
+                      lambda hist: write_history(out, params, hist), resume_state)
+        best_state = load_checkpoint(ckpt_dir / "best.pt", expect)
+    else:
+        last = ckpt_dir / "last.pt"
+        src = load_checkpoint(last, expect) if last.is_file() else best_state
+        summary = {"best_epoch": best_state["best_epoch"], "epochs_trained": src["epoch"],
+                   "train_seconds": src["train_seconds"]}
+    model.load_state_dict(best_state["model"])
+    head.load_state_dict(best_state["head"])
+    m = evaluate(params, model, head, splits, device)
+    metrics = {
+        "model_name": params.model_name, "loss_fuc_type": params.loss_fuc_type,
+        "acc_1nn": m["acc_1nn"], "acc_head": m["acc_head"], "eer": m["eer"],
+        "eer_threshold": m["eer_threshold"], "tar_at_far": m["tar_at_far"], "auc": m["auc"],
+        "best_epoch": summary["best_epoch"], "epochs_trained": summary["epochs_trained"],
+        "train_seconds": round(summary["train_seconds"], 1), "eval_seconds": round(m["eval_seconds"], 1),
+        "device": device_description(device), "n_query": len(splits.test_y), "n_gallery": len(splits.train_y),
+        "n_pairs": m["n_genuine"] + m["n_impostor"], "hist_bins": params.hist_bins,
+        "quick_debug": params.quick_debug,
+    }
+    write_json(out / "metrics.json", metrics)
+    curve = zip(m["thresholds"], m["far"], m["frr"], strict=True)
+    rows = [[f"{t:.7f}", f"{a:.9g}", f"{r:.9g}"] for t, a, r in curve]
+    write_csv(out / "far_frr.csv", ["threshold", "far", "frr"], rows)
+    draw_det(Path(params.results_dir))
+    return metrics
+
+
+def draw_det(results_dir: Path) -> Path | None:
+    """Redraw results/DET.png with every model that has metrics.json + far_frr.csv."""
+    curves = []
+    for mfile in sorted(results_dir.glob("*/metrics.json")):
+        ff = mfile.parent / "far_frr.csv"
+        if not ff.is_file():
+            continue
+        met = json.loads(mfile.read_text())
+        arr = np.loadtxt(ff, delimiter=",", skiprows=1, ndmin=2)
+        curves.append({"label": met.get("model_name", mfile.parent.name), "far": arr[:, 1], "frr": arr[:, 2],
+                       "eer": met["eer"], "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
+    if not curves:
+        return None
+    fig = plots.det_figure(curves, "DET: ResNet18 on MNIST (test vs. train pairs)")
+    save_figure(fig, results_dir / "DET.png")
+    plots.close(fig)
+    return results_dir / "DET.png"

@@ -1,0 +1,74 @@
+"""Figures: DET curves on normal-deviate axes and per-epoch loss curves (matplotlib only).
+
+Nothing of the project is imported; callers pass arrays and get a matplotlib Figure back, which
+they save atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI, servers, SSH sessions
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from scipy.special import ndtri  # noqa: E402
+
+COLORS = {"arcface": "tab:blue", "softmax": "tab:orange"}  # as in the original figure
+TICKS = [1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
+EPS = 1e-7  # rates of 0 are drawn at this floor: the probit of 0 is -inf
+
+
+def _probit(p: np.ndarray) -> np.ndarray:
+    return ndtri(np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS))
+
+
+def _label(p: float) -> str:
+    return f"{p * 100:g}%"
+
+
+def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
+    """Each curve: {'label', 'far', 'frr', 'eer', optional 'color'}; FRR against FAR, probit axes."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    lo = 1e-5
+    for c in curves:
+        far, frr = np.asarray(c["far"]), np.asarray(c["frr"])
+        nz = far[far > 0]
+        lo = min(lo, float(nz.min()) if len(nz) else lo)
+        ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=1.6,
+                label=f"{c['label']} (EER {c['eer'] * 100:.3f}%)")
+    ticks = [t for t in [1e-7, 1e-6] + TICKS if t >= lo / 2]
+    pos = _probit(np.array(ticks))
+    ax.set_xticks(pos, [_label(t) for t in ticks])
+    ax.set_yticks(pos, [_label(t) for t in ticks])
+    ax.set_xlim(pos[0], _probit(np.array([0.5]))[0])
+    ax.set_ylim(pos[0], _probit(np.array([0.5]))[0])
+    ax.plot(pos, pos, ls=":", color="grey", lw=0.8)  # FAR = FRR: the EER line
+    ax.set_xlabel("False acceptance rate (FAR)")
+    ax.set_ylabel("False rejection rate (FRR)")
+    ax.set_title(title)
+    ax.grid(True, ls="--", alpha=0.4)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(epochs: Sequence[int], train_loss: Sequence[float], val_loss: Sequence[float],
+                title: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, train_loss, marker="o", ms=3, label="train")
+    ax.plot(epochs, val_loss, marker="o", ms=3, label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.grid(True, ls="--", alpha=0.4)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)
