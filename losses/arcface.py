@@ -13,7 +13,9 @@ theta + m > pi: cos(theta + m) would start to *increase* again past theta = pi -
 the network for pushing the true class further away. As in the paper's reference implementation
 we switch, for theta > pi - m, to the CosFace-like penalty cos(theta) - m sin(m), which keeps the
 target logit monotonically non-increasing on [0, pi] (there is a small downward step at
-theta = pi - m, never an upward one).
+theta = pi - m, never an upward one). That holds while m sin(m) >= 1 - cos(m), i.e. m <~ 2.33; for
+larger margins the reference's step would go *up*, so the penalty becomes 1 - cos(m), which makes
+the curve continuous there instead. For every usual margin the two rules are identical.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class ArcFace(CosineMarginHead):
         self.margin = float(margin)
         self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
         self.threshold = math.cos(math.pi - margin)  # cos(theta) above this <=> theta + m <= pi
-        self.fallback = math.sin(math.pi - margin) * margin  # = m sin(m)
+        # reference: m sin(m); never less than 1 - cos(m), so no upward jump at theta = pi - m
+        self.fallback = max(math.sin(math.pi - margin) * margin, 1.0 - math.cos(margin))
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         sin_y = torch.sqrt((1.0 - cos_y * cos_y).clamp_min(1e-12))

@@ -34,7 +34,11 @@ class CosineMarginHead(nn.Module):
         return cos_y
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        cos = self.cosine(embeddings.float())  # margins need fp32 even under autocast
+        with torch.autocast(embeddings.device.type, enabled=False):  # margins need fp32 (or fp64)
+            return self._logits(embeddings.to(self.weight.dtype), labels)
+
+    def _logits(self, embeddings: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        cos = self.cosine(embeddings)
         if labels is None:
             return self.scale * cos
         idx = labels.view(-1, 1)

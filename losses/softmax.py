@@ -23,4 +23,5 @@ class Softmax(nn.Module):
         return self.fc.weight
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc(embeddings.float())
+        with torch.autocast(embeddings.device.type, enabled=False):  # logits in full precision
+            return self.fc(embeddings.to(self.fc.weight.dtype))

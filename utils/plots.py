@@ -43,8 +43,9 @@ def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
     pos = _probit(np.array(ticks))
     ax.set_xticks(pos, [_label(t) for t in ticks])
     ax.set_yticks(pos, [_label(t) for t in ticks])
-    ax.set_xlim(pos[0], _probit(np.array([0.5]))[0])
-    ax.set_ylim(pos[0], _probit(np.array([0.5]))[0])
+    hi = _probit(np.array([0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95]))[0]
+    ax.set_xlim(pos[0], hi)
+    ax.set_ylim(pos[0], hi)
     ax.plot(pos, pos, ls=":", color="grey", lw=0.8)  # FAR = FRR: the EER line
     ax.set_xlabel("False acceptance rate (FAR)")
     ax.set_ylabel("False rejection rate (FRR)")
