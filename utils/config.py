@@ -55,7 +55,8 @@ class TrainParams:
     total_epochs: int = 8
     early_stop_epochs: int = 20
     augment: bool = True
-    amp: str = "auto"  # auto: bf16 where the CPU has native bf16, fp16 on CUDA... see engine
+    amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
+    channels_last: bool = False  # NHWC activations; see bench/train.py for when it pays
     # --- data ---
     data_root: str = "./data"
     val_size: int = 10000
@@ -69,6 +70,10 @@ class TrainParams:
     ckpt_dir: str = "ckp"
     resume: str = ""  # "", "auto" (latest of this model) or a checkpoint path
     eval_batch_size: int = 1024
+    log_steps: bool = False  # also write every step's training loss to results/<model>/train_steps.csv
+    # --- torchrun / DDP (ignored by a plain `python main.py`) ---
+    sync_bn: bool = True  # BatchNorm statistics over the global batch, as in a single-process run
+    scale_lr: bool = False  # multiply lr by the number of processes (linear scaling rule)
     hist_bins: int = 1 << 20
 
 

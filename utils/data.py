@@ -113,11 +113,21 @@ def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
                   data["train_x"][val_idx], data["train_y"][val_idx], test_x, test_y)
 
 
-def random_affine(x: torch.Tensor, gen: torch.Generator, max_deg: float = 10.0,
+def augmentation_table(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample.
+
+    Drawing them per sample (not per batch) makes an image's augmentation independent of how the
+    epoch is cut into batches or shared among DDP ranks, and of where a resumed run restarts.
+    """
+    return torch.rand(n, 4, generator=gen)
+
+
+def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,
                   max_shift: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
-    """Per-sample rotation, scaling and translation of a float batch [B, C, H, W] in one grid_sample."""
-    b = x.shape[0]
-    r = torch.rand(b, 4, generator=gen)
+    """Rotation, scaling and translation of a float batch [B, C, H, W] in one grid_sample.
+
+    r [B, 4] in [0, 1): rotation, scale, x shift, y shift of each sample.
+    """
     ang = (r[:, 0] * 2 - 1) * math.radians(max_deg)
     s = scale[0] + r[:, 1] * (scale[1] - scale[0])
     tx, ty = (r[:, 2] * 2 - 1) * max_shift * 2, (r[:, 3] * 2 - 1) * max_shift * 2  # grid is [-1, 1]
@@ -129,13 +139,14 @@ def random_affine(x: torch.Tensor, gen: torch.Generator, max_deg: float = 10.0,
 
 
 def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.device,
-                  augment: bool = False, gen: torch.Generator | None = None,
-                  channels_last: bool = False) -> torch.Tensor:
-    """uint8 [B, H, W] -> normalised float [B, channels, img_size, img_size] on `device`."""
+                  aug: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, H, W] -> normalised float [B, channels, img_size, img_size] on `device`.
+
+    aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation).
+    """
     x = x.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    if augment:
-        assert gen is not None, "augmentation needs a generator for reproducibility"
-        x = random_affine(x, gen)
+    if aug is not None:
+        x = random_affine(x, aug)
     if x.shape[-1] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     x = (x - MEAN) / STD

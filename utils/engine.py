@@ -21,9 +21,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from utils.data import DataError, Splits, prepare_batch
+from utils.data import DataError, Splits, augmentation_table, prepare_batch
+from utils.distributed import SINGLE, DistContext, all_sum, barrier, gather_rows, shard
+from utils.io import save_checkpoint
 
 
 class TrainingInterrupted(Exception):
@@ -120,93 +124,137 @@ def stop_on_signals():
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """Shuffling and augmentation of epoch `epoch` depend only on (seed, epoch): resumable."""
+    """The augmentation of epoch `epoch` depends only on (seed, epoch): resumable, rank-independent."""
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
 # ----------------------------------------------------------------------------- train / eval
-def train_one_epoch(model: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    x: torch.Tensor, y: torch.Tensor, params: Any, device: torch.device, epoch: int,
-                    resume: dict | None = None, stop: list[int] | None = None,
-                    on_stop: Callable[[dict], None] | None = None) -> float:
-    """One pass over (x, y) in shuffled batches; returns the mean training loss.
+class TrainNet(nn.Module):
+    """Embedder + head as one module, so DDP synchronises the head's (margin) weights too."""
 
-    `resume` = {'step', 'loss_sum', 'gen_state'} continues a partly done epoch. When `stop`
-    becomes non-empty, `on_stop` is called with that same dict for the current position.
+    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.head(self.model(x), y)
+
+
+def epoch_indices(n: int, params: Any, epoch: int, ctx: DistContext) -> torch.Tensor:
+    """This rank's sample order for `epoch`: DistributedSampler(shuffle, drop_last) with set_epoch.
+
+    With one process it is a plain seeded permutation; with N, rank r takes every N-th index of the
+    same permutation, so step k's N per-rank batches together are the single-process batch of
+    N x batch_size.
     """
-    model.train()
-    head.train()
+    sampler = DistributedSampler(range(n), num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
+                                 seed=params.seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, x: torch.Tensor,
+                    y: torch.Tensor, params: Any, device: torch.device, epoch: int, ctx: DistContext = SINGLE,
+                    resume: dict | None = None, stop: list[int] | None = None,
+                    on_stop: Callable[[dict], None] | None = None,
+                    on_step: Callable[[int, int, float], None] | None = None) -> float:
+    """One pass over (x, y) in shuffled batches; returns the mean training loss (over all ranks).
+
+    `resume` = {'step', 'loss_sum'} continues a partly done epoch. When `stop` becomes non-empty on
+    any rank, every rank reaches the same step, and `on_stop` is called with that position.
+    """
+    net.train()
     dtype = amp_dtype(device, params.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    gen = epoch_generator(params.seed, epoch)
-    perm = torch.randperm(len(x), generator=gen)
-    steps = len(x) // params.batch_size  # drop the ragged last batch: BatchNorm needs > 1 sample
-    start, loss_sum = 0, 0.0
-    if resume:
-        start, loss_sum = resume["step"], resume["loss_sum"]
-        gen.set_state(resume["gen_state"])
-    bar = tqdm(total=steps * params.batch_size, initial=start * params.batch_size, unit="img",
-               unit_scale=True, desc=f"epoch {epoch}", disable=not params.use_tqdm, leave=False)
+    order = epoch_indices(len(x), params, epoch, ctx)
+    aug = augmentation_table(len(x), epoch_generator(params.seed, epoch)) if params.augment else None
+    bs = params.batch_size
+    steps = len(order) // bs  # drop the ragged last batch: BatchNorm needs > 1 sample
+    start, loss_sum = (resume["step"], resume["loss_sum"]) if resume else (0, 0.0)
+    bar = tqdm(total=steps * bs * ctx.world, initial=start * bs * ctx.world, unit="img", unit_scale=True,
+               desc=f"epoch {epoch}", disable=not (params.use_tqdm and ctx.is_main), leave=False)
     for step in range(start, steps):
-        if stop:
-            on_stop({"step": step, "loss_sum": loss_sum, "gen_state": gen.get_state()})
-        idx = perm[step * params.batch_size:(step + 1) * params.batch_size]
+        if all_sum([float(bool(stop))], ctx, device)[0] > 0:  # every rank stops at the same step
+            on_stop({"step": step, "loss_sum": loss_sum})
+        idx = order[step * bs:(step + 1) * bs]
         xb = prepare_batch(x[idx], params.img_size, 3 if params.pretrained else 1, device,
-                           augment=params.augment, gen=gen)
+                           aug=None if aug is None else aug[idx], channels_last=params.channels_last)
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
-            loss = F.cross_entropy(head(model(xb), yb), yb)
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}; lower --lr, "
-                                f"--scale or --margin (or use --amp=off) and train again.")
+            loss = F.cross_entropy(net(xb, yb), yb)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if params.schedule != "step":
             scheduler.step()
+        value = all_sum([loss.item()], ctx, device)[0] / ctx.world  # the global batch's mean loss
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}; lower --lr, "
+                                f"--scale or --margin (or use --amp=off) and train again.")
         loss_sum += value
-        bar.update(params.batch_size)
+        if on_step is not None:
+            on_step(epoch, step, value)
+        bar.update(bs * ctx.world)
         bar.set_postfix(loss=f"{value:.4f}")
     bar.close()
     return loss_sum / max(1, steps)
 
 
 @torch.inference_mode()
-def embed(model: nn.Module, x: torch.Tensor, params: Any, device: torch.device,
-          desc: str = "embed") -> torch.Tensor:
-    """Embeddings of uint8 images x [N, H, W], in float32 on `device`, in eval mode."""
+def embed(model: nn.Module, x: torch.Tensor, params: Any, device: torch.device, desc: str = "embed",
+          ctx: DistContext = SINGLE) -> torch.Tensor:
+    """Embeddings of uint8 images x [N, H, W], float32 on `device`, eval mode.
+
+    Under DDP each rank embeds its shard and the rows are gathered back in order on every rank.
+    """
     model.eval()
     dtype = amp_dtype(device, params.amp)
+    part = x[shard(len(x), ctx)]
     out = []
     bs = params.eval_batch_size
-    for a in tqdm(range(0, len(x), bs), desc=desc, unit="batch", disable=not params.use_tqdm, leave=False):
-        xb = prepare_batch(x[a:a + bs], params.img_size, 3 if params.pretrained else 1, device)
+    for a in tqdm(range(0, len(part), bs), desc=desc, unit="batch", leave=False,
+                  disable=not (params.use_tqdm and ctx.is_main)):
+        xb = prepare_batch(part[a:a + bs], params.img_size, 3 if params.pretrained else 1, device,
+                           channels_last=params.channels_last)
         with autocast(device, dtype):
             out.append(model(xb).float())
-    return torch.cat(out)
+    local = torch.cat(out) if out else torch.empty(0, params.embedding_dim, device=device)
+    return gather_rows(local, len(x), ctx)
 
 
 @torch.inference_mode()
 def validate(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Any,
-             device: torch.device) -> tuple[float, float]:
-    """Validation loss (the training objective, margin included) and the head's accuracy."""
-    emb = embed(model, x, params, device, desc="validate")
+             device: torch.device, ctx: DistContext = SINGLE) -> tuple[float, float]:
+    """Validation loss (the training objective, margin included) and the head's accuracy.
+
+    Each rank scores its shard; sums are reduced so the numbers equal a single-process run.
+    """
+    part = shard(len(x), ctx)
+    emb = embed(model, x[part], params, device, desc="validate")
     head.eval()
-    yd = y.to(device)
-    loss = F.cross_entropy(head(emb, yd), yd).item()
-    acc = (head(emb).argmax(1) == yd).float().mean().item()
-    return loss, acc
+    yd = y[part].to(device)
+    loss_sum = F.cross_entropy(head(emb, yd), yd, reduction="sum").item() if len(yd) else 0.0
+    correct = (head(emb).argmax(1) == yd).sum().item() if len(yd) else 0
+    loss_sum, correct = all_sum([loss_sum, correct], ctx, device)
+    return loss_sum / len(x), correct / len(x)
 
 
 def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
-        ckpt_dir: Path, on_epoch: Callable[[list[dict]], None], resume_state: dict | None = None) -> dict:
-    """Train with early stopping; keep `best.pt` (lowest val loss) and `last.pt` (resumable)."""
-    optimizer = make_optimizer(params, model, head)
-    steps = len(splits.train_x) // params.batch_size
+        ckpt_dir: Path, on_epoch: Callable[[list[dict]], None], resume_state: dict | None = None,
+        ctx: DistContext = SINGLE, on_step: Callable[[int, int, float], None] | None = None) -> dict:
+    """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable)."""
+    net: nn.Module = TrainNet(model, head)
+    if ctx.enabled:
+        if params.sync_bn:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    inner = net.module if ctx.enabled else net  # its .model/.head are what we save and evaluate
+    optimizer = make_optimizer(params, inner.model, inner.head)
+    steps = len(splits.train_x) // ctx.world // params.batch_size
     if steps == 0:
-        raise DataError(f"batch_size={params.batch_size} exceeds the {len(splits.train_x)} training images.")
+        raise DataError(f"batch_size={params.batch_size} x {ctx.world} process(es) exceeds the "
+                        f"{len(splits.train_x)} training images; lower --batch_size.")
     scheduler = make_scheduler(params, optimizer, steps)
     st = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "epochs_no_improve": 0,
           "history": [], "train_seconds": 0.0, "partial": None}
@@ -217,28 +265,33 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
         restore_rng(resume_state["rng"])
 
     def snapshot(partial: dict | None) -> dict:
-        return {"model": model.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "params": vars(params).copy(), "rng": rng_state(),
+        return {"model": inner.model.state_dict(), "head": inner.head.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "params": vars(params).copy(), "rng": rng_state(),
                 **{k: v for k, v in st.items() if k != "partial"}, "partial": partial}
 
-    from utils.io import save_checkpoint  # local: io imports torch only, keeps arrows one-way
+    def save(name: str, state: dict) -> None:
+        if ctx.is_main:
+            save_checkpoint(ckpt_dir / name, state)
 
     t0 = time.perf_counter() - st["train_seconds"]
     with stop_on_signals() as stop:
         def on_stop(partial: dict) -> None:
             st["train_seconds"] = time.perf_counter() - t0
-            save_checkpoint(ckpt_dir / "last.pt", snapshot(partial))
-            raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0])
+            save("last.pt", snapshot(partial))
+            barrier(ctx)  # the file exists before any rank reports it
+            raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
 
         while st["epoch"] < params.total_epochs and st["epochs_no_improve"] < params.early_stop_epochs:
             epoch, te = st["epoch"], time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            train_loss = train_one_epoch(model, head, optimizer, scheduler, splits.train_x, splits.train_y,
-                                         params, device, epoch, st["partial"], stop, on_stop)
+            train_loss = train_one_epoch(
+                net, optimizer, scheduler, splits.train_x, splits.train_y, params, device, epoch, ctx,
+                st["partial"], stop, on_stop, on_step)
             st["partial"] = None
             if params.schedule == "step":
                 scheduler.step()
-            val_loss, val_acc = validate(model, head, splits.val_x, splits.val_y, params, device)
+            val_loss, val_acc = validate(inner.model, inner.head, splits.val_x, splits.val_y, params, device, ctx)
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"validation loss became {val_loss} after epoch {epoch}; lower --lr, "
                                     f"--scale or --margin (or use --amp=off) and train again.")
@@ -253,12 +306,14 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
             st["train_seconds"] = time.perf_counter() - t0
             state = snapshot(None)
             if improved:
-                save_checkpoint(ckpt_dir / "best.pt", state)
-            save_checkpoint(ckpt_dir / "last.pt", state)
-            on_epoch(st["history"])
-            if params.use_tqdm:
-                tqdm.write(f"epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  val_acc {val_acc:.4%}"
-                           f"  {'*best*' if improved else ''}")
+                save("best.pt", state)
+            save("last.pt", state)
+            if ctx.is_main:
+                on_epoch(st["history"])
+                if params.use_tqdm:
+                    tqdm.write(f"epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  "
+                               f"val_acc {val_acc:.4%}  {'*best*' if improved else ''}")
+    barrier(ctx)  # best.pt is complete before any rank loads it
     return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
             "best_val_loss": st["best_val_loss"], "history": st["history"]}
 

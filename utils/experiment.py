@@ -19,8 +19,9 @@ import torch
 
 from losses import build_head
 from models import get_model
-from utils import plots
+from utils import distributed, plots
 from utils.data import DataError, Splits, load_idx_dataset, make_splits
+from utils.distributed import SINGLE, DistContext
 from utils.engine import embed, fit, resolve_device, seed_everything
 from utils.io import check_writable, load_checkpoint, save_figure, write_csv, write_json
 from utils.metrics import evaluate_embeddings
@@ -77,11 +78,16 @@ def write_history(out: Path, params: Any, history: list[dict]) -> None:
 
 
 def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits: Splits,
-             device: torch.device) -> dict:
-    """Gallery = training split, queries = test set: 1-NN accuracy, head accuracy, verification."""
+             device: torch.device, ctx: DistContext = SINGLE) -> dict | None:
+    """Gallery = training split, queries = test set: 1-NN accuracy, head accuracy, verification.
+
+    Every rank embeds its shard; rank 0 scores all pairs and returns the metrics (others: None).
+    """
     t0 = time.perf_counter()
-    gallery = embed(model, splits.train_x, params, device, desc="embed gallery")
-    query = embed(model, splits.test_x, params, device, desc="embed queries")
+    gallery = embed(model, splits.train_x, params, device, desc="embed gallery", ctx=ctx)
+    query = embed(model, splits.test_x, params, device, desc="embed queries", ctx=ctx)
+    if not ctx.is_main:
+        return None
     head.eval()
     with torch.inference_mode():
         acc_head = (head(query).argmax(1).cpu() == splits.test_y).float().mean().item()
@@ -92,35 +98,59 @@ def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits:
     return m
 
 
-def device_description(device: torch.device) -> str:
+def device_description(device: torch.device, ctx: DistContext = SINGLE) -> str:
     if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        desc = f"cuda ({torch.cuda.get_device_name(device)})"
+    else:
+        desc = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return desc if not ctx.enabled else f"{ctx.world} x {desc} (DDP)"
 
 
 def run(params: Any, train: bool = True) -> dict:
-    """Train (unless train=False) and evaluate the best checkpoint; returns metrics.json's dict."""
+    """Train (unless train=False) and evaluate the best checkpoint; returns metrics.json's dict.
+
+    Under torchrun every rank trains and embeds its shard; only rank 0 writes files, and the other
+    ranks return {}.
+    """
     params = quick_debug_params(params)
+    ctx, device_name = distributed.setup(params.device)
+    try:
+        return _run(params, train, ctx, resolve_device(device_name))
+    finally:
+        distributed.cleanup()
+
+
+def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> dict:
     out, ckpt_dir = paths(params)
-    check_writable(out)
-    check_writable(ckpt_dir)
-    device = resolve_device(params.device)
+    if ctx.is_main:
+        check_writable(out)
+        check_writable(ckpt_dir)
     expect = {k: getattr(params, k) for k in CKPT_KEYS}
     resume_state = None
     if train and resume_path(params) is not None:
         resume_state = load_checkpoint(resume_path(params), expect)
     if not train:
         best_state = load_checkpoint(ckpt_dir / "best.pt", expect)  # fail before loading data
+    if params.scale_lr and ctx.enabled:
+        params = dataclasses.replace(params, lr=params.lr * ctx.world)
+    distributed.maybe_fail_for_test(ctx)
     seed_everything(params.seed)
     splits = load_splits(params)
     model, head = build_models(params, device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if train:
-        write_json(out / "params.json", dataclasses.asdict(params))
+        steps_log: list[list] = []
+        if ctx.is_main:
+            write_json(out / "params.json", {**dataclasses.asdict(params), "world_size": ctx.world})
         if resume_state is not None:
             model.load_state_dict(resume_state["model"])
             head.load_state_dict(resume_state["head"])
+        on_step = (lambda e, s, v: steps_log.append([e, s, f"{v:.8f}"])) if params.log_steps else None
         summary = fit(params, model, head, splits, device, ckpt_dir,
-                      lambda hist: write_history(out, params, hist), resume_state)
+                      lambda hist: write_history(out, params, hist), resume_state, ctx, on_step)
+        if steps_log and ctx.is_main:
+            write_csv(out / "train_steps.csv", ["epoch", "step", "loss"], steps_log)
         best_state = load_checkpoint(ckpt_dir / "best.pt", expect)
     else:
         last = ckpt_dir / "last.pt"
@@ -129,16 +159,18 @@ def run(params: Any, train: bool = True) -> dict:
                    "train_seconds": src["train_seconds"]}
     model.load_state_dict(best_state["model"])
     head.load_state_dict(best_state["head"])
-    m = evaluate(params, model, head, splits, device)
+    m = evaluate(params, model, head, splits, device, ctx)
+    if m is None:
+        return {}
     metrics = {
         "model_name": params.model_name, "loss_fuc_type": params.loss_fuc_type,
         "acc_1nn": m["acc_1nn"], "acc_head": m["acc_head"], "eer": m["eer"],
         "eer_threshold": m["eer_threshold"], "tar_at_far": m["tar_at_far"], "auc": m["auc"],
         "best_epoch": summary["best_epoch"], "epochs_trained": summary["epochs_trained"],
         "train_seconds": round(summary["train_seconds"], 1), "eval_seconds": round(m["eval_seconds"], 1),
-        "device": device_description(device), "n_query": len(splits.test_y), "n_gallery": len(splits.train_y),
-        "n_pairs": m["n_genuine"] + m["n_impostor"], "hist_bins": params.hist_bins,
-        "quick_debug": params.quick_debug,
+        "device": device_description(device, ctx), "n_query": len(splits.test_y),
+        "n_gallery": len(splits.train_y), "n_pairs": m["n_genuine"] + m["n_impostor"],
+        "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
     }
     write_json(out / "metrics.json", metrics)
     curve = zip(m["thresholds"], m["far"], m["frr"], strict=True)

@@ -1,0 +1,63 @@
+"""Overrides, presets and validation errors of the run parameters."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainArcFace import TrainArcFaceParams
+from trainResnet import TrainResnetParams
+from utils.config import ConfigError, parse_overrides, resolve
+
+
+def test_overrides_are_typed() -> None:
+    o = parse_overrides(["--lr=1e-3", "--batch_size=64", "--use_tqdm=false", "--model_name=x", "--margin=0.3"])
+    assert o == {"lr": 1e-3, "batch_size": 64, "use_tqdm": False, "model_name": "x", "margin": 0.3}
+    p = resolve(TrainArcFaceParams(), o)
+    assert (p.lr, p.batch_size, p.use_tqdm, p.margin) == (1e-3, 64, False, 0.3)
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("--lrr=1", "unknown field 'lrr'.*Valid fields: .*lr"),
+    ("--batch_size=big", "expected int"),
+    ("--use_tqdm=maybe", "expected a boolean"),
+    ("--lr", "--field=value"),
+    ("lr=1", "--field=value"),
+])
+def test_bad_overrides_are_refused(arg: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_overrides([arg])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("margin", -0.1, "margin"), ("margin", 3.2, "margin"), ("scale", 0.0, "scale"), ("lr", 0.0, "lr"),
+    ("batch_size", 0, "batch_size"), ("embedding_dim", 1, "embedding_dim"), ("preset", "gpu", "preset"),
+    ("loss_fuc_type", "triplet", "loss_fuc_type"), ("dataset_name", "cifar", "dataset_name"),
+    ("img_size", 12, "img_size=12 is too small"), ("device", "tpu", "device"),
+])
+def test_out_of_range_values_are_refused(field: str, value, match: str) -> None:
+    overrides = {field: value}
+    if field == "img_size":
+        overrides["stem"] = "imagenet"
+    with pytest.raises(ConfigError, match=match):
+        resolve(TrainArcFaceParams(), overrides)
+
+
+def test_preset_original_then_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    p = resolve(TrainResnetParams(), {"preset": "original", "total_epochs": 3})
+    assert (p.img_size, p.lr, p.schedule, p.step_size, p.gamma, p.pretrained) == (128, 5e-5, "step", 10, 0.99, True)
+    assert p.total_epochs == 3 and p.loss_fuc_type == "softmax" and p.data_root == "./data"
+
+
+def test_data_root_env_and_explicit_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATA_ROOT", "/somewhere")
+    assert resolve(TrainArcFaceParams()).data_root == "/somewhere"
+    assert resolve(TrainArcFaceParams(), {"data_root": "/else"}).data_root == "/else"
+
+
+def test_trainer_defaults_differ_only_in_identity() -> None:
+    a, s = TrainArcFaceParams(), TrainResnetParams()
+    assert (a.loss_fuc_type, s.loss_fuc_type) == ("arcface", "softmax")
+    assert a.model_name != s.model_name
+    assert {k: v for k, v in vars(a).items() if k not in ("model_name", "loss_fuc_type")} == \
+        {k: v for k, v in vars(s).items() if k not in ("model_name", "loss_fuc_type")}

@@ -1,0 +1,86 @@
+"""Streamed metrics against sklearn's exact ROC and brute-force nearest neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from utils.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
+
+
+def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Tensor | None = None):
+    g = torch.Generator().manual_seed(seed)
+    if centers is None:
+        centers = torch.randn(c, d, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    return centers[y] + noise * torch.randn(n, d, generator=g), y, centers
+
+
+def exact(q, ql, g, gl):
+    s = (F.normalize(q, dim=1) @ F.normalize(g, dim=1).T).flatten().double().numpy()
+    lab = (ql[:, None] == gl[None, :]).flatten().numpy()
+    fpr, tpr, thr = roc_curve(lab, s)
+    fnr = 1 - tpr
+    i = int(np.argmax(fpr >= fnr))
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    eer = fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1])
+    return eer, roc_auc_score(lab, s), fpr, tpr, s, lab
+
+
+@pytest.mark.parametrize("noise,seed", [(0.5, 0), (1.5, 1), (3.0, 2)])
+def test_verification_matches_sklearn(noise: float, seed: int) -> None:
+    q, ql, cen = clusters(300, 16, 5, noise, seed)
+    g, gl, _ = clusters(1500, 16, 5, noise, seed + 100, cen)
+    m = verification_metrics(q, ql, g, gl, chunk=64)  # several chunks
+    eer, auc, fpr, tpr, s, lab = exact(q, ql, g, gl)
+    n_pairs = len(s)
+    # histogram resolution: a 2**20-bin bin holds at most a handful of the 450k pairs here
+    assert m["eer"] == pytest.approx(eer, abs=20 / n_pairs)
+    assert m["auc"] == pytest.approx(auc, abs=1e-4)
+    assert m["n_genuine"] == int(lab.sum()) and m["n_impostor"] == int((~lab).sum())
+    for key, tar in m["tar_at_far"].items():
+        f = float(key)
+        want = tpr[fpr <= f].max()  # best TAR among exact operating points within the FAR target
+        assert tar == pytest.approx(want, abs=5e-3), key
+    # the thinned curve is monotone: FAR falls, FRR rises
+    assert np.all(np.diff(m["far"]) <= 1e-12) and np.all(np.diff(m["frr"]) >= -1e-12)
+
+
+def test_eer_threshold_separates_rates() -> None:
+    q, ql, cen = clusters(200, 8, 4, 1.0, 5)
+    g, gl, _ = clusters(800, 8, 4, 1.0, 6, cen)
+    m = verification_metrics(q, ql, g, gl)
+    s = (F.normalize(q, dim=1) @ F.normalize(g, dim=1).T)
+    gen = ql[:, None] == gl[None, :]
+    far = float((s[~gen] >= m["eer_threshold"]).float().mean())
+    frr = float((s[gen] < m["eer_threshold"]).float().mean())
+    assert far == pytest.approx(m["eer"], abs=2e-3) and frr == pytest.approx(m["eer"], abs=2e-3)
+
+
+def test_identification_matches_brute_force() -> None:
+    q, ql, cen = clusters(257, 12, 6, 2.0, 3)
+    g, gl, _ = clusters(999, 12, 6, 2.0, 4, cen)
+    correct = 0
+    for i in range(len(q)):
+        best = max(range(len(g)), key=lambda j: float(F.cosine_similarity(q[i], g[j], dim=0)))
+        correct += int(gl[best] == ql[i])
+    assert identification_accuracy(q, ql, g, gl, chunk=50) == pytest.approx(correct / len(q))
+
+
+def test_one_pass_equals_separate_functions() -> None:
+    q, ql, cen = clusters(100, 8, 3, 1.0, 7)
+    g, gl, _ = clusters(400, 8, 3, 1.0, 8, cen)
+    both = evaluate_embeddings(q, ql, g, gl, chunk=33)
+    assert both["acc_1nn"] == identification_accuracy(q, ql, g, gl)
+    assert both["eer"] == verification_metrics(q, ql, g, gl)["eer"]
+
+
+def test_perfect_separation_gives_zero_eer() -> None:
+    y = torch.arange(4).repeat(10)
+    x = F.one_hot(y, 4).float()
+    m = verification_metrics(x, y, x, y)
+    assert m["eer"] == pytest.approx(0.0, abs=1e-9) and m["auc"] == pytest.approx(1.0)
+    assert identification_accuracy(x, y, x, y) == 1.0

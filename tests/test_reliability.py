@@ -1,0 +1,137 @@
+"""Interrupt + resume equivalence, and the user errors of the reliability issue, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, needs_mnist
+from test_cli import quick, run_main
+
+SMALL = ["--batch_size=16", "--seed=3"]  # 32 steps in the quick_debug epoch: room to interrupt mid-epoch
+
+
+def start(tmp: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "main.py"), "arcface", *quick(tmp), *SMALL, *args]
+    cmd = [a if a != "--use_tqdm=false" else "--use_tqdm=true" for a in cmd]  # progress tells us where it is
+    return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def interrupt_mid_epoch(proc: subprocess.Popen, after_images: int = 96, timeout: float = 120) -> str:
+    """Read the tqdm bar from stderr until `after_images` are done, then send SIGTERM."""
+    seen, deadline = b"", time.time() + timeout
+    while time.time() < deadline:
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        seen += ch
+        if ch == b"]" and b"epoch 0:" in seen[-200:]:
+            done = seen[-200:].rsplit(b"epoch 0:", 1)[1].split(b"|")[-1].split(b"/")[0].strip()
+            if done.replace(b".", b"").isdigit() and float(done) >= after_images:
+                proc.send_signal(signal.SIGTERM)
+                break
+    _, rest = proc.communicate(timeout=timeout)
+    return (seen + rest).decode(errors="replace")
+
+
+@needs_mnist
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    ref.mkdir()
+    cut.mkdir()
+    r = run_main("arcface", *quick(ref), *SMALL, cwd=ref)
+    assert r.returncode == 0, r.stderr
+
+    proc = start(cut)
+    err = interrupt_mid_epoch(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = cut / "ckp" / "resnet18_arcface" / "last.pt"
+    assert f"resumable checkpoint saved to {last.relative_to(cut)}" in err or str(last) in err
+    state = torch.load(last, weights_only=False)
+    assert state["partial"] is not None and 0 < state["partial"]["step"] < 32
+
+    r = run_main("arcface", *quick(cut), *SMALL, "--resume=auto", cwd=cut)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(ref / "ckp" / "resnet18_arcface" / "best.pt", weights_only=False)
+    b = torch.load(cut / "ckp" / "resnet18_arcface" / "best.pt", weights_only=False)
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(a["head"]["weight"], b["head"]["weight"], rtol=0, atol=0)
+    ma = (ref / "results" / "resnet18_arcface" / "metrics.json").read_text()
+    mb = (cut / "results" / "resnet18_arcface" / "metrics.json").read_text()
+    import json
+
+    ja, jb = json.loads(ma), json.loads(mb)
+    for key in ("acc_1nn", "acc_head", "eer", "eer_threshold", "auc", "tar_at_far", "best_epoch"):
+        assert ja[key] == jb[key], key
+
+
+@needs_mnist
+def test_bad_checkpoints_for_test_and_resume(tmp_path: Path) -> None:
+    ck = tmp_path / "ckp" / "resnet18_arcface"
+    ck.mkdir(parents=True)
+    (ck / "best.pt").write_bytes(b"not a checkpoint at all")
+    r = run_main("test", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "unreadable" in r.stderr and "Traceback" not in r.stderr
+    assert (ck / "best.pt").read_bytes() == b"not a checkpoint at all"  # untouched
+    r = run_main("arcface", *quick(tmp_path), "--resume=missing.pt", cwd=tmp_path)
+    assert r.returncode == 2 and "missing.pt not found" in r.stderr
+
+
+@needs_mnist
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    r = run_main("arcface", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes()
+    r = run_main("test", *quick(tmp_path), "--embedding_dim=128", cwd=tmp_path)
+    assert r.returncode == 2 and "embedding_dim=512 but this run has embedding_dim=128" in r.stderr
+    assert (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes() == metrics
+
+
+@needs_mnist
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path: Path) -> None:
+    r = run_main("softmax", *quick(tmp_path), "--lr=1e30", cwd=tmp_path)
+    assert r.returncode == 1 and "at epoch 0, step" in r.stderr and "lower --lr" in r.stderr, r.stderr
+
+
+def test_unwritable_results_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run_main("arcface", "--quick_debug=true", f"--results_dir={blocker}/sub", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot write to" in r.stderr and "--results_dir" in r.stderr
+
+
+def test_pretrained_offline_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    from models import PretrainedUnavailable, get_model
+
+    def no_network(*a, **k):
+        if k.get("weights") is not None:
+            raise OSError("urlopen error [Errno -3] Temporary failure in name resolution")
+        return torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
+
+    monkeypatch.setattr(torchvision.models, "resnet18", no_network)
+    with pytest.raises(PretrainedUnavailable, match="--pretrained=false"):
+        get_model("resnet18", pretrained=True)
+    assert get_model("resnet18", pretrained=False) is not None
+
+
+@needs_mnist
+def test_corrupt_idx_is_reported(tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    src = Path(os.environ["DATA_ROOT"]) / "MNIST" / "raw"
+    for f in src.iterdir():
+        (raw / f.name).write_bytes(f.read_bytes())
+    lab = raw / "t10k-labels-idx1-ubyte"
+    lab.write_bytes(lab.read_bytes()[:-5])
+    r = run_main("arcface", *quick(tmp_path), f"--data_root={tmp_path / 'data'}", cwd=tmp_path)
+    assert r.returncode == 2 and "truncated or corrupt" in r.stderr and "t10k-labels" in r.stderr

@@ -1,0 +1,101 @@
+"""torch.distributed glue for `torchrun` (DistributedDataParallel); a no-op for plain `python`.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; when they are absent the
+run is single-process and nothing here touches torch.distributed. Backend: NCCL on CUDA, gloo
+on CPU. Global batch = WORLD_SIZE x batch_size (batch_size is per process).
+
+Failure handling: a rank that raises exits non-zero; torchrun then tears the whole group down
+(its default), and the collective timeout below bounds how long the survivors can block.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = datetime.timedelta(seconds=int(os.environ.get("DIST_TIMEOUT_S", "300")))
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE = DistContext()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def setup(device_name: str) -> tuple[DistContext, str]:
+    """Initialise the process group when launched by torchrun; returns (context, device to use)."""
+    if not launched_by_torchrun():
+        return SINGLE, device_name
+    ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    use_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(ctx.local_rank)
+        device_name = f"cuda:{ctx.local_rank}"
+    else:
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
+    return ctx, device_name
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list[float]:
+    """Sum a few scalars over ranks (loss sums, counts, flags); identity when single-process."""
+    if not ctx.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def shard(n: int, ctx: DistContext) -> slice:
+    """Contiguous shard of n items for this rank; shards are equal but the last may be short."""
+    per = -(-n // ctx.world)
+    return slice(min(n, ctx.rank * per), min(n, (ctx.rank + 1) * per))
+
+
+def gather_rows(local: torch.Tensor, n: int, ctx: DistContext) -> torch.Tensor:
+    """Concatenate every rank's `shard` rows back into the full [n, ...] tensor, in order."""
+    if not ctx.enabled:
+        return local
+    per = -(-n // ctx.world)
+    padded = torch.zeros((per, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    padded[: len(local)] = local
+    out = [torch.empty_like(padded) for _ in range(ctx.world)]
+    dist.all_gather(out, padded)
+    return torch.cat(out)[:n]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def maybe_fail_for_test(ctx: DistContext) -> None:
+    """Test hook: DDP_TEST_FAIL_RANK=r makes rank r raise after setup (proves the job does not hang)."""
+    if ctx.enabled and os.environ.get("DDP_TEST_FAIL_RANK") == str(ctx.rank):
+        raise RuntimeError(f"rank {ctx.rank} failing on purpose (DDP_TEST_FAIL_RANK)")
