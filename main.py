@@ -90,6 +90,8 @@ def dispatch(command: str, args: list[str]) -> int:
     try:
         for fn, params in jobs:
             metrics = fn(params, train=command != "test")
+            if not metrics:  # a non-zero torchrun rank: rank 0 reports
+                continue
             print(f"{params.model_name}: 1-NN acc {metrics['acc_1nn']:.4%}  head acc {metrics['acc_head']:.4%}  "
                   f"EER {metrics['eer']:.4%}  TAR@FAR=1e-3 {metrics['tar_at_far']['1e-03']:.4%}  "
                   f"(best epoch {metrics['best_epoch']}, results in {params.results_dir}/{params.model_name})")

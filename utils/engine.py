@@ -26,7 +26,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from utils.data import DataError, Splits, augmentation_table, prepare_batch
-from utils.distributed import SINGLE, DistContext, all_sum, barrier, gather_rows, shard
+from utils.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm, gather_rows, shard
 from utils.io import save_checkpoint
 
 
@@ -247,7 +247,7 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
     net: nn.Module = TrainNet(model, head)
     if ctx.enabled:
         if params.sync_bn:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = convert_sync_batchnorm(net, device)
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     inner = net.module if ctx.enabled else net  # its .model/.head are what we save and evaluate
     optimizer = make_optimizer(params, inner.model, inner.head)
