@@ -46,13 +46,13 @@ class TrainParams:
     margin: float = 0.5
     # --- optimisation ---
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine: per-step warmup + cosine decay; step: StepLR per epoch
     warmup_epochs: float = 0.5
     step_size: int = 10
     gamma: float = 0.99
-    total_epochs: int = 8
+    total_epochs: int = 10
     early_stop_epochs: int = 20
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32

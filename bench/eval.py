@@ -1,0 +1,160 @@
+"""Evaluation benchmark: streamed 1-NN + verification against the floor of one matrix product.
+
+    python -m bench.eval [--queries=10000] [--gallery=50000] [--dim=512]
+
+At the original's scale (10,000 queries x 50,000 gallery x 512-d, 10 classes) it times, in one run:
+  * floor: one plain matrix product producing every query x gallery score (what any method pays);
+  * ours: `evaluate_embeddings` (1-NN + genuine/impostor histograms, EER, TAR@FAR, AUC);
+  * the original's way: sklearn `roc_curve` on all pair scores, on growing pair counts,
+    extrapolated to all pairs (time and memory);
+and checks our EER against sklearn's exact one on the largest subsample that fits comfortably.
+Writes results/bench/eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.io import write_json
+from utils.metrics import evaluate_embeddings, verification_metrics
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+class PeakRSS:
+    """Samples resident memory every 2 ms in a thread; `.peak - .base` = growth during the block."""
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.base = self.peak = rss_bytes()
+        self._run = True
+        self._t = threading.Thread(target=self._poll, daemon=True)
+        self._t.start()
+        return self
+
+    def _poll(self) -> None:
+        while self._run:
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        self._run = False
+        self._t.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def synthetic(n: int, dim: int, classes: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class centres + noise, L2-normalised: genuine scores exceed impostor ones on average."""
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, classes, (n,), generator=gen)
+    x = centres[y] + 2.2 * torch.randn(n, dim, generator=gen)
+    return F.normalize(x, dim=1), y
+
+
+def exact_eer(q, ql, g, gl) -> tuple[float, float, int]:
+    from sklearn.metrics import roc_curve
+
+    t0 = time.perf_counter()
+    s = (q @ g.T).flatten().numpy()
+    lab = (ql[:, None] == gl[None, :]).flatten().numpy()
+    fpr, tpr, _ = roc_curve(lab, s)
+    fnr = 1 - tpr
+    i = int(np.argmax(fpr >= fnr))
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    eer = fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1])
+    return float(eer), time.perf_counter() - t0, len(s)
+
+
+def sklearn_cost(q, ql, g, gl, sizes: list[int]) -> list[dict]:
+    from sklearn.metrics import roc_curve
+
+    rows = []
+    for nq in sizes:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            s = (q[:nq] @ g.T).flatten().numpy()
+            lab = (ql[:nq, None] == gl[None, :]).flatten().numpy()
+            roc_curve(lab, s)
+            dt = time.perf_counter() - t0
+        rows.append({"pairs": nq * len(g), "seconds": dt, "peak_mib": (mem.peak - mem.base) / 2**20})
+        del s, lab
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=10_000)
+    ap.add_argument("--gallery", type=int, default=50_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="results/bench/eval.json")
+    a = ap.parse_args()
+    gen = torch.Generator().manual_seed(0)
+    q, ql = synthetic(a.queries, a.dim, a.classes, gen)
+    g, gl = synthetic(a.gallery, a.dim, a.classes, gen)
+    n_pairs = a.queries * a.gallery
+    print(f"{a.queries} queries x {a.gallery} gallery x {a.dim}-d = {n_pairs:.2e} pairs, "
+          f"{torch.get_num_threads()} threads")
+
+    ours, floor = [], []
+    for _ in range(a.repeats):  # interleaved, best of n: both see the same machine state
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            res = evaluate_embeddings(q, ql, g, gl)
+            ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        s = q @ g.T
+        floor.append(time.perf_counter() - t0)
+        del s
+    t_ours, t_floor = min(ours), min(floor)
+    emb_mib = (q.numel() + g.numel()) * 4 / 2**20
+
+    sub = max(1, min(a.queries, 10_000_000 // a.gallery * 5))  # ~5e7 pairs: sklearn fits in a few GiB
+    ours_sub = verification_metrics(q[:sub], ql[:sub], g, gl)["eer"]
+    eer_exact, t_exact, n_exact = exact_eer(q[:sub], ql[:sub], g, gl)
+
+    sizes = [max(1, sub // 8), max(1, sub // 4), max(1, sub // 2)]
+    cost = sklearn_cost(q, ql, g, gl, sizes)
+    per_pair_s = cost[-1]["seconds"] / cost[-1]["pairs"]
+    per_pair_b = cost[-1]["peak_mib"] * 2**20 / cost[-1]["pairs"]
+
+    table = [
+        ("floor: one matrix product (all scores)", t_floor, 1.0, None),
+        ("ours: 1-NN + verification, streamed", t_ours, t_ours / t_floor, (mem.peak - mem.base) / 2**20),
+        ("original: sklearn roc_curve, extrapolated", per_pair_s * n_pairs, per_pair_s * n_pairs / t_floor,
+         per_pair_b * n_pairs / 2**20),
+    ]
+    print(f"\n{'method':45s} {'seconds':>9s} {'x floor':>8s} {'peak MiB':>10s}")
+    for name, sec, ratio, mib in table:
+        print(f"{name:45s} {sec:9.2f} {ratio:8.2f} {'' if mib is None else f'{mib:10.0f}'}")
+    print(f"\nembeddings themselves: {emb_mib:.0f} MiB; EER ours {res['eer']:.6f}, acc_1nn {res['acc_1nn']:.4f}")
+    print(f"EER vs exact sklearn on {n_exact:.2e} pairs: ours {ours_sub:.7f}, exact {eer_exact:.7f}, "
+          f"|diff| {abs(ours_sub - eer_exact):.2e} (sklearn took {t_exact:.1f}s)")
+    for r in cost:
+        print(f"  sklearn roc_curve on {r['pairs']:.2e} pairs: {r['seconds']:.2f}s, peak +{r['peak_mib']:.0f} MiB")
+
+    write_json(Path(a.out), {
+        "setup": vars(a) | {"threads": torch.get_num_threads(), "n_pairs": n_pairs},
+        "floor_seconds": t_floor, "ours_seconds": t_ours, "ratio_to_floor": t_ours / t_floor,
+        "ours_peak_mib_above_embeddings": (mem.peak - mem.base) / 2**20, "embeddings_mib": emb_mib,
+        "eer_subsample_pairs": n_exact, "eer_ours": ours_sub, "eer_exact": eer_exact,
+        "eer_abs_diff": abs(ours_sub - eer_exact), "sklearn_growth": cost,
+        "sklearn_extrapolated_seconds": per_pair_s * n_pairs, "sklearn_extrapolated_gib": per_pair_b * n_pairs / 2**30,
+    })
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

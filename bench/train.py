@@ -1,0 +1,152 @@
+"""Training-step benchmark: images/s and achieved FLOP rate against this machine's matmul peak.
+
+    python -m bench.train [--steps=8]
+
+Side by side in one run:
+  * naive baseline: torchvision's MNIST dataset with per-sample PIL transforms through a
+    DataLoader, fp32, NCHW, the default preset's model;
+  * the engine's `train_one_epoch` (in-memory uint8 tensors, batched tensor augmentation) for the
+    default CPU preset under each lever (bf16 autocast, channels_last, torch.compile) and for the
+    `original` preset (128 px, 7x7 stem, fp32; random init and 1-channel input since the weights
+    cannot be downloaded here: conv1 is under 1% of the FLOPs);
+  * the measured peak of a 2048^3 matrix product in fp32 and bf16.
+FLOPs per image come from torch.utils.flop_counter (forward + backward). Writes
+results/bench/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from trainArcFace import TrainArcFaceParams
+from utils.config import resolve
+from utils.data import load_idx_dataset
+from utils.engine import TrainNet, amp_dtype, cpu_has_native_bf16, make_optimizer, make_scheduler
+from utils.engine import train_one_epoch as engine_epoch
+from utils.experiment import build_models
+from utils.io import write_json
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def flops_per_image(params, device: torch.device) -> float:
+    model, head = build_models(params, device)
+    x = torch.zeros(8, 3 if params.pretrained else 1, params.img_size, params.img_size)
+    y = torch.zeros(8, dtype=torch.long)
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(head(model(x), y), y).backward()
+    return fc.get_total_flops() / 8
+
+
+def time_engine(params, data: dict, steps: int, compile_net: bool = False) -> float:
+    """images/s of the engine's training loop over `steps` batches (after 2 warm-up batches)."""
+    device = torch.device("cpu")
+    model, head = build_models(params, device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = TrainNet(model, head)
+    if compile_net:
+        net = torch.compile(net)
+    opt = make_optimizer(params, model, head)
+    sched = make_scheduler(params, opt, steps)
+    x, y = data["train_x"], data["train_y"]
+    warm = 2 * params.batch_size
+    engine_epoch(net, opt, sched, x[:warm], y[:warm], params, device, 0)
+    n = steps * params.batch_size
+    t0 = time.perf_counter()
+    engine_epoch(net, opt, sched, x[warm:warm + n], y[warm:warm + n], params, device, 1)
+    return n / (time.perf_counter() - t0)
+
+
+def time_naive(params, steps: int) -> float:
+    """The textbook pipeline: PIL transforms per sample, DataLoader, fp32, NCHW."""
+    import torchvision.transforms as T
+    from torchvision.datasets import MNIST
+
+    tf = T.Compose([T.RandomAffine(10, (0.1, 0.1), (0.9, 1.1)), T.Resize(params.img_size), T.ToTensor(),
+                    T.Normalize((0.1307,), (0.3081,))])
+    ds = MNIST(params.data_root, train=True, download=True, transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=params.batch_size, shuffle=True, num_workers=0)
+    model, head = build_models(params, torch.device("cpu"))
+    opt = make_optimizer(params, model, head)
+    it = iter(loader)
+    t0 = None
+    for i in range(steps + 2):
+        if i == 2:
+            t0 = time.perf_counter()
+        xb, yb = next(it)
+        loss = F.cross_entropy(head(model(xb), yb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps * params.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--original_steps", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
+    ap.add_argument("--out", default="results/bench/train.json")
+    a = ap.parse_args()
+    base = resolve(TrainArcFaceParams(), {"use_tqdm": False})
+    data = load_idx_dataset(base.data_root, base.dataset_name)
+    device = torch.device("cpu")
+    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+    native_bf16 = cpu_has_native_bf16()
+    print(f"{torch.get_num_threads()} threads; matmul peak fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s "
+          f"(native bf16: {native_bf16}); default amp resolves to {amp_dtype(device, base.amp)}")
+
+    configs = [("naive: PIL + DataLoader, fp32, NCHW", dataclasses.replace(base, amp="off"), "naive")]
+    configs += [(f"engine default preset, {amp}, {'NHWC' if cl else 'NCHW'}",
+                 dataclasses.replace(base, amp="bf16" if amp == "bf16" else "off", channels_last=cl), "engine")
+                for amp in ("fp32", "bf16") for cl in (False, True)]
+    if not a.no_compile:
+        configs.append(("engine default preset, bf16, NCHW, torch.compile",
+                        dataclasses.replace(base, amp="bf16"), "compile"))
+    # ImageNet weights cannot be fetched offline: random init, 1-channel stem (conv1 is <1% of the FLOPs)
+    orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False})
+    configs.append(("engine original preset (128 px, 7x7 stem, fp32)", orig, "original"))
+
+    rows = []
+    baseline = None
+    for name, p, kind in configs:
+        steps = a.original_steps if kind == "original" else a.steps
+        try:
+            if kind == "naive":
+                ips = time_naive(p, steps)
+            else:
+                ips = time_engine(p, data, steps, compile_net=kind == "compile")
+        except Exception as e:  # torch.compile needs a C++ toolchain; report, do not die
+            print(f"{name}: skipped ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        fpi = flops_per_image(p, device)
+        gflops = ips * fpi / 1e9
+        peak = peak16 if p.amp == "bf16" else peak32
+        baseline = baseline or ips
+        rows.append({"config": name, "images_per_s": ips, "speedup_vs_naive": ips / baseline,
+                     "gflop_per_image": fpi / 1e9, "gflop_per_s": gflops, "peak_gflop_per_s": peak,
+                     "fraction_of_peak": gflops / peak})
+        print(f"{name:55s} {ips:8.0f} img/s  x{ips / baseline:5.2f}  {gflops:7.0f} GFLOP/s = {gflops / peak:5.1%} "
+              f"of {'bf16' if p.amp == 'bf16' else 'fp32'} peak", flush=True)
+    write_json(Path(a.out), {"threads": torch.get_num_threads(), "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+                             "native_bf16": native_bf16, "rows": rows})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
