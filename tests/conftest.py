@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,3 +26,37 @@ def mnist_root() -> Path | None:
 
 needs_mnist = pytest.mark.skipif(mnist_root() is None,
                                  reason="real MNIST not found: set DATA_ROOT to a folder with MNIST/raw/")
+
+
+def run_main(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in a subprocess, as a user would type it."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def quick(tmp: Path) -> list[str]:
+    return ["--quick_debug=true", "--use_tqdm=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}"]
+
+
+# 32 steps of 16 images in the quick_debug epoch: room to interrupt mid-epoch (test_reliability)
+SMALL = ["--batch_size=16", "--seed=3"]
+
+
+@pytest.fixture(scope="session")
+def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `main.py compare` quick_debug run shared by the tests that only read its outputs."""
+    if mnist_root() is None:
+        pytest.skip("real MNIST not found: set DATA_ROOT to a folder with MNIST/raw/")
+    tmp = tmp_path_factory.mktemp("compare")
+    r = run_main("compare", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    return tmp
+
+
+@pytest.fixture
+def compared_copy(compared: Path, tmp_path: Path) -> Path:
+    """A private copy of the shared run, for tests that write into it."""
+    for sub in ("results", "ckp"):
+        shutil.copytree(compared / sub, tmp_path / sub)
+    return tmp_path

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, needs_mnist
+from conftest import needs_mnist, quick, run_main
 
 METRIC_KEYS = {"acc_1nn", "acc_head", "eer", "eer_threshold", "tar_at_far", "auc", "best_epoch", "epochs_trained",
                "train_seconds", "eval_seconds", "device", "n_query", "n_gallery", "n_pairs"}
-
-
-def run_main(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def quick(tmp: Path) -> list[str]:
-    return ["--quick_debug=true", "--use_tqdm=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}"]
 
 
 def check_model_outputs(results: Path, name: str) -> dict:
@@ -40,28 +27,36 @@ def check_model_outputs(results: Path, name: str) -> dict:
 
 
 @needs_mnist
-@pytest.mark.parametrize("command,name", [("arcface", "resnet18_arcface"), ("softmax", "resnet18_softmax")])
-def test_single_model(tmp_path: Path, command: str, name: str) -> None:
-    r = run_main(command, *quick(tmp_path), cwd=tmp_path)
+def test_softmax_alone(tmp_path: Path) -> None:
+    """`main.py softmax` on its own (arcface alone runs in test_reliability's resume test)."""
+    r = run_main("softmax", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    check_model_outputs(tmp_path / "results", name)
+    check_model_outputs(tmp_path / "results", "resnet18_softmax")
     assert (tmp_path / "results" / "DET.png").is_file()
-    assert (tmp_path / "ckp" / name / "best.pt").is_file()
+    assert (tmp_path / "ckp" / "resnet18_softmax" / "best.pt").is_file()
+    assert not (tmp_path / "results" / "resnet18_arcface").exists()
 
 
-@needs_mnist
-def test_compare_then_test(tmp_path: Path) -> None:
-    r = run_main("compare", *quick(tmp_path), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    before = {n: check_model_outputs(tmp_path / "results", n) for n in ("resnet18_arcface", "resnet18_softmax")}
-    det = tmp_path / "results" / "DET.png"
+def test_compare_writes_both_models(compared: Path) -> None:
+    for name in ("resnet18_arcface", "resnet18_softmax"):
+        check_model_outputs(compared / "results", name)
+        assert (compared / "ckp" / name / "best.pt").is_file() and (compared / "ckp" / name / "last.pt").is_file()
+    assert (compared / "results" / "DET.png").is_file()
+
+
+def test_test_command_reevaluates_saved_checkpoints(compared_copy: Path) -> None:
+    tmp = compared_copy
+    before = {n: json.loads((tmp / "results" / n / "metrics.json").read_text())
+              for n in ("resnet18_arcface", "resnet18_softmax")}
+    det = tmp / "results" / "DET.png"
     det.unlink()
-    r = run_main("test", *quick(tmp_path), cwd=tmp_path)
+    r = run_main("test", *quick(tmp), "--batch_size=16", cwd=tmp)
     assert r.returncode == 0, r.stderr
     assert det.is_file() and "resnet18_arcface: 1-NN acc" in r.stdout and "resnet18_softmax" in r.stdout
     for n, m in before.items():
-        again = check_model_outputs(tmp_path / "results", n)
+        again = check_model_outputs(tmp / "results", n)
         assert again["acc_1nn"] == pytest.approx(m["acc_1nn"]) and again["eer"] == pytest.approx(m["eer"], abs=1e-6)
+        assert again["best_epoch"] == m["best_epoch"] and again["epochs_trained"] == m["epochs_trained"]
 
 
 def test_help_lists_commands_and_fields(tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, needs_mnist
-from test_cli import run_main
+from conftest import ROOT, needs_mnist, run_main
 
 COMMON = ["arcface", "--quick_debug=true", "--use_tqdm=false", "--amp=off", "--log_steps=true"]
 

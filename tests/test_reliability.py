@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, needs_mnist
-from test_cli import quick, run_main
-
-SMALL = ["--batch_size=16", "--seed=3"]  # 32 steps in the quick_debug epoch: room to interrupt mid-epoch
+from conftest import ROOT, SMALL, needs_mnist, quick, run_main
 
 
 def start(tmp: Path, *args: str) -> subprocess.Popen:
@@ -42,12 +39,8 @@ def interrupt_mid_epoch(proc: subprocess.Popen, after_images: int = 96, timeout:
 
 
 @needs_mnist
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
-    ref, cut = tmp_path / "ref", tmp_path / "cut"
-    ref.mkdir()
-    cut.mkdir()
-    r = run_main("arcface", *quick(ref), *SMALL, cwd=ref)
-    assert r.returncode == 0, r.stderr
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(compared: Path, tmp_path: Path) -> None:
+    ref, cut = compared, tmp_path  # the reference: the shared compare run, same params and seed
 
     proc = start(cut)
     err = interrupt_mid_epoch(proc)
@@ -86,11 +79,10 @@ def test_bad_checkpoints_for_test_and_resume(tmp_path: Path) -> None:
 
 
 @needs_mnist
-def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
-    r = run_main("arcface", *quick(tmp_path), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+def test_checkpoint_of_another_model_is_refused(compared_copy: Path) -> None:
+    tmp_path = compared_copy
     metrics = (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes()
-    r = run_main("test", *quick(tmp_path), "--embedding_dim=128", cwd=tmp_path)
+    r = run_main("test", *quick(tmp_path), *SMALL, "--embedding_dim=128", cwd=tmp_path)
     assert r.returncode == 2 and "embedding_dim=512 but this run has embedding_dim=128" in r.stderr
     assert (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes() == metrics
 
