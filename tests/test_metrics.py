@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
-from utils.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
+from utils.metrics import evaluate_embeddings, exact_eer, identification_accuracy, verification_metrics
 
 
 def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Tensor | None = None):
@@ -22,11 +22,7 @@ def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Ten
 def exact(q, ql, g, gl):
     s = (F.normalize(q, dim=1) @ F.normalize(g, dim=1).T).flatten().double().numpy()
     lab = (ql[:, None] == gl[None, :]).flatten().numpy()
-    fpr, tpr, thr = roc_curve(lab, s)
-    fnr = 1 - tpr
-    i = int(np.argmax(fpr >= fnr))
-    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
-    eer = fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1])
+    eer, fpr, tpr = exact_eer(s, lab)
     return eer, roc_auc_score(lab, s), fpr, tpr, s, lab
 
 

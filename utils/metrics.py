@@ -162,3 +162,20 @@ def evaluate_embeddings(query_emb: torch.Tensor, query_labels: torch.Tensor,
     out = metrics_from_histograms(st["genuine_hist"], st["impostor_hist"])
     out["acc_1nn"] = float((st["nn_labels"] == query_labels.to(st["nn_labels"].device)).float().mean())
     return out
+
+
+def exact_eer(scores: np.ndarray, genuine: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Reference: EER from sklearn's exact ROC over all given scores (memory grows with them).
+
+    Interpolated linearly where FAR - FRR changes sign, as `metrics_from_histograms` does.
+    Returns (eer, fpr, tpr). Used by tests and benchmarks to check the streamed version.
+    """
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(genuine, scores)
+    fnr = 1 - tpr
+    i = int(np.argmax(fpr >= fnr))
+    if i == 0:
+        return float(fpr[0]), fpr, tpr
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    return float(fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1])), fpr, tpr
