@@ -1,7 +1,7 @@
 """ArcFace: additive angular margin loss.
 
 Deng, Guo, Xue, Zafeiriou, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
-CVPR 2019.
+CVPR 2019. Paper values: s = 64, m = 0.5 (the trainers here default to s = 30 for 10 classes).
 
     L = -log( exp(s cos(theta_y + m)) / (exp(s cos(theta_y + m)) + sum_{j != y} exp(s cos theta_j)) )
 
@@ -28,7 +28,7 @@ from losses.base import CosineMarginHead
 
 
 class ArcFace(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: float = 0.5) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.5) -> None:
         super().__init__(in_features, n_class, scale)
         if not 0 <= margin < math.pi:
             raise ValueError(f"margin must be in [0, pi), got {margin}")

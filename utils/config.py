@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-LOSSES = ("softmax", "arcface")
+LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 DATASETS = ("mnist",)
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
@@ -43,7 +43,11 @@ class TrainParams:
     embedding_dim: int = 512
     pretrained: bool = False
     scale: float = 30.0
-    margin: float = 0.5
+    margin: float = 0.5  # arcface/cosface/subcenter: additive; sphereface: integer multiplier (4)
+    m1: float = 1.0  # combined: cos(m1 theta + m2) - m3
+    m2: float = 0.3
+    m3: float = 0.2
+    subcenters: int = 3  # subcenter_arcface: K
     # --- optimisation ---
     batch_size: int = 128
     lr: float = 1e-3
@@ -147,7 +151,13 @@ def validate(p: TrainParams) -> None:
         (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
         (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
-        (0 <= p.margin < math.pi, f"margin={p.margin} out of range; use 0 <= margin < pi (0.5 is usual)."),
+        (p.loss_fuc_type == "sphereface" or 0 <= p.margin < math.pi,
+         f"margin={p.margin} out of range; use 0 <= margin < pi (0.5 is usual)."),
+        (p.loss_fuc_type != "sphereface" or (p.margin >= 1 and float(p.margin).is_integer()),
+         f"margin={p.margin}: SphereFace's margin is an integer multiplier >= 1 (the paper uses 4)."),
+        (p.m1 >= 1 and 0 <= p.m2 < math.pi and p.m3 >= 0,
+         f"combined margins (m1={p.m1}, m2={p.m2}, m3={p.m3}) need m1 >= 1, 0 <= m2 < pi, m3 >= 0."),
+        (p.subcenters >= 1, f"subcenters={p.subcenters} must be >= 1."),
         (p.scale > 0, f"scale={p.scale} must be > 0 (30 or 64 are usual)."),
         (p.lr > 0, f"lr={p.lr} must be > 0."),
         (p.weight_decay >= 0, f"weight_decay={p.weight_decay} must be >= 0."),

@@ -32,8 +32,9 @@ CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", 
 
 def build_models(params: Any, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
-    head = build_head(params.loss_fuc_type, params.embedding_dim, params.n_class,
-                      scale=params.scale, margin=params.margin)
+    margin = int(params.margin) if params.loss_fuc_type == "sphereface" else params.margin
+    head = build_head(params.loss_fuc_type, params.embedding_dim, params.n_class, scale=params.scale,
+                      margin=margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
     return model.to(device), head.to(device)
 
 

@@ -1,0 +1,29 @@
+"""CosFace (large margin cosine loss): an additive margin on the cosine.
+
+Wang, Wang, Zhou, Ji, Gong, Zhou, Li, Liu, "CosFace: Large Margin Cosine Loss for Deep Face
+Recognition", CVPR 2018. Paper values: s = 64, m = 0.35.
+
+    L = -log( exp(s (cos theta_y - m)) / (exp(s (cos theta_y - m)) + sum_{j != y} exp(s cos theta_j)) )
+
+cos theta - m is monotonic in theta on all of [0, pi]: no special case is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from losses.base import CosineMarginHead
+
+
+class CosFace(CosineMarginHead):
+    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.35) -> None:
+        super().__init__(in_features, n_class, scale)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = float(margin)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        return cos_y - self.margin
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", margin={self.margin}"

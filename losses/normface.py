@@ -1,0 +1,18 @@
+"""NormFace: softmax on L2-normalised features and weights with a fixed scale, no margin.
+
+Wang, Xiang, Cheng, Yuille, "NormFace: L2 Hypersphere Embedding for Face Verification",
+ACM Multimedia 2017.
+
+    L = -log( exp(s cos theta_y) / sum_j exp(s cos theta_j) )
+
+The margin-free member of the family: every other cosine-margin head reduces to it at margin 0.
+"""
+
+from __future__ import annotations
+
+from losses.base import CosineMarginHead
+
+
+class NormFace(CosineMarginHead):
+    def __init__(self, in_features: int, n_class: int, scale: float = 30.0) -> None:
+        super().__init__(in_features, n_class, scale)

@@ -1,0 +1,63 @@
+"""SphereFace (A-Softmax): a multiplicative angular margin, with the paper's lambda annealing.
+
+Liu, Wen, Yu, Li, Raj, Song, "SphereFace: Deep Hypersphere Embedding for Face Recognition",
+CVPR 2017. Paper values: m = 4; lambda annealed from 1000 down to 5.
+
+    psi(theta) = (-1)^k cos(m theta) - 2k,   theta in [k pi / m, (k + 1) pi / m],  k = 0 .. m-1
+    target logit = s * (lambda cos theta + psi(theta)) / (1 + lambda)
+    lambda = max(lambda_min, base * (1 + gamma * t) ** -power),  t = training steps so far
+             (base 1000, gamma 0.12, power 1, lambda_min 5 as in the authors' code)
+
+psi is continuous and decreasing on [0, pi]. Unlike the paper, features are L2-normalised and
+scaled by s like the rest of this family (the 'normalised SphereFace' of the CosFace/ArcFace
+comparisons), so that every head here differs only in its target logit. cos(m theta) is the
+Chebyshev polynomial T_m(cos theta), which keeps the gradient exact; k (piecewise constant) comes
+from acos without gradient. The step counter `t` is a buffer, so it is checkpointed and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from losses.base import CosineMarginHead
+
+
+def chebyshev(m: int, c: torch.Tensor) -> torch.Tensor:
+    """T_m(c) = cos(m * acos(c)) by the recurrence T_{n+1} = 2c T_n - T_{n-1}."""
+    prev, cur = torch.ones_like(c), c
+    if m == 0:
+        return prev
+    for _ in range(m - 1):
+        prev, cur = cur, 2 * c * cur - prev
+    return cur
+
+
+class SphereFace(CosineMarginHead):
+    def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: int = 4,
+                 base: float = 1000.0, gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0) -> None:
+        super().__init__(in_features, n_class, scale)
+        if int(margin) != margin or margin < 1:
+            raise ValueError(f"SphereFace's margin is a positive integer (4 in the paper), got {margin}")
+        self.margin = int(margin)
+        self.base, self.gamma, self.power, self.lambda_min = base, gamma, power, lambda_min
+        self.register_buffer("t", torch.zeros((), dtype=torch.long))
+
+    @property
+    def lam(self) -> float:
+        return max(self.lambda_min, self.base * (1 + self.gamma * int(self.t)) ** -self.power)
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        c = cos_y.clamp(-1.0, 1.0)
+        with torch.no_grad():
+            k = torch.floor(self.margin * torch.acos(c) / math.pi).clamp_(0, self.margin - 1)
+        sign = 1.0 - 2.0 * torch.remainder(k, 2)
+        psi = sign * chebyshev(self.margin, c) - 2.0 * k
+        lam = self.lam
+        if self.training:
+            self.t += 1
+        return (lam * cos_y + psi) / (1.0 + lam)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", margin={self.margin}, lambda_min={self.lambda_min}"
