@@ -15,7 +15,7 @@ import sys
 flag = "flag1"  # flag1: ArcFace, flag2: softmax, compare: both, test: evaluate saved checkpoints
 
 FLAGS = {"flag1": "arcface", "flag2": "softmax"}
-COMMANDS = ("arcface", "softmax", "compare", "test")
+COMMANDS = ("arcface", "softmax", "compare", "test", "benchmark")
 
 
 def usage() -> str:
@@ -28,6 +28,8 @@ def usage() -> str:
             f"  softmax  train + evaluate ResNet18 + softmax (trainResnet.py)\n"
             f"  compare  both, then one DET figure (results/DET.png)\n"
             f"  test     evaluate the saved best checkpoint(s) in ckp/ without training\n"
+            f"  benchmark [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
+            f"           every loss x data set x seed, closed and open set (results/benchmark/)\n"
             f"  (no command: run flag = {flag!r} from the top of main.py)\n\n"
             f"presets (--preset=NAME): {', '.join(PRESETS)}\n\n"
             f"fields of TrainArcFaceParams (defaults):\n{describe_fields(TrainArcFaceParams())}\n\n"
@@ -71,6 +73,15 @@ def dispatch(command: str, args: list[str]) -> int:
     from utils.engine import NonFiniteLoss, TrainingInterrupted
     from utils.io import CheckpointError
 
+    if command == "benchmark":
+        from utils.benchmark import run_benchmark
+
+        try:
+            run_benchmark(args)
+        except (DataError, CheckpointError, PretrainedUnavailable, PermissionError, NonFiniteLoss) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1 if isinstance(e, NonFiniteLoss) else 2
+        return 0
     overrides = parse_overrides(args)
     jobs = []
     if command in ("arcface", "compare", "test"):

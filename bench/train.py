@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainArcFace import TrainArcFaceParams
 from utils.config import resolve
-from utils.data import load_idx_dataset
+from utils.data import dataset_stats, load_idx_dataset
 from utils.engine import TrainNet, amp_dtype, cpu_has_native_bf16, make_optimizer, make_scheduler
 from utils.engine import train_one_epoch as engine_epoch
 from utils.experiment import build_models
@@ -118,7 +118,7 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
         params = dataclasses.replace(params, total_epochs=max_epochs)
     device = torch.device("cpu")
     seed_everything(params.seed)
-    splits = load_splits(params)
+    splits, params = load_splits(params)
     model, head = build_models(params, device)
     log: list[dict] = []
 
@@ -161,6 +161,8 @@ def main() -> None:
         return time_to_accuracy(a.to_accuracy, "results/bench/time_to_accuracy.json", a.max_epochs)
     base = resolve(TrainArcFaceParams(), {"use_tqdm": False})
     data = load_idx_dataset(base.data_root, base.dataset_name)
+    mean, std = dataset_stats(base.dataset_name, data["train_x"])
+    base = dataclasses.replace(base, input_mean=mean, input_std=std)
     device = torch.device("cpu")
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     native_bf16 = cpu_has_native_bf16()
@@ -175,7 +177,8 @@ def main() -> None:
         configs.append(("engine default preset, bf16, NCHW, torch.compile",
                         dataclasses.replace(base, amp="bf16"), "compile"))
     # ImageNet weights cannot be fetched offline: random init, 1-channel stem (conv1 is <1% of the FLOPs)
-    orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False})
+    orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False,
+                                          "input_mean": mean, "input_std": std})
     configs.append(("engine original preset (128 px, 7x7 stem, fp32)", orig, "original"))
 
     rows = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
-DATASETS = ("mnist",)
+DATASETS = ("mnist", "fashion_mnist", "folder")
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -62,7 +62,10 @@ class TrainParams:
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: bool = False  # NHWC activations; see bench/train.py for when it pays
     # --- data ---
-    data_root: str = "./data"
+    data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
+    known_classes: str = ""  # e.g. "0-5": train on these only, report open-set on the rest; "" = all
+    input_mean: float = 0.0  # pixel normalisation; input_std <= 0 = the data set's own statistics
+    input_std: float = 0.0
     val_size: int = 10000
     split_seed: int = 0
     # --- run ---
@@ -180,9 +183,27 @@ def validate(p: TrainParams) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    try:
+        parse_classes(p.known_classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     smallest = STEMS[p.stem]
     if p.img_size < smallest:
         raise ConfigError(f"img_size={p.img_size} is too small for stem '{p.stem}'; use >= {smallest}.")
+
+
+def parse_classes(spec: str) -> list[int]:
+    """'0-5' -> [0..5]; '0,2,4' and '0-3,7' work too; '' -> [] (meaning: all classes)."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"cannot read '{part}' in known_classes='{spec}'; write e.g. 0-5 or 0,1,2")
+        a, b = int(lo), int(hi or lo)
+        if b < a:
+            raise ValueError(f"empty range '{part}' in known_classes='{spec}'")
+        out.update(range(a, b + 1))
+    return sorted(out)
 
 
 def describe_fields(params: TrainParams) -> str:

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-FOLDERS = {"mnist": "MNIST"}
+FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics
+STATS = {"mnist": (MEAN, STD), "fashion_mnist": (0.2860, 0.3530)}  # the usual published values
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 
 
 class DataError(RuntimeError):
@@ -57,7 +59,7 @@ def _find(raw: Path, name: str) -> Path | None:
 def _download(root: str | Path, dataset: str) -> None:
     import torchvision  # only needed when files are missing
 
-    cls = {"mnist": torchvision.datasets.MNIST}[dataset]
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[dataset]
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
@@ -84,21 +86,89 @@ def load_idx_dataset(root: str | Path, dataset: str = "mnist") -> dict[str, torc
     return {"train_x": tx, "train_y": ty.long(), "test_x": sx, "test_y": sy.long()}
 
 
+def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 0.2,
+                        seed: int = 0) -> dict[str, torch.Tensor]:
+    """An image folder with one sub-folder per identity (CASIA-WebFace style, or your own photos).
+
+    Images of any size, grey or colour, are converted to grey (luminance) and resized to
+    img_size x img_size. Deterministic split: within each identity, files are sorted by name and a
+    permutation seeded by (seed, identity index) sends round(test_fraction * n) of them to the test
+    set (at least one, and never all, for identities with 2+ images); the rest is the training set
+    that `make_splits` then divides into train/validation. Identities are numbered in sorted order.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"folder data set '{root}' does not exist; point --data_root at a folder with one "
+                        f"sub-folder per identity.")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"'{root}' has {len(classes)} identity sub-folder(s); a folder data set needs at least 2.")
+    parts: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
+    for ci, name in enumerate(classes):
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"'{root / name}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); remove it.")
+        n_test = round(len(files) * test_fraction)
+        n_test = min(max(n_test, 1), len(files) - 1) if len(files) > 1 else 0
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed * 7919 + ci)).tolist()
+        for rank, k in enumerate(order):
+            try:
+                with Image.open(files[k]) as im:
+                    arr = np.asarray(im.convert("L").resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
+            except (OSError, UnidentifiedImageError):
+                raise DataError(f"cannot read image {files[k]}; delete or replace it.") from None
+            split = "test" if rank < n_test else "train"
+            parts[f"{split}_x"].append(torch.from_numpy(arr.copy()))
+            parts[f"{split}_y"].append(ci)
+    if not parts["test_x"]:
+        raise DataError(f"'{root}' gives no test images: identities need at least 2 images each.")
+    return {"train_x": torch.stack(parts["train_x"]), "train_y": torch.tensor(parts["train_y"]),
+            "test_x": torch.stack(parts["test_x"]), "test_y": torch.tensor(parts["test_y"])}
+
+
+def load_dataset(params) -> dict[str, torch.Tensor]:
+    """Dispatch on params.dataset_name: 'mnist' / 'fashion_mnist' (IDX) or 'folder' (data_root itself)."""
+    if params.dataset_name == "folder":
+        return load_folder_dataset(params.data_root, params.img_size, seed=params.split_seed)
+    return load_idx_dataset(params.data_root, params.dataset_name)
+
+
+def dataset_stats(name: str, train_x: torch.Tensor) -> tuple[float, float]:
+    """Pixel mean/std in [0, 1] units: published values for the IDX sets, measured for folders."""
+    if name in STATS:
+        return STATS[name]
+    x = train_x.float().div_(255.0)
+    return float(x.mean()), float(x.std().clamp_min(1e-3))
+
+
 @dataclass
 class Splits:
+    """Closed-set train/val/test (labels 0..K-1 of the known classes) and the open-set part.
+
+    open_gallery: training-split images of the unknown classes (enrolment); open_query: their test
+    images. Both empty when every class is known (the original's closed set).
+    """
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    open_gallery_x: torch.Tensor | None = None
+    open_gallery_y: torch.Tensor | None = None
+    open_query_x: torch.Tensor | None = None
+    open_query_y: torch.Tensor | None = None
 
 
 def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
-                quick_debug: bool = False) -> Splits:
+                quick_debug: bool = False, known: list[int] | None = None) -> Splits:
     """Fixed-seed split of the training set into train/val; the test set is kept apart.
 
-    quick_debug keeps 512 train, 256 val and 500 test images: the full code path, tiny.
+    known: the classes training may see (labels remapped to 0..K-1). Unknown classes never reach
+    train or validation; their train-split images become the open-set gallery and their test
+    images the open-set queries. quick_debug keeps 512 train, 256 val and 500 test images.
     """
     n = len(data["train_x"])
     if val_size >= n:
@@ -109,8 +179,18 @@ def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
     if quick_debug:
         train_idx, val_idx = train_idx[:512], val_idx[:256]
         test_x, test_y = test_x[:500], test_y[:500]
-    return Splits(data["train_x"][train_idx], data["train_y"][train_idx],
-                  data["train_x"][val_idx], data["train_y"][val_idx], test_x, test_y)
+    tx, ty = data["train_x"][train_idx], data["train_y"][train_idx]
+    vx, vy = data["train_x"][val_idx], data["train_y"][val_idx]
+    if not known:
+        return Splits(tx, ty, vx, vy, test_x, test_y)
+    n_class = int(max(ty.max(), test_y.max())) + 1
+    if max(known) >= n_class or len(known) < 2 or len(known) >= n_class:
+        raise DataError(f"known_classes {known} must name 2 to {n_class - 1} of the classes 0..{n_class - 1}.")
+    remap = torch.full((n_class,), -1, dtype=torch.long)
+    remap[torch.tensor(known)] = torch.arange(len(known))
+    kt, kv, ks = remap[ty] >= 0, remap[vy] >= 0, remap[test_y] >= 0
+    return Splits(tx[kt], remap[ty[kt]], vx[kv], remap[vy[kv]], test_x[ks], remap[test_y[ks]],
+                  tx[~kt], ty[~kt], test_x[~ks], test_y[~ks])
 
 
 def augmentation_table(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -139,7 +219,8 @@ def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,
 
 
 def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.device,
-                  aug: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
+                  aug: torch.Tensor | None = None, channels_last: bool = False,
+                  mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """uint8 [B, H, W] -> normalised float [B, channels, img_size, img_size] on `device`.
 
     aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation).
@@ -149,7 +230,7 @@ def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.d
         x = random_affine(x, aug)
     if x.shape[-1] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
-    x = (x - MEAN) / STD
+    x = (x - mean) / std
     if channels > 1:
         x = x.expand(-1, channels, -1, -1)
     if channels_last:

@@ -178,7 +178,8 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             on_stop({"step": step, "loss_sum": loss_sum})
         idx = order[step * bs:(step + 1) * bs]
         xb = prepare_batch(x[idx], params.img_size, 3 if params.pretrained else 1, device,
-                           aug=None if aug is None else aug[idx], channels_last=params.channels_last)
+                           aug=None if aug is None else aug[idx], channels_last=params.channels_last,
+                           mean=params.input_mean, std=params.input_std)
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
             loss = F.cross_entropy(net(xb, yb), yb)
@@ -216,7 +217,7 @@ def embed(model: nn.Module, x: torch.Tensor, params: Any, device: torch.device, 
     for a in tqdm(range(0, len(part), bs), desc=desc, unit="batch", leave=False,
                   disable=not (params.use_tqdm and ctx.is_main)):
         xb = prepare_batch(part[a:a + bs], params.img_size, 3 if params.pretrained else 1, device,
-                           channels_last=params.channels_last)
+                           channels_last=params.channels_last, mean=params.input_mean, std=params.input_std)
         with autocast(device, dtype):
             out.append(model(xb).float())
     local = torch.cat(out) if out else torch.empty(0, params.embedding_dim, device=device)

@@ -20,32 +20,45 @@ import torch
 from losses import build_head
 from models import get_model
 from utils import distributed, plots
-from utils.data import DataError, Splits, load_idx_dataset, make_splits
+from utils.config import parse_classes
+from utils.data import DataError, Splits, dataset_stats, load_dataset, make_splits
 from utils.distributed import SINGLE, DistContext
 from utils.engine import embed, fit, resolve_device, seed_everything
 from utils.io import check_writable, load_checkpoint, save_figure, write_csv, write_json
 from utils.metrics import evaluate_embeddings
 
 # params that must agree between a checkpoint and the run that loads it
-CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained")
+CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
+             "dataset_name", "known_classes")
+
+
+def train_classes(params: Any) -> int:
+    """Classes the head is trained on: the known ones, or all n_class."""
+    return len(parse_classes(params.known_classes)) or params.n_class
 
 
 def build_models(params: Any, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
     margin = int(params.margin) if params.loss_fuc_type == "sphereface" else params.margin
-    head = build_head(params.loss_fuc_type, params.embedding_dim, params.n_class, scale=params.scale,
+    head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params), scale=params.scale,
                       margin=margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
     return model.to(device), head.to(device)
 
 
-def load_splits(params: Any) -> Splits:
-    data = load_idx_dataset(params.data_root, params.dataset_name)
-    n_found = int(data["train_y"].max()) + 1
+def load_splits(params: Any) -> tuple[Splits, Any]:
+    """Load the data set and split it; returns the splits and params with the pixel statistics set."""
+    data = load_dataset(params)
+    n_found = int(max(data["train_y"].max(), data["test_y"].max())) + 1
     if n_found != params.n_class:
         raise DataError(f"n_class={params.n_class} but {params.dataset_name} has {n_found} classes; "
-                         f"set --n_class={n_found}.")
-    return make_splits(data, params.val_size if not params.quick_debug else 256, params.split_seed,
-                       params.quick_debug)
+                        f"set --n_class={n_found}.")
+    if params.input_std <= 0:
+        mean, std = dataset_stats(params.dataset_name, data["train_x"])
+        params = dataclasses.replace(params, input_mean=mean, input_std=std)
+    val_size = min(params.val_size, len(data["train_x"]) // 5) if params.dataset_name == "folder" else params.val_size
+    splits = make_splits(data, 256 if params.quick_debug else val_size, params.split_seed, params.quick_debug,
+                         parse_classes(params.known_classes))
+    return splits, params
 
 
 def quick_debug_params(params: Any) -> Any:
@@ -95,6 +108,13 @@ def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits:
     m = evaluate_embeddings(query, splits.test_y.to(device), gallery, splits.train_y.to(device),
                             bins=params.hist_bins)
     m["acc_head"] = acc_head
+    if splits.open_query_x is not None and len(splits.open_query_x):
+        # open set: classes never seen in training, enrolled from their training-split images
+        og = embed(model, splits.open_gallery_x, params, device, desc="embed open gallery", ctx=ctx)
+        oq = embed(model, splits.open_query_x, params, device, desc="embed open queries", ctx=ctx)
+        m["open"] = evaluate_embeddings(oq, splits.open_query_y.to(device), og, splits.open_gallery_y.to(device),
+                                        bins=params.hist_bins)
+        m["open"].update(n_query=len(oq), n_gallery=len(og))
     m["eval_seconds"] = time.perf_counter() - t0
     return m
 
@@ -136,7 +156,7 @@ def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> di
         params = dataclasses.replace(params, lr=params.lr * ctx.world)
     distributed.maybe_fail_for_test(ctx)
     seed_everything(params.seed)
-    splits = load_splits(params)
+    splits, params = load_splits(params)
     model, head = build_models(params, device)
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -173,28 +193,48 @@ def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> di
         "n_gallery": len(splits.train_y), "n_pairs": m["n_genuine"] + m["n_impostor"],
         "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
     }
+    if "open" in m:
+        o = m["open"]
+        metrics["known_classes"] = params.known_classes
+        metrics["open_set"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "eer_threshold": o["eer_threshold"],
+                               "tar_at_far": o["tar_at_far"], "auc": o["auc"], "n_query": o["n_query"],
+                               "n_gallery": o["n_gallery"], "n_pairs": o["n_genuine"] + o["n_impostor"]}
+        write_curve(out / "far_frr_open.csv", o)
     write_json(out / "metrics.json", metrics)
-    curve = zip(m["thresholds"], m["far"], m["frr"], strict=True)
-    rows = [[f"{t:.7f}", f"{a:.9g}", f"{r:.9g}"] for t, a, r in curve]
-    write_csv(out / "far_frr.csv", ["threshold", "far", "frr"], rows)
+    write_curve(out / "far_frr.csv", m)
     draw_det(Path(params.results_dir))
     return metrics
 
 
-def draw_det(results_dir: Path) -> Path | None:
-    """Redraw results/DET.png with every model that has metrics.json + far_frr.csv."""
-    curves = []
-    for mfile in sorted(results_dir.glob("*/metrics.json")):
-        ff = mfile.parent / "far_frr.csv"
-        if not ff.is_file():
-            continue
-        met = json.loads(mfile.read_text())
-        arr = np.loadtxt(ff, delimiter=",", skiprows=1, ndmin=2)
-        curves.append({"label": met.get("model_name", mfile.parent.name), "far": arr[:, 1], "frr": arr[:, 2],
-                       "eer": met["eer"], "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
-    if not curves:
-        return None
-    fig = plots.det_figure(curves, "DET: ResNet18 on MNIST (test vs. train pairs)")
-    save_figure(fig, results_dir / "DET.png")
-    plots.close(fig)
-    return results_dir / "DET.png"
+def write_curve(path: Path, m: dict) -> None:
+    curve = zip(m["thresholds"], m["far"], m["frr"], strict=True)
+    write_csv(path, ["threshold", "far", "frr"], [[f"{t:.7f}", f"{a:.9g}", f"{r:.9g}"] for t, a, r in curve])
+
+
+def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    return arr[:, 1], arr[:, 2]
+
+
+def draw_det(results_dir: Path) -> list[Path]:
+    """Redraw results/DET.png (closed set) and, where models have one, DET_open.png (unknown classes)."""
+    drawn = []
+    for csv_name, png, key, title in (
+            ("far_frr.csv", "DET.png", None, "DET: test vs. train pairs"),
+            ("far_frr_open.csv", "DET_open.png", "open_set", "DET, open set: classes unseen in training")):
+        curves = []
+        for mfile in sorted(results_dir.glob("*/metrics.json")):
+            ff = mfile.parent / csv_name
+            if not ff.is_file():
+                continue
+            met = json.loads(mfile.read_text())
+            far, frr = read_curve(ff)
+            eer = met[key]["eer"] if key else met["eer"]
+            curves.append({"label": met.get("model_name", mfile.parent.name), "far": far, "frr": frr,
+                           "eer": eer, "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
+        if curves:
+            fig = plots.det_figure(curves, title)
+            save_figure(fig, results_dir / png)
+            plots.close(fig)
+            drawn.append(results_dir / png)
+    return drawn

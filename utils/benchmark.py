@@ -1,0 +1,147 @@
+"""`python main.py benchmark`: every loss x data set x seed under one budget, closed and open set.
+
+    python main.py benchmark [--losses=softmax,arcface] [--datasets=mnist] [--seeds=3]
+                             [--known_classes=0-5] [--field=value ...]
+
+Every run shares the hyper-parameters of the CPU preset with a fixed budget (BUDGET below); each
+loss keeps its paper's s and m (`losses.paper_defaults`) unless --scale/--margin/... are given.
+Per run, the usual results land in results/benchmark/runs/<dataset>_<loss>_s<seed>/; the summary
+goes to results/benchmark/{benchmark.json, benchmark.md, DET_<dataset>_<closed|open>.png}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from losses import paper_defaults
+from utils import plots
+from utils.config import LOSSES, ConfigError, TrainParams, parse_overrides, resolve
+from utils.experiment import read_curve, run
+from utils.io import atomic_write, save_figure, write_json
+
+DEFAULT_LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface")
+DEFAULT_DATASETS = ("mnist", "fashion_mnist")
+DEFAULT_SEEDS = 3
+# 2 epochs of the known classes (~30k images) + evaluation = ~3.6 min a run on 2 CPU cores:
+# the default 30-run grid fits in 2 hours.
+BUDGET = {"total_epochs": 2, "known_classes": "0-5", "use_tqdm": False}
+MARGIN_FIELDS = ("scale", "margin", "m1", "m2", "m3", "subcenters")
+
+
+def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split benchmark options (--losses, --datasets, --seeds) from ordinary field overrides."""
+    opts: dict[str, Any] = {"losses": DEFAULT_LOSSES, "datasets": DEFAULT_DATASETS, "seeds": DEFAULT_SEEDS}
+    rest = []
+    for a in args:
+        name, _, value = a.removeprefix("--").partition("=")
+        if a.startswith("--") and name in ("losses", "datasets"):
+            opts[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif a.startswith("--") and name == "seeds":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"--seeds={value}: expected a positive integer (the number of seeds).")
+            opts["seeds"] = int(value)
+        else:
+            rest.append(a)
+    bad = [loss for loss in opts["losses"] if loss not in LOSSES]
+    if bad or not opts["losses"]:
+        raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(LOSSES)}.")
+    return opts, parse_overrides(rest)
+
+
+def plan(opts: dict[str, Any], overrides: dict[str, Any]) -> list[TrainParams]:
+    """All runs' params, resolved and validated before anything trains."""
+    runs = []
+    for ds in opts["datasets"]:
+        for loss in opts["losses"]:
+            for seed in range(opts["seeds"]):
+                paper = {k: float(v) if k != "subcenters" else v for k, v in paper_defaults(loss).items()
+                         if k in MARGIN_FIELDS and k not in overrides}
+                values = {**BUDGET, **paper, **overrides, "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
+                root = Path(values.get("results_dir", "results")) / "benchmark"
+                values.update(model_name=f"{ds}_{loss}_s{seed}", results_dir=str(root / "runs"),
+                              ckpt_dir=str(Path(values.get("ckpt_dir", "ckp")) / "benchmark"))
+                runs.append(resolve(TrainParams(), values))
+    return runs
+
+
+def mean_std(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{xs[0] * 100:.2f}"
+    return f"{statistics.mean(xs) * 100:.2f} ± {statistics.stdev(xs) * 100:.2f}"
+
+
+def summarise(rows: list[dict], out: Path) -> None:
+    """benchmark.md: one table per data set, mean ± std over seeds, in percent."""
+    lines = ["# Margin-loss benchmark", "", "Mean ± std over seeds, in %. Closed set: test images of the known "
+             "classes against their training-split images; open set: the same for classes never seen in "
+             "training (their training-split images are the gallery).", ""]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        lines += [f"## {ds}", "", "| loss | closed 1-NN acc | closed EER | closed TAR@FAR=1e-3 | open 1-NN acc | "
+                  "open EER | open TAR@FAR=1e-3 |", "|---|---|---|---|---|---|---|"]
+        for loss in dict.fromkeys(r["loss"] for r in rows if r["dataset"] == ds):
+            rs = [r for r in rows if r["dataset"] == ds and r["loss"] == loss]
+            cells = [mean_std([r["closed"][k] for r in rs]) for k in ("acc_1nn", "eer", "tar_1e-3")]
+            if all(r.get("open") for r in rs):
+                cells += [mean_std([r["open"][k] for r in rs]) for k in ("acc_1nn", "eer", "tar_1e-3")]
+            else:
+                cells += ["-", "-", "-"]
+            lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with atomic_write(out) as f:
+        f.write("\n".join(lines))
+
+
+def draw(rows: list[dict], root: Path) -> None:
+    """One DET figure per data set and protocol, a curve per loss (its first seed's run)."""
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for proto, csv_name in (("closed", "far_frr.csv"), ("open", "far_frr_open.csv")):
+            curves = []
+            for r in rows:
+                ff = Path(r["folder"]) / csv_name
+                if r["dataset"] != ds or r["seed"] != 0 or not ff.is_file():
+                    continue
+                far, frr = read_curve(ff)
+                curves.append({"label": r["loss"], "far": far, "frr": frr, "eer": r[proto]["eer"],
+                               "color": plots.COLORS.get(r["loss"])})
+            if curves:
+                fig = plots.det_figure(curves, f"{ds}, {proto} set (seed 0)")
+                save_figure(fig, root / f"DET_{ds}_{proto}.png")
+                plots.close(fig)
+
+
+def run_benchmark(args: list[str]) -> Path:
+    opts, overrides = parse_args(args)
+    runs = plan(opts, overrides)
+    root = Path(runs[0].results_dir).parent
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(runs, desc="benchmark", unit="run")
+    for p in bar:
+        bar.set_postfix_str(p.model_name)
+        m = run(p)
+        row = {"dataset": p.dataset_name, "loss": p.loss_fuc_type, "seed": p.seed, "model_name": p.model_name,
+               "folder": str(Path(p.results_dir) / p.model_name), "train_seconds": m["train_seconds"],
+               "eval_seconds": m["eval_seconds"], "best_epoch": m["best_epoch"],
+               "closed": {"acc_1nn": m["acc_1nn"], "eer": m["eer"], "tar_1e-3": m["tar_at_far"]["1e-03"]}}
+        if "open_set" in m:
+            o = m["open_set"]
+            row["open"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "tar_1e-3": o["tar_at_far"]["1e-03"]}
+        rows.append(row)
+        tqdm.write(f"[{len(rows)}/{len(runs)}] {p.model_name}: closed acc {row['closed']['acc_1nn']:.4f} "
+                   f"EER {row['closed']['eer']:.4f}" + (f"; open acc {row['open']['acc_1nn']:.4f} EER "
+                                                         f"{row['open']['eer']:.4f}" if "open" in row else ""))
+    varying = ("model_name", "seed", "loss_fuc_type", "dataset_name")
+    setup = {k: v for k, v in dataclasses.asdict(runs[0]).items() if k not in varying}
+    write_json(root / "benchmark.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
+                                         "seeds": opts["seeds"], "wall_seconds": time.perf_counter() - t0,
+                                         "shared_params": setup, "runs": rows})
+    summarise(rows, root / "benchmark.md")
+    draw(rows, root)
+    print((root / "benchmark.md").read_text())
+    return root
