@@ -55,9 +55,10 @@ def load_splits(params: Any) -> tuple[Splits, Any]:
     if params.input_std <= 0:
         mean, std = dataset_stats(params.dataset_name, data["train_x"])
         params = dataclasses.replace(params, input_mean=mean, input_std=std)
-    val_size = min(params.val_size, len(data["train_x"]) // 5) if params.dataset_name == "folder" else params.val_size
-    splits = make_splits(data, 256 if params.quick_debug else val_size, params.split_seed, params.quick_debug,
-                         parse_classes(params.known_classes))
+    val_size = 256 if params.quick_debug else params.val_size
+    if params.dataset_name == "folder":  # small folders: keep 4/5 of the images for training
+        val_size = min(val_size, len(data["train_x"]) // 5)
+    splits = make_splits(data, val_size, params.split_seed, params.quick_debug, parse_classes(params.known_classes))
     return splits, params
 
 
