@@ -187,6 +187,11 @@ def validate(p: TrainParams) -> None:
         parse_classes(p.known_classes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if p.device.startswith("cuda"):
+        import torch  # only here: the rest of this module needs no torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={p.device} but CUDA is not available here; use --device=cpu or auto.")
     smallest = STEMS[p.stem]
     if p.img_size < smallest:
         raise ConfigError(f"img_size={p.img_size} is too small for stem '{p.stem}'; use >= {smallest}.")

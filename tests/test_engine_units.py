@@ -1,0 +1,64 @@
+"""Engine decisions a CPU can check: precision per device, data placement, schedules, sampling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from trainArcFace import TrainArcFaceParams
+from utils import engine
+from utils.config import ConfigError, resolve
+from utils.distributed import DistContext
+
+
+def test_amp_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert engine.amp_dtype(cuda, "auto") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert engine.amp_dtype(cuda, "auto") == torch.float16  # pre-Ampere GPUs: fp16 (+ GradScaler)
+    assert engine.amp_dtype(cpu, "off") is None and engine.amp_dtype(cpu, "fp16") == torch.float16
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.amp_dtype(cpu, "auto") is None  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.amp_dtype(cpu, "auto") == torch.bfloat16
+
+
+def test_data_placement() -> None:
+    cuda = torch.device("cuda")
+    assert engine.data_placement(47_000_000, torch.device("cpu")) == "cpu"
+    assert engine.data_placement(47_000_000, cuda) == "device"
+    assert engine.data_placement(engine.GPU_RESIDENT_BYTES + 1, cuda) == "pinned"
+
+
+def test_cuda_requested_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve(TrainArcFaceParams(), {"device": "cuda"})
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    p = dataclasses.replace(TrainArcFaceParams(), total_epochs=2, warmup_epochs=0.5, lr=1.0)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = engine.make_scheduler(p, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] < 0.02
+
+
+def test_rank_batches_together_are_the_single_process_batch() -> None:
+    p = TrainArcFaceParams()
+    one = engine.epoch_indices(100, p, epoch=3, ctx=DistContext(0, 1))
+    r0 = engine.epoch_indices(100, p, epoch=3, ctx=DistContext(0, 2))
+    r1 = engine.epoch_indices(100, p, epoch=3, ctx=DistContext(1, 2))
+    bs = 8  # per rank; the single process uses 16
+    for k in range(len(r0) // bs):
+        merged = set(r0[k * bs:(k + 1) * bs].tolist()) | set(r1[k * bs:(k + 1) * bs].tolist())
+        assert merged == set(one[2 * k * bs:2 * (k + 1) * bs].tolist())
+    assert not torch.equal(one, engine.epoch_indices(100, p, epoch=4, ctx=DistContext(0, 1)))  # set_epoch
