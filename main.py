@@ -50,38 +50,42 @@ def parse_command(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok; 2 user error (message, no traceback); 1 diverged; 128+N stopped by signal N."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
-    from utils.config import ConfigError
-
-    try:
-        command, rest = parse_command(argv)
-        return dispatch(command, rest)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def dispatch(command: str, args: list[str]) -> int:
     from models import PretrainedUnavailable
-    from trainArcFace import TrainArcFaceParams, trainArcFaceMain
-    from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
-    from utils.config import ConfigError, parse_overrides, resolve
+    from utils.config import ConfigError
     from utils.data import DataError
     from utils.engine import NonFiniteLoss, TrainingInterrupted
     from utils.io import CheckpointError
 
+    try:
+        command, rest = parse_command(argv)
+        dispatch(command, rest)
+        return 0
+    except TrainingInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, CheckpointError, PretrainedUnavailable, PermissionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def dispatch(command: str, args: list[str]) -> None:
+    from trainArcFace import TrainArcFaceParams, trainArcFaceMain
+    from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
+    from utils.config import ConfigError, parse_overrides, resolve
+
     if command == "benchmark":
         from utils.benchmark import run_benchmark
 
-        try:
-            run_benchmark(args)
-        except (DataError, CheckpointError, PretrainedUnavailable, PermissionError, NonFiniteLoss) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1 if isinstance(e, NonFiniteLoss) else 2
-        return 0
+        run_benchmark(args)
+        return
     overrides = parse_overrides(args)
     jobs = []
     if command in ("arcface", "compare", "test"):
@@ -98,21 +102,13 @@ def dispatch(command: str, args: list[str]) -> int:
         if not jobs:
             raise ConfigError("no best checkpoint found under the ckpt_dir; train first "
                               "(python main.py compare) or point --ckpt_dir at your checkpoints.")
-    try:
-        for fn, params in jobs:
-            metrics = fn(params, train=command != "test")
-            if not metrics:  # a non-zero torchrun rank: rank 0 reports
-                continue
-            print(f"{params.model_name}: 1-NN acc {metrics['acc_1nn']:.4%}  head acc {metrics['acc_head']:.4%}  "
-                  f"EER {metrics['eer']:.4%}  TAR@FAR=1e-3 {metrics['tar_at_far']['1e-03']:.4%}  "
-                  f"(best epoch {metrics['best_epoch']}, results in {params.results_dir}/{params.model_name})")
-    except TrainingInterrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 128 + e.signum
-    except (DataError, CheckpointError, PretrainedUnavailable, PermissionError, NonFiniteLoss) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NonFiniteLoss) else 2
-    return 0
+    for fn, params in jobs:
+        metrics = fn(params, train=command != "test")
+        if not metrics:  # a non-zero torchrun rank: rank 0 reports
+            continue
+        print(f"{params.model_name}: 1-NN acc {metrics['acc_1nn']:.4%}  head acc {metrics['acc_head']:.4%}  "
+              f"EER {metrics['eer']:.4%}  TAR@FAR=1e-3 {metrics['tar_at_far']['1e-03']:.4%}  "
+              f"(best epoch {metrics['best_epoch']}, results in {params.results_dir}/{params.model_name})")
 
 
 if __name__ == "__main__":
