@@ -19,8 +19,8 @@ from scipy.special import ndtri  # noqa: E402
 COLORS = {"arcface": "tab:blue", "softmax": "tab:orange",  # as in the original figure
           "normface": "tab:green", "sphereface": "tab:red", "cosface": "tab:purple", "combined": "tab:brown",
           "subcenter_arcface": "tab:cyan"}
-TICKS = [1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5]
-EPS = 1e-7  # rates of 0 are drawn at this floor: the probit of 0 is -inf
+TICKS = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
+EPS = 1e-9  # rates of 0 are drawn at this floor (off the axes): the probit of 0 is -inf
 
 
 def _probit(p: np.ndarray) -> np.ndarray:
@@ -32,23 +32,31 @@ def _label(p: float) -> str:
 
 
 def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
-    """Each curve: {'label', 'far', 'frr', 'eer', optional 'color'}; FRR against FAR, probit axes."""
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    lo = 1e-5
+    """Each curve: {'label', 'far', 'frr', 'eer', optional 'color'}; FRR against FAR, probit axes.
+
+    The axes span from the smallest non-zero rate any curve reaches (at least 1e-8) up to 50 %,
+    or 95 % when some EER is above 20 %.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 5.8))
+    lo = 1e-4
     for c in curves:
         far, frr = np.asarray(c["far"]), np.asarray(c["frr"])
-        nz = far[far > 0]
-        lo = min(lo, float(nz.min()) if len(nz) else lo)
+        for rate in (far, frr):
+            nz = rate[rate > 0]
+            if len(nz):
+                lo = min(lo, float(nz.min()))
         ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=1.6,
                 label=f"{c['label']} (EER {c['eer'] * 100:.3f}%)")
-    ticks = [t for t in [1e-7, 1e-6] + TICKS if t >= lo / 2]
+    lo = max(lo, 1e-8)
+    hi = 0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95
+    ticks = [t for t in TICKS if lo * 0.5 <= t <= hi]
     pos = _probit(np.array(ticks))
-    ax.set_xticks(pos, [_label(t) for t in ticks])
+    ax.set_xticks(pos, [_label(t) for t in ticks], rotation=35, ha="right")
     ax.set_yticks(pos, [_label(t) for t in ticks])
-    hi = _probit(np.array([0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95]))[0]
-    ax.set_xlim(pos[0], hi)
-    ax.set_ylim(pos[0], hi)
-    ax.plot(pos, pos, ls=":", color="grey", lw=0.8)  # FAR = FRR: the EER line
+    lim = _probit(np.array([lo * 0.5, hi]))
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.plot(lim, lim, ls=":", color="grey", lw=0.8)  # FAR = FRR: the EER line
     ax.set_xlabel("False acceptance rate (FAR)")
     ax.set_ylabel("False rejection rate (FRR)")
     ax.set_title(title)
