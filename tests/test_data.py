@@ -95,4 +95,4 @@ def test_augmentation_is_reproducible_and_changes_images() -> None:
     torch.testing.assert_close(b, a[[5, 2]])
     # the identity transform (no rotation, scale 1, no shift) leaves the image unchanged
     ident = torch.tensor([[0.5, 0.5, 0.5, 0.5]]).repeat(8, 1)
-    torch.testing.assert_close(D.prepare_batch(x, 28, 1, torch.device("cpu"), aug=ident), c, atol=1e-5, rtol=0)
+    torch.testing.assert_close(D.prepare_batch(x, 28, 1, torch.device("cpu"), aug=ident), c, atol=1e-4, rtol=0)
