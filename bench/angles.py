@@ -1,0 +1,61 @@
+"""How tight are the classes? Angles between validation embeddings and their class centres.
+
+    python -m bench.angles [--model_name=resnet18_arcface] [--ckpt_dir=ckp] [--field=value ...]
+
+Loads ckp/<model_name>/best.pt (a cosine-margin head: its rows are the class centres), embeds the
+validation split and prints quantiles of theta_y (angle to the own centre), of the largest
+cosine to another centre, and the scale at which a sample at the median angle would still get a
+non-negligible gradient. Validation data only: nothing here looks at the test set.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from trainArcFace import TrainArcFaceParams
+from utils.config import parse_overrides, resolve
+from utils.engine import embed
+from utils.experiment import build_models, load_splits, paths
+from utils.io import load_checkpoint
+
+
+def main(argv: list[str]) -> None:
+    params = resolve(TrainArcFaceParams(), {"use_tqdm": False, **parse_overrides(argv)})
+    state = load_checkpoint(paths(params)[1] / "best.pt")
+    params = resolve(TrainArcFaceParams(), {**{k: v for k, v in state["params"].items()
+                                               if k in vars(params) and k not in ("data_root", "resume")},
+                                            "use_tqdm": False})
+    splits, params = load_splits(params)
+    device = torch.device("cpu")
+    model, head = build_models(params, device)
+    model.load_state_dict(state["model"])
+    head.load_state_dict(state["head"])
+    emb = embed(model, splits.val_x, params, device)
+    with torch.no_grad():
+        cos = head.cosine(emb)
+        cy = cos.gather(1, splits.val_y.view(-1, 1)).squeeze(1)
+        theta = torch.rad2deg(torch.acos(cy.clamp(-1, 1)))
+        other = cos.scatter(1, splits.val_y.view(-1, 1), -2.0).amax(1)
+        centres = F.normalize(head.weight, dim=1)
+        gram = centres @ centres.T - 2 * torch.eye(len(centres))
+    qs = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+    print(f"{params.model_name} (loss {params.loss_fuc_type}, s={params.scale}, m={params.margin}), "
+          f"{len(emb)} validation images")
+    print("angle to own class centre, degrees, quantiles 10/25/50/75/90/99 %:",
+          [round(float(v), 1) for v in torch.quantile(theta, qs)])
+    print("largest cosine to another centre, quantiles 50/90/99 %:",
+          [round(float(v), 3) for v in torch.quantile(other, torch.tensor([0.5, 0.9, 0.99]))])
+    print(f"largest cosine between two class centres: {float(gram.max()):.3f}")
+    med = math.radians(float(torch.quantile(theta, 0.5)))
+    gap = math.cos(med + params.margin) - float(torch.quantile(other, 0.5))
+    p = 1 / (1 + (params.n_class - 1) * math.exp(-params.scale * gap))
+    print(f"a median sample: target-minus-other cosine gap {gap:.3f} -> softmax probability {p:.4f} "
+          f"at s={params.scale}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
