@@ -120,11 +120,22 @@ def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits:
     return m
 
 
+def cpu_model() -> str:
+    """The processor's name from /proc/cpuinfo (platform.processor() is empty on most Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def device_description(device: torch.device, ctx: DistContext = SINGLE) -> str:
     if device.type == "cuda":
         desc = f"cuda ({torch.cuda.get_device_name(device)})"
     else:
-        desc = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        desc = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
     return desc if not ctx.enabled else f"{ctx.world} x {desc} (DDP)"
 
 
