@@ -23,6 +23,7 @@ speed only: nothing is selected on the test set). Writes results/bench/time_to_a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def time_naive(params, steps: int) -> float:
 
 
 class _Reached(Exception):
-    pass
+    """Raised from the per-epoch hook once the target accuracy is reached: ends `fit` early."""
 
 
 def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
@@ -133,10 +134,8 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
             raise _Reached
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
+        with contextlib.suppress(_Reached):
             fit(params, model, head, splits, device, Path(tmp), on_epoch)
-        except _Reached:
-            pass
     hit = next((r for r in log if r["acc_1nn"] >= target), None)
     msg = (f"reached {target:.2%} after {hit['train_seconds']:.0f} s ({hit['train_seconds'] / 60:.1f} min), "
            f"epoch {hit['epoch']}" if hit else f"did not reach {target:.2%} in {len(log)} epochs")

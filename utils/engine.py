@@ -39,7 +39,7 @@ class TrainingInterrupted(Exception):
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss became NaN or infinite; the message names the epoch, the step and the likely fix."""
 
 
 # ----------------------------------------------------------------------------- setup helpers

@@ -7,6 +7,7 @@ and results/DET.png is redrawn from every model found under the results folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -122,12 +123,10 @@ def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits:
 
 def cpu_model() -> str:
     """The processor's name from /proc/cpuinfo (platform.processor() is empty on most Linux)."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.machine()
 
 

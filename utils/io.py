@@ -103,8 +103,7 @@ def check_writable(folder: str | Path) -> None:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
         raise PermissionError(f"cannot write to '{folder}' ({e.strerror}); choose another folder "
                               f"with --results_dir=... / --ckpt_dir=... or fix its permissions.") from None
