@@ -1,11 +1,13 @@
 """How tight are the classes? Angles between validation embeddings and their class centres.
 
-    python -m bench.angles [--model_name=resnet18_arcface] [--ckpt_dir=ckp] [--field=value ...]
+    python -m bench.angles [--model_name=resnet18_arcface] [--ckpt_dir=ckp] [--retrieval=true]
 
 Loads ckp/<model_name>/best.pt (a cosine-margin head: its rows are the class centres), embeds the
 validation split and prints quantiles of theta_y (angle to the own centre), of the largest
 cosine to another centre, and the scale at which a sample at the median angle would still get a
-non-negligible gradient. Validation data only: nothing here looks at the test set.
+non-negligible gradient; with --retrieval=true also the validation split's 1-NN accuracy and EER
+against the train-split gallery (the test protocol, on validation data). Validation data only:
+nothing here looks at the test set, so it can choose between models.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from utils.config import parse_overrides, resolve
 from utils.engine import embed
 from utils.experiment import build_models, load_splits, paths
 from utils.io import load_checkpoint
+from utils.metrics import evaluate_embeddings
 
 
 def main(argv: list[str]) -> None:
+    retrieval = "--retrieval=true" in argv
+    argv = [a for a in argv if a != "--retrieval=true"]
     params = resolve(TrainArcFaceParams(), {"use_tqdm": False, **parse_overrides(argv)})
     state = load_checkpoint(paths(params)[1] / "best.pt")
     params = resolve(TrainArcFaceParams(), {**{k: v for k, v in state["params"].items()
@@ -53,6 +58,11 @@ def main(argv: list[str]) -> None:
     med = math.radians(float(torch.quantile(theta, 0.5)))
     gap = math.cos(med + params.margin) - float(torch.quantile(other, 0.5))
     p = 1 / (1 + (params.n_class - 1) * math.exp(-params.scale * gap))
+    if retrieval:
+        gallery = embed(model, splits.train_x, params, device)
+        m = evaluate_embeddings(emb, splits.val_y, gallery, splits.train_y, bins=params.hist_bins)
+        print(f"validation vs train gallery: 1-NN {m['acc_1nn']:.4%}, EER {m['eer']:.4%}, "
+              f"TAR@FAR=1e-3 {m['tar_at_far']['1e-03']:.4%}")
     print(f"a median sample: target-minus-other cosine gap {gap:.3f} -> softmax probability {p:.4f} "
           f"at s={params.scale}")
 
