@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import input_channels
 from trainArcFace import TrainArcFaceParams
 from utils.config import resolve
 from utils.data import dataset_stats, load_idx_dataset
@@ -52,7 +53,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 def flops_per_image(params, device: torch.device) -> float:
     model, head = build_models(params, device)
-    x = torch.zeros(8, 3 if params.pretrained else 1, params.img_size, params.img_size)
+    x = torch.zeros(8, input_channels(params.pretrained), params.img_size, params.img_size)
     y = torch.zeros(8, dtype=torch.long)
     with FlopCounterMode(display=False) as fc:
         F.cross_entropy(head(model(x), y), y).backward()

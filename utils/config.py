@@ -96,10 +96,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def field_names(cls: type = TrainParams) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
 def _parse_value(name: str, text: str, typ: type) -> Any:
     if typ is bool:
         low = text.strip().lower()

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from models import input_channels
 from utils.data import DataError, Splits, augmentation_table, prepare_batch
 from utils.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm, gather_rows, shard
 from utils.io import save_checkpoint
@@ -149,6 +150,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- train / eval
+def model_input(x: torch.Tensor, params: Any, device: torch.device, aug: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 images -> the network's input for `params` (channels, size, layout, normalisation)."""
+    return prepare_batch(x, params.img_size, input_channels(params.pretrained), device, aug=aug,
+                         channels_last=params.channels_last, mean=params.input_mean, std=params.input_std)
+
+
 class TrainNet(nn.Module):
     """Embedder + head as one module, so DDP synchronises the head's (margin) weights too."""
 
@@ -181,7 +188,7 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     """One pass over (x, y) in shuffled batches; returns the mean training loss (over all ranks).
 
     `resume` = {'step', 'loss_sum'} continues a partly done epoch. When `stop` becomes non-empty on
-    any rank, every rank reaches the same step, and `on_stop` is called with that position.
+    any rank, every rank finishes the same step and `on_stop` is called with the next position.
     """
     net.train()
     dtype = amp_dtype(device, params.amp)
@@ -194,12 +201,8 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     bar = tqdm(total=steps * bs * ctx.world, initial=start * bs * ctx.world, unit="img", unit_scale=True,
                desc=f"epoch {epoch}", disable=not (params.use_tqdm and ctx.is_main), leave=False)
     for step in range(start, steps):
-        if all_sum([float(bool(stop))], ctx, device)[0] > 0:  # every rank stops at the same step
-            on_stop({"step": step, "loss_sum": loss_sum})
         idx = order[step * bs:(step + 1) * bs]
-        xb = prepare_batch(x[idx], params.img_size, 3 if params.pretrained else 1, device,
-                           aug=None if aug is None else aug[idx], channels_last=params.channels_last,
-                           mean=params.input_mean, std=params.input_std)
+        xb = model_input(x[idx], params, device, None if aug is None else aug[idx])
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
             loss = F.cross_entropy(net(xb, yb), yb)
@@ -209,7 +212,9 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         scaler.update()
         if params.schedule != "step":
             scheduler.step()
-        value = all_sum([loss.item()], ctx, device)[0] / ctx.world  # the global batch's mean loss
+        # one reduction per step carries the global batch's mean loss and any rank's stop request
+        loss_total, stops = all_sum([loss.item(), float(bool(stop))], ctx, device)
+        value = loss_total / ctx.world
         if not math.isfinite(value):
             raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}; lower --lr, "
                                 f"--scale or --margin (or use --amp=off) and train again.")
@@ -218,6 +223,8 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             on_step(epoch, step, value)
         bar.update(bs * ctx.world)
         bar.set_postfix(loss=f"{value:.4f}")
+        if stops > 0:  # every rank sees the same sum, so all stop after this same step
+            on_stop({"step": step + 1, "loss_sum": loss_sum})
     bar.close()
     return loss_sum / max(1, steps)
 
@@ -236,8 +243,7 @@ def embed(model: nn.Module, x: torch.Tensor, params: Any, device: torch.device, 
     bs = params.eval_batch_size
     for a in tqdm(range(0, len(part), bs), desc=desc, unit="batch", leave=False,
                   disable=not (params.use_tqdm and ctx.is_main)):
-        xb = prepare_batch(part[a:a + bs], params.img_size, 3 if params.pretrained else 1, device,
-                           channels_last=params.channels_last, mean=params.input_mean, std=params.input_std)
+        xb = model_input(part[a:a + bs], params, device)
         with autocast(device, dtype):
             out.append(model(xb).float())
     local = torch.cat(out) if out else torch.empty(0, params.embedding_dim, device=device)

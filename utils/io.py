@@ -53,11 +53,6 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Non
         w.writerows(rows)
 
 
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
