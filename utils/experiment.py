@@ -40,9 +40,8 @@ def train_classes(params: Any) -> int:
 
 def build_models(params: Any, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
-    margin = int(params.margin) if params.loss_fuc_type == "sphereface" else params.margin
     head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params), scale=params.scale,
-                      margin=margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
+                      margin=params.margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
     return model.to(device), head.to(device)
 
 
