@@ -7,13 +7,15 @@ validation split and prints quantiles of theta_y (angle to the own centre), of t
 cosine to another centre, and the scale at which a sample at the median angle would still get a
 non-negligible gradient; with --retrieval=true also the validation split's 1-NN accuracy and EER
 against the train-split gallery (the test protocol, on validation data). Validation data only:
-nothing here looks at the test set, so it can choose between models.
+nothing here looks at the test set, so it can choose between models. Writes
+results/bench/angles_<model_name>.json.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ from trainArcFace import TrainArcFaceParams
 from utils.config import parse_overrides, resolve
 from utils.engine import embed
 from utils.experiment import build_models, load_splits, paths
-from utils.io import load_checkpoint
+from utils.io import load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
 
 
@@ -48,6 +50,12 @@ def main(argv: list[str]) -> None:
         centres = F.normalize(head.weight, dim=1)
         gram = centres @ centres.T - 2 * torch.eye(len(centres))
     qs = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9, 0.99])
+    report: dict = {"model_name": params.model_name, "scale": params.scale, "margin": params.margin,
+                    "theta_quantiles_deg": dict(zip(["10", "25", "50", "75", "90", "99"],
+                                                    [round(float(v), 2) for v in torch.quantile(theta, qs)],
+                                                    strict=True)),
+                    "max_other_cos_median": round(float(torch.quantile(other, 0.5)), 4),
+                    "max_centre_cos": round(float(gram.max()), 4)}
     print(f"{params.model_name} (loss {params.loss_fuc_type}, s={params.scale}, m={params.margin}), "
           f"{len(emb)} validation images")
     print("angle to own class centre, degrees, quantiles 10/25/50/75/90/99 %:",
@@ -61,10 +69,14 @@ def main(argv: list[str]) -> None:
     if retrieval:
         gallery = embed(model, splits.train_x, params, device)
         m = evaluate_embeddings(emb, splits.val_y, gallery, splits.train_y, bins=params.hist_bins)
+        report["val_retrieval"] = {"acc_1nn": m["acc_1nn"], "eer": m["eer"], "tar_1e-3": m["tar_at_far"]["1e-03"]}
         print(f"validation vs train gallery: 1-NN {m['acc_1nn']:.4%}, EER {m['eer']:.4%}, "
               f"TAR@FAR=1e-3 {m['tar_at_far']['1e-03']:.4%}")
     print(f"a median sample: target-minus-other cosine gap {gap:.3f} -> softmax probability {p:.4f} "
           f"at s={params.scale}")
+    out = Path("results/bench") / f"angles_{params.model_name}.json"
+    write_json(out, report)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
