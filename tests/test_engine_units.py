@@ -62,3 +62,30 @@ def test_rank_batches_together_are_the_single_process_batch() -> None:
         merged = set(r0[k * bs:(k + 1) * bs].tolist()) | set(r1[k * bs:(k + 1) * bs].tolist())
         assert merged == set(one[2 * k * bs:2 * (k + 1) * bs].tolist())
     assert not torch.equal(one, engine.epoch_indices(100, p, epoch=4, ctx=DistContext(0, 1)))  # set_epoch
+
+
+def test_a_signal_during_validation_stops_at_the_epoch_boundary(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM while validating the last epoch must not be swallowed: last.pt is saved, then it stops."""
+    import os
+    import signal
+
+    from utils.data import Splits
+    from utils.experiment import build_models
+
+    params = resolve(TrainArcFaceParams(), {"img_size": 16, "batch_size": 8, "total_epochs": 1, "use_tqdm": False,
+                                            "amp": "off", "augment": False, "input_std": 1.0})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 255, (32, 16, 16), dtype=torch.uint8, generator=g), torch.arange(32) % 10
+    splits = Splits(x, y, x[:16], y[:16], x[:16], y[:16])
+    model, head = build_models(params, torch.device("cpu"))
+    real_validate = engine.validate
+
+    def validate_then_signal(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled by fit's stop_on_signals: only flags the stop
+        return real_validate(*a, **k)
+
+    monkeypatch.setattr(engine, "validate", validate_then_signal)
+    with pytest.raises(engine.TrainingInterrupted):
+        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path, lambda hist: None)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["partial"] is None

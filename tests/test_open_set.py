@@ -107,6 +107,21 @@ def test_benchmark_command_on_a_folder(tmp_path: Path) -> None:
     md = (out / "benchmark.md").read_text()
     assert "| cosface |" in md and "±" in md
     assert (out / "DET_folder_closed.png").is_file() and (out / "DET_folder_open.png").is_file()
+    # --reuse: the same grid is read back, not retrained; a run whose params differ is retrained
+    stamp = {x["model_name"]: (Path(x["folder"]) / "metrics.json").stat().st_mtime_ns for x in bench["runs"]}
+    r = run_main("benchmark", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
+                 f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=8", "--reuse=true",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((out / "benchmark.json").read_text())
+    assert again["reused_runs"] == 4 and again["runs"] == bench["runs"]
+    assert all((Path(x["folder"]) / "metrics.json").stat().st_mtime_ns == stamp[x["model_name"]]
+               for x in again["runs"])
+    r = run_main("benchmark", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path),
+                 f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=4", "--reuse=true",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "benchmark.json").read_text())["reused_runs"] == 0
     r = run_main("benchmark", "--losses=triplet", cwd=tmp_path)
     assert r.returncode == 2 and "--losses: unknown ['triplet']" in r.stderr
 

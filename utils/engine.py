@@ -342,6 +342,10 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
                 if params.use_tqdm:
                     tqdm.write(f"epoch {epoch}: train {train_loss:.4f}  val {val_loss:.4f}  "
                                f"val_acc {val_acc:.4%}  {'*best*' if improved else ''}")
+            # a signal during validation or saving is honoured here, at the epoch boundary last.pt holds
+            if all_sum([float(bool(stop))], ctx, device)[0] > 0:
+                barrier(ctx)
+                raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
     barrier(ctx)  # best.pt is complete before any rank loads it
     return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
             "best_val_loss": st["best_val_loss"], "history": st["history"]}

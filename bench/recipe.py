@@ -1,0 +1,144 @@
+"""Choose a training recipe on validation data: train ArcFace and softmax with one set of overrides,
+then score the validation split against the train-split gallery (the test protocol, test set untouched).
+
+    python -m bench.recipe --name=base [--losses=arcface,softmax] [--seeds=0,1] [--field=value ...]
+    python -m bench.recipe --summary=true      # table of every candidate measured so far
+
+Each (loss, seed) trains with the given overrides exactly as `python main.py` would (same engine, same
+early stopping and best checkpoint), then reports validation 1-NN accuracy, EER and TAR@FAR=1e-3
+against the 50k train-split embeddings, the head's validation accuracy and the training time.
+Writes results/bench/recipe/<name>_<losses>_s<seeds>.json. Nothing here reads the test images, so its numbers may
+choose the defaults; the test numbers in the readme come from `python main.py compare` afterwards.
+Several candidates can run side by side on one GPU (one process each); on a 2-core CPU run them
+one after another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from trainArcFace import TrainArcFaceParams
+from trainResnet import TrainResnetParams
+from utils.config import ConfigError, parse_overrides, resolve
+from utils.engine import embed, fit, resolve_device, seed_everything
+from utils.experiment import build_models, device_description, load_splits, quick_debug_params
+from utils.io import atomic_write, load_checkpoint, write_json
+from utils.metrics import evaluate_embeddings
+
+DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str], list[int], dict]:
+    name, losses, seeds, rest = "", ["arcface", "softmax"], [0], []
+    for a in argv:
+        key, _, value = a.removeprefix("--").partition("=")
+        if key == "name":
+            name = value
+        elif key == "losses":
+            losses = [v for v in value.split(",") if v]
+        elif key == "seeds":
+            try:
+                seeds = [int(v) for v in value.split(",") if v]
+            except ValueError:
+                raise ConfigError(f"--seeds={value}: expected comma-separated integers, e.g. 0,1.") from None
+        else:
+            rest.append(a)
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError("--name=NAME is required (letters, digits, '-' and '_'): it names the output file.")
+    bad = [x for x in losses if x not in DEFAULTS]
+    if bad or not losses:
+        raise ConfigError(f"--losses: {bad or 'empty'}; choose from {', '.join(DEFAULTS)}.")
+    return name, losses, seeds, parse_overrides(rest)
+
+
+def train_and_score(params) -> dict:
+    """Train one model from scratch, then score the best checkpoint on validation vs train gallery."""
+    params = quick_debug_params(params)
+    device = resolve_device(params.device)
+    seed_everything(params.seed)
+    splits, params = load_splits(params)
+    model, head = build_models(params, device)
+    ckpt_dir = Path(params.ckpt_dir) / params.model_name
+    def log_epoch(hist: list[dict]) -> None:  # progress in the log even if the run is cut short
+        h = hist[-1]
+        print(f"  {params.model_name} epoch {h['epoch']}: val loss {h['val_loss']:.4f}  val acc {h['val_acc']:.4%}  "
+              f"{h['seconds']:.1f} s", flush=True)
+
+    summary = fit(params, model, head, splits, device, ckpt_dir, log_epoch)
+    best = load_checkpoint(ckpt_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    head.load_state_dict(best["head"])
+    t0 = time.perf_counter()
+    query = embed(model, splits.val_x, params, device)
+    gallery = embed(model, splits.train_x, params, device)
+    m = evaluate_embeddings(query, splits.val_y.to(device), gallery, splits.train_y.to(device), bins=params.hist_bins)
+    return {"val_acc_1nn": m["acc_1nn"], "val_eer": m["eer"], "val_tar_1e-3": m["tar_at_far"]["1e-03"],
+            "val_acc_head": summary["history"][summary["best_epoch"]]["val_acc"],
+            "best_epoch": summary["best_epoch"], "epochs_trained": summary["epochs_trained"],
+            "train_seconds": round(summary["train_seconds"], 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+            "device": device_description(device)}
+
+
+def summary(folder: Path) -> str:
+    """One row per (candidate, loss): means over every seed measured, from all files in `folder`."""
+    rows: dict[tuple[str, str], list[dict]] = {}
+    overrides: dict[str, dict] = {}
+    for f in sorted(folder.glob("*.json")):
+        d = json.loads(f.read_text())
+        overrides[d["name"]] = d["overrides"]
+        for r in d["runs"]:
+            rows.setdefault((d["name"], r["loss"]), []).append(r)
+    lines = ["| candidate | overrides | loss | seeds | val 1-NN % | val EER % | val head acc % | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (name, loss), rs in sorted(rows.items()):
+        ov = " ".join(f"--{k}={v}" for k, v in overrides[name].items()) or "(defaults)"
+        cells = [f"{statistics.mean(r[k] for r in rs) * 100:.3f}" for k in ("val_acc_1nn", "val_eer", "val_acc_head")]
+        lines.append(f"| {name} | {ov} | {loss} | {len(rs)} | " + " | ".join(cells)
+                     + f" | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    if argv and argv[0].startswith("--summary"):
+        folder = Path("results/bench/recipe")
+        table = summary(folder)
+        with atomic_write(folder / "summary.md") as f:
+            f.write(table + "\n")
+        print(table)
+        return
+    name, losses, seeds, overrides = parse_args(argv)
+    plans = []  # resolve everything first: a bad override fails before any training
+    for loss in losses:
+        for seed in seeds:
+            values = {"use_tqdm": False, **overrides, "seed": seed,
+                      "ckpt_dir": str(Path(overrides.get("ckpt_dir", "ckp")) / "recipe" / name)}
+            p = resolve(DEFAULTS[loss](), values)
+            plans.append(dataclasses.replace(p, model_name=f"{p.model_name}_s{seed}"))
+    runs = []
+    for p in plans:
+        r = train_and_score(p)
+        runs.append({"loss": p.loss_fuc_type, "seed": p.seed, **r})
+        print(f"[{name}] {p.loss_fuc_type} seed {p.seed}: val 1-NN {r['val_acc_1nn']:.4%}  EER {r['val_eer']:.4%}  "
+              f"head {r['val_acc_head']:.4%}  best epoch {r['best_epoch']}  train {r['train_seconds']:.0f} s",
+              flush=True)
+    mean = {loss: {k: statistics.mean(r[k] for r in runs if r["loss"] == loss)
+                   for k in ("val_acc_1nn", "val_eer", "val_acc_head", "train_seconds")} for loss in losses}
+    tag = f"{name}_{'-'.join(losses)}_s{'-'.join(map(str, seeds))}"
+    out = Path(overrides.get("results_dir", "results")) / "bench" / "recipe" / f"{tag}.json"
+    write_json(out, {"name": name, "overrides": overrides, "seeds": seeds, "mean": mean, "runs": runs,
+                     "torch": torch.__version__})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
