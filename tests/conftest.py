@@ -19,7 +19,9 @@ if "DATA_ROOT" not in os.environ and (ROOT.parent / "shared" / "data" / "MNIST" 
 
 def mnist_root() -> Path | None:
     root = os.environ.get("DATA_ROOT")
-    if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+    raw = Path(root or ".") / "MNIST" / "raw"
+    # the loader reads plain or gzipped IDX files; so may the tests
+    if root and any((raw / f"train-images-idx3-ubyte{ext}").is_file() for ext in ("", ".gz")):
         return Path(root)
     return None
 
