@@ -161,7 +161,7 @@ def run_benchmark(args: list[str]) -> Path:
             reused += 1
         row = {"dataset": p.dataset_name, "loss": p.loss_fuc_type, "seed": p.seed, "model_name": p.model_name,
                "folder": str(Path(p.results_dir) / p.model_name), "train_seconds": m["train_seconds"],
-               "eval_seconds": m["eval_seconds"], "best_epoch": m["best_epoch"],
+               "eval_seconds": m["eval_seconds"], "best_epoch": m["best_epoch"], "device": m["device"],
                "closed": {"acc_1nn": m["acc_1nn"], "eer": m["eer"], "tar_1e-3": m["tar_at_far"]["1e-03"]}}
         if "open_set" in m:
             o = m["open_set"]
@@ -174,7 +174,10 @@ def run_benchmark(args: list[str]) -> Path:
     setup = {k: v for k, v in dataclasses.asdict(runs[0]).items() if k not in varying}
     write_json(root / "benchmark.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
                                          "seeds": opts["seeds"], "wall_seconds": time.perf_counter() - t0,
-                                         "reused_runs": reused,
+                                         "reused_runs": reused,  # wall_seconds excludes these runs
+                                         "run_seconds_total": round(sum(r["train_seconds"] + r["eval_seconds"]
+                                                                        for r in rows), 1),
+                                         "devices": sorted({r["device"] for r in rows}),
                                          "shared_params": setup, "runs": rows})
     summarise(rows, root / "benchmark.md")
     draw(rows, root)
