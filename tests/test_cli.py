@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import needs_mnist, quick, run_main
+from conftest import SMALL, needs_mnist, quick, run_main
 
 METRIC_KEYS = {"acc_1nn", "acc_head", "eer", "eer_threshold", "tar_at_far", "auc", "best_epoch", "epochs_trained",
                "train_seconds", "eval_seconds", "device", "n_query", "n_gallery", "n_pairs"}
@@ -50,7 +50,7 @@ def test_test_command_reevaluates_saved_checkpoints(compared_copy: Path) -> None
               for n in ("resnet18_arcface", "resnet18_softmax")}
     det = tmp / "results" / "DET.png"
     det.unlink()
-    r = run_main("test", *quick(tmp), "--batch_size=16", cwd=tmp)
+    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 0, r.stderr
     assert det.is_file() and "resnet18_arcface: 1-NN acc" in r.stdout and "resnet18_softmax" in r.stdout
     for n, m in before.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -121,8 +122,9 @@ def test_corrupt_idx_is_reported(tmp_path: Path) -> None:
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
     src = Path(os.environ["DATA_ROOT"]) / "MNIST" / "raw"
-    for f in src.iterdir():
-        (raw / f.name).write_bytes(f.read_bytes())
+    for f in src.iterdir():  # plain copies, also of gzipped originals
+        data = gzip.decompress(f.read_bytes()) if f.suffix == ".gz" else f.read_bytes()
+        (raw / f.name.removesuffix(".gz")).write_bytes(data)
     lab = raw / "t10k-labels-idx1-ubyte"
     lab.write_bytes(lab.read_bytes()[:-5])
     r = run_main("arcface", *quick(tmp_path), f"--data_root={tmp_path / 'data'}", cwd=tmp_path)
