@@ -240,7 +240,7 @@ def draw_det(results_dir: Path) -> list[Path]:
             met = json.loads(mfile.read_text())
             far, frr = read_curve(ff)
             eer = met[key]["eer"] if key else met["eer"]
-            curves.append({"label": met.get("model_name", mfile.parent.name), "far": far, "frr": frr,
+            curves.append({"label": mfile.parent.name, "far": far, "frr": frr,
                            "eer": eer, "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
         if curves:
             fig = plots.det_figure(curves, title)
