@@ -39,13 +39,15 @@ def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
     """
     fig, ax = plt.subplots(figsize=(6.4, 5.8))
     lo = 1e-4
+    seen: dict[str | None, int] = {}  # curves of the same colour (same loss) get other line styles
     for c in curves:
         far, frr = np.asarray(c["far"]), np.asarray(c["frr"])
         for rate in (far, frr):
             nz = rate[rate > 0]
             if len(nz):
                 lo = min(lo, float(nz.min()))
-        ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=1.6,
+        n = seen[c.get("color")] = seen.get(c.get("color"), -1) + 1
+        ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=1.6, ls=("-", "--", "-.", ":")[n % 4],
                 label=f"{c['label']} (EER {c['eer'] * 100:.3f}%)")
     lo = max(lo, 1e-8)
     hi = 0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95
