@@ -132,8 +132,9 @@ def main(argv: list[str]) -> None:
                    for k in ("val_acc_1nn", "val_eer", "val_acc_head", "train_seconds")} for loss in losses}
     tag = f"{name}_{'-'.join(losses)}_s{'-'.join(map(str, seeds))}"
     out = Path(overrides.get("results_dir", "results")) / "bench" / "recipe" / f"{tag}.json"
+    # the resolved params too: "defaults" change over time (ArcFace's scale did), overrides alone do not say
     write_json(out, {"name": name, "overrides": overrides, "seeds": seeds, "mean": mean, "runs": runs,
-                     "torch": torch.__version__})
+                     "torch": torch.__version__, "params": {p.loss_fuc_type: dataclasses.asdict(p) for p in plans}})
     print(f"wrote {out}")
 
 

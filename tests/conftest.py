@@ -15,6 +15,8 @@ sys.path.insert(0, str(ROOT))
 
 if "DATA_ROOT" not in os.environ and (ROOT.parent / "shared" / "data" / "MNIST" / "raw").is_dir():
     os.environ["DATA_ROOT"] = str(ROOT.parent / "shared" / "data")
+elif os.environ.get("DATA_ROOT"):  # absolute: the end-to-end tests run main.py from temporary folders
+    os.environ["DATA_ROOT"] = str(Path(os.environ["DATA_ROOT"]).resolve())
 
 
 def mnist_root() -> Path | None:

@@ -32,8 +32,8 @@ from utils.io import atomic_write, save_figure, write_json
 DEFAULT_LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface")
 DEFAULT_DATASETS = ("mnist", "fashion_mnist")
 DEFAULT_SEEDS = 3
-# 2 epochs of the known classes (~30k images) + evaluation: estimated ~3.6 min a run on 2 CPU
-# cores from the measured ~167 s per 50k-image epoch, i.e. ~2 hours for the default 30-run grid.
+# 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 CPU
+# cores, i.e. 1.7-2.1 hours for the default 30-run grid (readme, "Results of the default grid").
 # The optimiser settings are pinned so that retuning the reproduction's defaults does not silently
 # change this protocol (and make old benchmark results incomparable).
 BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay": 5e-4, "augment": True,

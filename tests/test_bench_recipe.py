@@ -1,0 +1,68 @@
+"""bench.recipe: recipe candidates trained as main.py would, scored on validation only."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, needs_mnist, quick
+
+
+def recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "bench.recipe", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+def test_bad_arguments_are_refused_before_training(tmp_path: Path) -> None:
+    r = recipe("--lr=1e-3", cwd=tmp_path)
+    assert r.returncode == 1 and "--name=NAME is required" in r.stderr
+    r = recipe("--name=x", "--losses=triplet", cwd=tmp_path)
+    assert r.returncode == 1 and "--losses" in r.stderr
+    r = recipe("--name=x", "--seeds=a", cwd=tmp_path)
+    assert r.returncode == 1 and "--seeds=a" in r.stderr
+
+
+@needs_mnist
+def test_candidate_is_scored_on_validation_and_summarised(tmp_path: Path) -> None:
+    r = recipe("--name=lowlr", "--losses=softmax", "--seeds=0", "--lr=5e-4", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "results" / "bench" / "recipe" / "lowlr_softmax_s0.json").read_text())
+    run = d["runs"][0]
+    assert d["overrides"]["lr"] == 5e-4 and d["params"]["softmax"]["lr"] == 5e-4
+    assert 0 <= run["val_acc_1nn"] <= 1 and 0 <= run["val_eer"] <= 1 and run["epochs_trained"] == 1
+    assert not (tmp_path / "results" / "resnet18_softmax").exists()  # no test-set report is written
+    r = recipe("--summary=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "| lowlr | --lr=0.0005" in r.stdout and "| softmax | 1 |" in r.stdout
+
+
+@needs_mnist
+def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.recipe as br
+    from trainResnet import TrainResnetParams
+    from utils.config import resolve
+
+    seen: dict = {}
+    real_load, real_embed = br.load_splits, br.embed
+
+    def load(params):
+        splits, params = real_load(params)
+        seen["splits"] = splits
+        return splits, params
+
+    def embed(model, x, *a, **k):
+        seen.setdefault("embedded", []).append(x)
+        return real_embed(model, x, *a, **k)
+
+    monkeypatch.setattr(br, "load_splits", load)
+    monkeypatch.setattr(br, "embed", embed)
+    params = resolve(TrainResnetParams(), {"quick_debug": True, "use_tqdm": False, "ckpt_dir": str(tmp_path)})
+    r = br.train_and_score(params)
+    s = seen["splits"]
+    assert [x is s.val_x or x is s.train_x for x in seen["embedded"]] == [True, True]
+    assert 0 <= r["val_acc_1nn"] <= 1
