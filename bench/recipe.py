@@ -27,7 +27,8 @@ import torch
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
 from utils.config import ConfigError, parse_overrides, resolve
-from utils.engine import embed, fit, resolve_device, seed_everything
+from utils.device import resolve_device, seed_everything
+from utils.engine import embed, fit
 from utils.experiment import build_models, device_description, load_splits, quick_debug_params
 from utils.io import atomic_write, load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings

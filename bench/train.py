@@ -36,7 +36,8 @@ from models import input_channels
 from trainArcFace import TrainArcFaceParams
 from utils.config import resolve
 from utils.data import dataset_stats, load_idx_dataset
-from utils.engine import TrainNet, amp_dtype, cpu_has_native_bf16, make_optimizer, make_scheduler
+from utils.device import amp_dtype, cpu_has_native_bf16
+from utils.engine import TrainNet, make_optimizer, make_scheduler
 from utils.engine import train_one_epoch as engine_epoch
 from utils.experiment import build_models
 from utils.io import write_json
@@ -111,7 +112,8 @@ class _Reached(Exception):
 def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
     import tempfile
 
-    from utils.engine import embed, fit, seed_everything
+    from utils.device import seed_everything
+    from utils.engine import embed, fit
     from utils.experiment import load_splits
     from utils.metrics import identification_accuracy
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainArcFace import TrainArcFaceParams
-from utils import engine
+from utils import device, engine
 from utils.config import ConfigError, resolve
 from utils.distributed import DistContext
 
@@ -16,21 +16,21 @@ from utils.distributed import DistContext
 def test_amp_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert engine.amp_dtype(cuda, "auto") == torch.bfloat16
+    assert device.amp_dtype(cuda, "auto") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert engine.amp_dtype(cuda, "auto") == torch.float16  # pre-Ampere GPUs: fp16 (+ GradScaler)
-    assert engine.amp_dtype(cpu, "off") is None and engine.amp_dtype(cpu, "fp16") == torch.float16
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
-    assert engine.amp_dtype(cpu, "auto") is None  # emulated bf16 would be slower than fp32
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
-    assert engine.amp_dtype(cpu, "auto") == torch.bfloat16
+    assert device.amp_dtype(cuda, "auto") == torch.float16  # pre-Ampere GPUs: fp16 (+ GradScaler)
+    assert device.amp_dtype(cpu, "off") is None and device.amp_dtype(cpu, "fp16") == torch.float16
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert device.amp_dtype(cpu, "auto") is None  # emulated bf16 would be slower than fp32
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.amp_dtype(cpu, "auto") == torch.bfloat16
 
 
 def test_data_placement() -> None:
     cuda = torch.device("cuda")
-    assert engine.data_placement(47_000_000, torch.device("cpu")) == "cpu"
-    assert engine.data_placement(47_000_000, cuda) == "device"
-    assert engine.data_placement(engine.GPU_RESIDENT_BYTES + 1, cuda) == "pinned"
+    assert device.data_placement(47_000_000, torch.device("cpu")) == "cpu"
+    assert device.data_placement(47_000_000, cuda) == "device"
+    assert device.data_placement(device.GPU_RESIDENT_BYTES + 1, cuda) == "pinned"
 
 
 def test_cuda_requested_without_cuda_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,9 @@ from models import get_model
 from utils import distributed, plots
 from utils.config import parse_classes
 from utils.data import DataError, Splits, dataset_stats, load_dataset, make_splits
+from utils.device import resolve_device, seed_everything
 from utils.distributed import SINGLE, DistContext
-from utils.engine import embed, fit, resolve_device, seed_everything
+from utils.engine import embed, fit
 from utils.io import check_writable, load_checkpoint, save_figure, write_csv, write_json
 from utils.metrics import evaluate_embeddings
 
