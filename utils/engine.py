@@ -243,11 +243,14 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
 
     t0 = time.perf_counter() - st["train_seconds"]
     with stop_on_signals() as stop:
+        def interrupted() -> None:
+            barrier(ctx)  # last.pt exists before any rank reports it
+            raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
+
         def on_stop(partial: dict) -> None:
             st["train_seconds"] = time.perf_counter() - t0
             save("last.pt", snapshot(partial))
-            barrier(ctx)  # the file exists before any rank reports it
-            raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
+            interrupted()
 
         while st["epoch"] < params.total_epochs and st["epochs_no_improve"] < params.early_stop_epochs:
             epoch, te = st["epoch"], time.perf_counter()
@@ -282,8 +285,7 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
                                f"val_acc {val_acc:.4%}  {'*best*' if improved else ''}")
             # a signal during validation or saving is honoured here, at the epoch boundary last.pt holds
             if all_sum([float(bool(stop))], ctx, device)[0] > 0:
-                barrier(ctx)
-                raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
+                interrupted()
     barrier(ctx)  # best.pt is complete before any rank loads it
     return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
             "best_val_loss": st["best_val_loss"], "history": st["history"]}
