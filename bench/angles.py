@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from trainArcFace import TrainArcFaceParams
 from utils.config import parse_overrides, resolve
 from utils.engine import embed
-from utils.experiment import build_models, load_splits, paths
+from utils.experiment import load_weights, paths, prepare_run
 from utils.io import load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
 
@@ -36,11 +36,9 @@ def main(argv: list[str]) -> None:
     params = resolve(TrainArcFaceParams(), {**{k: v for k, v in state["params"].items()
                                                if k in vars(params) and k not in ("data_root", "resume")},
                                             "use_tqdm": False})
-    splits, params = load_splits(params)
     device = torch.device("cpu")
-    model, head = build_models(params, device)
-    model.load_state_dict(state["model"])
-    head.load_state_dict(state["head"])
+    splits, params, model, head = prepare_run(params, device)
+    load_weights(model, head, state)
     emb = embed(model, splits.val_x, params, device)
     with torch.no_grad():
         cos = head.cosine(emb)

@@ -27,9 +27,9 @@ import torch
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
 from utils.config import ConfigError, parse_overrides, resolve
-from utils.device import resolve_device, seed_everything
+from utils.device import resolve_device
 from utils.engine import embed, fit
-from utils.experiment import build_models, device_description, load_splits, quick_debug_params
+from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
 from utils.io import atomic_write, load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
 
@@ -63,9 +63,7 @@ def train_and_score(params) -> dict:
     """Train one model from scratch, then score the best checkpoint on validation vs train gallery."""
     params = quick_debug_params(params)
     device = resolve_device(params.device)
-    seed_everything(params.seed)
-    splits, params = load_splits(params)
-    model, head = build_models(params, device)
+    splits, params, model, head = prepare_run(params, device)
     ckpt_dir = Path(params.ckpt_dir) / params.model_name
     def log_epoch(hist: list[dict]) -> None:  # progress in the log even if the run is cut short
         h = hist[-1]
@@ -73,9 +71,7 @@ def train_and_score(params) -> dict:
               f"{h['seconds']:.1f} s", flush=True)
 
     summary = fit(params, model, head, splits, device, ckpt_dir, log_epoch)
-    best = load_checkpoint(ckpt_dir / "best.pt")
-    model.load_state_dict(best["model"])
-    head.load_state_dict(best["head"])
+    load_weights(model, head, load_checkpoint(ckpt_dir / "best.pt"))
     t0 = time.perf_counter()
     query = embed(model, splits.val_x, params, device)
     gallery = embed(model, splits.train_x, params, device)

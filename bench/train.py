@@ -112,18 +112,15 @@ class _Reached(Exception):
 def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
     import tempfile
 
-    from utils.device import seed_everything
     from utils.engine import embed, fit
-    from utils.experiment import load_splits
+    from utils.experiment import prepare_run
     from utils.metrics import identification_accuracy
 
     params = resolve(TrainArcFaceParams(), {"use_tqdm": False})
     if max_epochs:
         params = dataclasses.replace(params, total_epochs=max_epochs)
     device = torch.device("cpu")
-    seed_everything(params.seed)
-    splits, params = load_splits(params)
-    model, head = build_models(params, device)
+    splits, params, model, head = prepare_run(params, device)
     log: list[dict] = []
 
     def on_epoch(history: list[dict]) -> None:

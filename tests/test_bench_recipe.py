@@ -48,18 +48,18 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
     from utils.config import resolve
 
     seen: dict = {}
-    real_load, real_embed = br.load_splits, br.embed
+    real_prepare, real_embed = br.prepare_run, br.embed
 
-    def load(params):
-        splits, params = real_load(params)
-        seen["splits"] = splits
-        return splits, params
+    def prepare(params, device):
+        out = real_prepare(params, device)
+        seen["splits"] = out[0]
+        return out
 
     def embed(model, x, *a, **k):
         seen.setdefault("embedded", []).append(x)
         return real_embed(model, x, *a, **k)
 
-    monkeypatch.setattr(br, "load_splits", load)
+    monkeypatch.setattr(br, "prepare_run", prepare)
     monkeypatch.setattr(br, "embed", embed)
     params = resolve(TrainResnetParams(), {"quick_debug": True, "use_tqdm": False, "ckpt_dir": str(tmp_path)})
     r = br.train_and_score(params)

@@ -63,6 +63,24 @@ def load_splits(params: Any) -> tuple[Splits, Any]:
     return splits, params
 
 
+def prepare_run(params: Any, device: torch.device) -> tuple[Splits, Any, torch.nn.Module, torch.nn.Module]:
+    """Seed, load and split the data, build model and head: the start every training run shares.
+
+    Returns params with the data set's pixel statistics filled in."""
+    seed_everything(params.seed)
+    splits, params = load_splits(params)
+    model, head = build_models(params, device)
+    if params.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return splits, params, model, head
+
+
+def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict) -> None:
+    """Put a checkpoint's model and head weights into `model` and `head`."""
+    model.load_state_dict(state["model"])
+    head.load_state_dict(state["head"])
+
+
 def quick_debug_params(params: Any) -> Any:
     """quick_debug: one short epoch on a few hundred images, same code path everywhere else."""
     if not params.quick_debug:
@@ -166,18 +184,13 @@ def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> di
     if params.scale_lr and ctx.enabled:
         params = dataclasses.replace(params, lr=params.lr * ctx.world)
     distributed.maybe_fail_for_test(ctx)
-    seed_everything(params.seed)
-    splits, params = load_splits(params)
-    model, head = build_models(params, device)
-    if params.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    splits, params, model, head = prepare_run(params, device)
     if train:
         steps_log: list[list] = []
         if ctx.is_main:
             write_json(out / "params.json", {**dataclasses.asdict(params), "world_size": ctx.world})
         if resume_state is not None:
-            model.load_state_dict(resume_state["model"])
-            head.load_state_dict(resume_state["head"])
+            load_weights(model, head, resume_state)
         on_step = (lambda e, s, v: steps_log.append([e, s, f"{v:.8f}"])) if params.log_steps else None
         summary = fit(params, model, head, splits, device, ckpt_dir,
                       lambda hist: write_history(out, params, hist), resume_state, ctx, on_step)
@@ -189,8 +202,7 @@ def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> di
         src = load_checkpoint(last, expect) if last.is_file() else best_state
         summary = {"best_epoch": best_state["best_epoch"], "epochs_trained": src["epoch"],
                    "train_seconds": src["train_seconds"]}
-    model.load_state_dict(best_state["model"])
-    head.load_state_dict(best_state["head"])
+    load_weights(model, head, best_state)
     m = evaluate(params, model, head, splits, device, ctx)
     if m is None:
         return {}
