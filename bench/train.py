@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -110,10 +111,12 @@ class _Reached(Exception):
 
 
 def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
+    import copy
     import tempfile
 
     from utils.engine import embed, fit
-    from utils.experiment import prepare_run
+    from utils.experiment import load_weights, prepare_run
+    from utils.io import load_checkpoint
     from utils.metrics import identification_accuracy
 
     params = resolve(TrainArcFaceParams(), {"use_tqdm": False})
@@ -121,21 +124,26 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None) -> None:
         params = dataclasses.replace(params, total_epochs=max_epochs)
     device = torch.device("cpu")
     splits, params, model, head = prepare_run(params, device)
+    scored, scored_head = copy.deepcopy(model), copy.deepcopy(head)  # the weights evaluation would use
     log: list[dict] = []
+    tmp = Path(tempfile.mkdtemp(prefix="to_accuracy_"))
 
     def on_epoch(history: list[dict]) -> None:
         train_s = sum(h["seconds"] for h in history)  # epoch time incl. validation; eval below is not counted
-        gallery = embed(model, splits.train_x, params, device)
-        query = embed(model, splits.test_x, params, device)
+        load_weights(scored, scored_head, load_checkpoint(tmp / "last.pt"))  # the EMA when params keep one
+        gallery = embed(scored, splits.train_x, params, device)
+        query = embed(scored, splits.test_x, params, device)
         acc = identification_accuracy(query, splits.test_y, gallery, splits.train_y)
         log.append({"epoch": history[-1]["epoch"], "train_seconds": train_s, "acc_1nn": acc})
         print(f"epoch {history[-1]['epoch']}: {train_s:7.1f} s of training, test 1-NN {acc:.4%}", flush=True)
         if acc >= target:
             raise _Reached
 
-    with tempfile.TemporaryDirectory() as tmp:
+    try:
         with contextlib.suppress(_Reached):
-            fit(params, model, head, splits, device, Path(tmp), on_epoch)
+            fit(params, model, head, splits, device, tmp, on_epoch)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     hit = next((r for r in log if r["acc_1nn"] >= target), None)
     msg = (f"reached {target:.2%} after {hit['train_seconds']:.0f} s ({hit['train_seconds'] / 60:.1f} min), "
            f"epoch {hit['epoch']}" if hit else f"did not reach {target:.2%} in {len(log)} epochs")

@@ -66,3 +66,18 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
     s = seen["splits"]
     assert [x is s.val_x or x is s.train_x for x in seen["embedded"]] == [True, True]
     assert 0 <= r["val_acc_1nn"] <= 1
+
+
+@needs_mnist
+def test_ema_probe_scores_raw_and_averaged_weights_on_validation(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-m", "bench.ema", "--loss=softmax", "--decays=0.9,0.99", "--knn_epochs=0",
+                        *quick(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "results" / "bench" / "ema_softmax.json").read_text())
+    assert [row["decay"] for row in d["rows"]] == [0.0, 0.9, 0.99]
+    assert all(0 <= row["val_acc_1nn"] <= 1 and row["val_loss"] > 0 for row in d["rows"])
+    assert d["rows"][1]["val_loss"] != d["rows"][0]["val_loss"]  # the averaged weights differ from the raw ones
+    r = subprocess.run([sys.executable, "-m", "bench.ema", "--decays=1.5"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--decays" in r.stderr

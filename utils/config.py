@@ -58,6 +58,7 @@ class TrainParams:
     gamma: float = 0.99
     total_epochs: int = 10
     early_stop_epochs: int = 20
+    ema_decay: float = 0.0  # > 0: validate, select and evaluate an EMA of the weights (utils/ema.py)
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: bool = False  # NHWC activations; see bench/train.py for when it pays
@@ -168,6 +169,8 @@ def validate(p: TrainParams) -> None:
         (p.early_stop_epochs >= 1, f"early_stop_epochs={p.early_stop_epochs} must be >= 1."),
         (p.step_size >= 1, f"step_size={p.step_size} must be >= 1."),
         (0 < p.gamma <= 1, f"gamma={p.gamma} must be in (0, 1]."),
+        (p.ema_decay == 0 or 0 < p.ema_decay < 1,
+         f"ema_decay={p.ema_decay} must be 0 (off) or in (0, 1), e.g. 0.998."),
         (p.warmup_epochs >= 0, f"warmup_epochs={p.warmup_epochs} must be >= 0."),
         (p.val_size >= 1, f"val_size={p.val_size} must be >= 1."),
         (1024 <= p.hist_bins <= 1 << 24, f"hist_bins={p.hist_bins} must be in [1024, 2**24]."),

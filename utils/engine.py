@@ -27,6 +27,7 @@ from models import input_channels
 from utils.data import DataError, Splits, augmentation_table, prepare_batch
 from utils.device import amp_dtype, autocast, data_placement, place, restore_rng, rng_state
 from utils.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm, gather_rows, shard
+from utils.ema import WeightEMA
 from utils.io import save_checkpoint
 
 
@@ -208,7 +209,11 @@ def validate(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor
 def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
         ckpt_dir: Path, on_epoch: Callable[[list[dict]], None], resume_state: dict | None = None,
         ctx: DistContext = SINGLE, on_step: Callable[[int, int, float], None] | None = None) -> dict:
-    """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable)."""
+    """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
+
+    With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
+    under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
+    """
     net: nn.Module = TrainNet(model, head)
     if ctx.enabled:
         if params.sync_bn:
@@ -221,6 +226,8 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
         raise DataError(f"batch_size={params.batch_size} x {ctx.world} process(es) exceeds the "
                         f"{len(splits.train_x)} training images; lower --batch_size.")
     scheduler = make_scheduler(params, optimizer, steps)
+    ema = WeightEMA(inner.model, inner.head, params.ema_decay) if params.ema_decay > 0 else None
+    scored = (ema.model, ema.head) if ema is not None else (inner.model, inner.head)
     how = data_placement(splits.train_x.nbytes + splits.val_x.nbytes, device)
     train_x, val_x = place(splits.train_x, how, device), place(splits.val_x, how, device)
     st = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "epochs_no_improve": 0,
@@ -230,10 +237,19 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
         scheduler.load_state_dict(resume_state["scheduler"])
         st.update({k: resume_state[k] for k in st})
         restore_rng(resume_state["rng"])
+        if ema is not None and resume_state.get("ema") is not None:
+            ema.load_state_dict(resume_state["ema"])
+
+    def step_hook(epoch: int, step: int, value: float) -> None:
+        if ema is not None:
+            ema.update()
+        if on_step is not None:
+            on_step(epoch, step, value)
 
     def snapshot(partial: dict | None) -> dict:
         return {"model": inner.model.state_dict(), "head": inner.head.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
                 "params": vars(params).copy(), "rng": rng_state(),
                 **{k: v for k, v in st.items() if k != "partial"}, "partial": partial}
 
@@ -257,11 +273,11 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
             lr = optimizer.param_groups[0]["lr"]
             train_loss = train_one_epoch(
                 net, optimizer, scheduler, train_x, splits.train_y, params, device, epoch, ctx,
-                st["partial"], stop, on_stop, on_step)
+                st["partial"], stop, on_stop, step_hook)
             st["partial"] = None
             if params.schedule == "step":
                 scheduler.step()
-            val_loss, val_acc = validate(inner.model, inner.head, val_x, splits.val_y, params, device, ctx)
+            val_loss, val_acc = validate(*scored, val_x, splits.val_y, params, device, ctx)
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"validation loss became {val_loss} after epoch {epoch}; lower --lr, "
                                     f"--scale or --margin (or use --amp=off) and train again.")

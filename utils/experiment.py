@@ -75,10 +75,12 @@ def prepare_run(params: Any, device: torch.device) -> tuple[Splits, Any, torch.n
     return splits, params, model, head
 
 
-def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict) -> None:
-    """Put a checkpoint's model and head weights into `model` and `head`."""
-    model.load_state_dict(state["model"])
-    head.load_state_dict(state["head"])
+def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict, averaged: bool = True) -> None:
+    """Put a checkpoint's model and head weights into `model` and `head`: the EMA weights when the
+    run kept them and `averaged` (evaluation), else the raw training weights (resuming)."""
+    src = state["ema"] if averaged and state.get("ema") is not None else state
+    model.load_state_dict(src["model"])
+    head.load_state_dict(src["head"])
 
 
 def quick_debug_params(params: Any) -> Any:
@@ -190,7 +192,7 @@ def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> di
         if ctx.is_main:
             write_json(out / "params.json", {**dataclasses.asdict(params), "world_size": ctx.world})
         if resume_state is not None:
-            load_weights(model, head, resume_state)
+            load_weights(model, head, resume_state, averaged=False)
         on_step = (lambda e, s, v: steps_log.append([e, s, f"{v:.8f}"])) if params.log_steps else None
         summary = fit(params, model, head, splits, device, ckpt_dir,
                       lambda hist: write_history(out, params, hist), resume_state, ctx, on_step)

@@ -1,0 +1,102 @@
+"""Choose the weight-EMA decay on validation, from ONE training run.
+
+    python -m bench.ema --loss=arcface [--decays=0.99,0.995,0.998,0.999] [--knn_epochs=3,9] [--field=value ...]
+
+The EMA never feeds back into training (utils/ema.py), so one run can carry several averaged
+copies side by side: the raw weights follow exactly the trajectory of `python main.py` with the
+same parameters. After every epoch each copy's validation loss and head accuracy are printed; at
+`knn_epochs` also validation 1-NN accuracy and EER against the 50k train-split embeddings (the
+test protocol with the validation split as queries). The test set is not read.
+Writes results/bench/ema_<loss>.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.recipe import DEFAULTS
+from utils.config import ConfigError, parse_overrides, resolve
+from utils.device import resolve_device
+from utils.ema import WeightEMA
+from utils.engine import embed, fit, validate
+from utils.experiment import device_description, prepare_run, quick_debug_params
+from utils.io import write_json
+from utils.metrics import evaluate_embeddings
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], dict]:
+    loss, decays, knn, rest = "arcface", [0.99, 0.995, 0.998, 0.999], [3, 9], []
+    for a in argv:
+        key, _, value = a.removeprefix("--").partition("=")
+        try:
+            if key == "loss":
+                loss = value
+            elif key == "decays":
+                decays = [float(v) for v in value.split(",") if v]
+            elif key == "knn_epochs":
+                knn = [int(v) for v in value.split(",") if v]
+            else:
+                rest.append(a)
+        except ValueError:
+            raise ConfigError(f"--{key}={value}: expected comma-separated numbers.") from None
+    if loss not in DEFAULTS:
+        raise ConfigError(f"--loss={loss}: choose from {', '.join(DEFAULTS)}.")
+    if not decays or not all(0 < d < 1 for d in decays):
+        raise ConfigError(f"--decays={decays}: each decay must be in (0, 1), e.g. 0.998.")
+    return loss, decays, knn, parse_overrides(rest)
+
+
+def main(argv: list[str]) -> None:
+    loss, decays, knn_epochs, overrides = parse_args(argv)
+    params = quick_debug_params(resolve(DEFAULTS[loss](), {"use_tqdm": False, **overrides, "ema_decay": 0.0}))
+    device = resolve_device(params.device)
+    splits, params, model, head = prepare_run(params, device)
+    emas = {d: WeightEMA(model, head, d) for d in decays}
+    rows: list[dict] = []
+
+    def on_step(epoch: int, step: int, loss_value: float) -> None:
+        for e in emas.values():
+            e.update()
+
+    def score(m: torch.nn.Module, h: torch.nn.Module, epoch: int, row: dict) -> dict:
+        if "val_loss" not in row:  # the raw weights were just validated by fit
+            row["val_loss"], row["val_acc"] = validate(m, h, splits.val_x, splits.val_y, params, device)
+        if epoch in knn_epochs:
+            q, g = embed(m, splits.val_x, params, device), embed(m, splits.train_x, params, device)
+            r = evaluate_embeddings(q, splits.val_y.to(device), g, splits.train_y.to(device), bins=params.hist_bins)
+            row["val_acc_1nn"], row["val_eer"] = r["acc_1nn"], r["eer"]
+        return row
+
+    def on_epoch(history: list[dict]) -> None:
+        epoch = history[-1]["epoch"]
+        raw = {k: history[-1][k] for k in ("epoch", "val_loss", "val_acc")}
+        found = [score(model, head, epoch, {**raw, "decay": 0.0, "seconds": sum(x["seconds"] for x in history)})]
+        found += [score(e.model, e.head, epoch, {"epoch": epoch, "decay": d}) for d, e in emas.items()]
+        for r in found:
+            knn = f"  val 1-NN {r['val_acc_1nn']:.4%}  EER {r['val_eer']:.4%}" if "val_eer" in r else ""
+            name = "raw" if r["decay"] == 0 else f"ema {r['decay']}"
+            print(f"epoch {epoch} {name:>10}: val loss {r['val_loss']:.4f}  val acc {r['val_acc']:.4%}{knn}",
+                  flush=True)
+        rows.extend(found)
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(params, model, head, splits, device, Path(tmp), on_epoch, on_step=on_step)
+    out = Path(params.results_dir) / "bench" / f"ema_{loss}.json"
+    write_json(out, {"loss": loss, "decays": decays, "rows": rows, "wall_seconds": time.perf_counter() - t0,
+                     "device": device_description(device), "torch": torch.__version__,
+                     "params": dataclasses.asdict(params)})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,99 @@
+"""Weight EMA: the update rule against a float64 recursion, and its place in fit (selection, resume)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from trainArcFace import TrainArcFaceParams
+from utils import engine
+from utils.config import ConfigError, resolve
+from utils.data import Splits
+from utils.ema import WeightEMA
+from utils.experiment import build_models, load_weights
+
+
+def test_update_matches_a_float64_recursion_with_warmup() -> None:
+    torch.manual_seed(0)
+    model, head = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)), torch.nn.Linear(4, 2)
+    ema = WeightEMA(model, head, decay=0.9)
+    ref = {k: v.double().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    for t in range(30):
+        with torch.no_grad():  # stand-in for an optimiser step and a BatchNorm statistics update
+            for p in [*model.parameters(), *model[1].buffers()]:
+                if p.is_floating_point():
+                    p.add_(torch.randn_like(p))
+            model[1].num_batches_tracked += 1
+        ema.update()
+        d = min(0.9, (1 + t) / (10 + t))
+        for k, v in model.state_dict().items():
+            if k in ref:
+                ref[k] = d * ref[k] + (1 - d) * v.double()
+    for k, v in ema.model.state_dict().items():
+        if k in ref:
+            torch.testing.assert_close(v.double(), ref[k], rtol=1e-5, atol=1e-6)
+    assert ema.model[1].num_batches_tracked.item() == 30  # integer buffers are copied, not averaged
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_bad_decay_is_refused() -> None:
+    with pytest.raises(ConfigError, match="ema_decay"):
+        resolve(TrainArcFaceParams(), {"ema_decay": 1.0})
+
+
+def _tiny(ema_decay: float):
+    params = resolve(TrainArcFaceParams(), {"img_size": 16, "batch_size": 8, "total_epochs": 2, "use_tqdm": False,
+                                            "amp": "off", "augment": False, "input_std": 1.0, "device": "cpu",
+                                            "ema_decay": ema_decay, "warmup_epochs": 0.0})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 255, (48, 16, 16), dtype=torch.uint8, generator=g), torch.arange(48) % 10
+    splits = Splits(x[:32], y[:32], x[32:], y[32:], x[32:], y[32:])
+    torch.manual_seed(0)
+    model, head = build_models(params, torch.device("cpu"))
+    return params, splits, model, head
+
+
+def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None:
+    runs = {}
+    for decay in (0.0, 0.9):
+        params, splits, model, head = _tiny(decay)
+        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / str(decay), lambda h: None)
+        runs[decay] = torch.load(tmp_path / str(decay) / "last.pt", weights_only=False)
+    off, on = runs[0.0], runs[0.9]
+    assert off["ema"] is None and on["ema"]["updates"] == 2 * 4
+    for k, v in off["model"].items():  # the raw trajectory is the same with and without the EMA
+        assert torch.equal(v, on["model"][k]), k
+    # the recorded validation loss is the EMA's, and evaluation loads the EMA weights
+    params, splits, model, head = _tiny(0.9)
+    load_weights(model, head, on)
+    loss, _ = engine.validate(model, head, splits.val_x, splits.val_y, params, torch.device("cpu"))
+    assert loss == pytest.approx(on["history"][-1]["val_loss"], rel=1e-6)
+    load_weights(model, head, on, averaged=False)
+    assert all(torch.equal(v, on["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
+    params, splits, model, head = _tiny(0.9)
+    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "full", lambda h: None)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+
+    params, splits, model, head = _tiny(0.9)
+    def kill_at_step(epoch: int, step: int, value: float) -> None:
+        if (epoch, step) == (1, 1):
+            os.kill(os.getpid(), signal.SIGTERM)  # fit's handler only flags the stop
+
+    with pytest.raises(engine.TrainingInterrupted):
+        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None,
+                   on_step=kill_at_step)
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert state["partial"]["step"] == 3 and state["ema"]["updates"] == 4 + 3  # seen one step later
+    params, splits, model, head = _tiny(0.9)
+    load_weights(model, head, state, averaged=False)
+    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None, state)
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    for part in ("model", "head"):
+        for k, v in full["ema"][part].items():
+            assert torch.equal(v, resumed["ema"][part][k]), (part, k)
