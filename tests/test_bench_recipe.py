@@ -81,3 +81,17 @@ def test_ema_probe_scores_raw_and_averaged_weights_on_validation(tmp_path: Path)
     r = subprocess.run([sys.executable, "-m", "bench.ema", "--decays=1.5"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "--decays" in r.stderr
+
+
+@needs_mnist
+def test_time_to_accuracy_reports_reached_and_given_up(tmp_path: Path) -> None:
+    from bench.train import time_to_accuracy
+
+    out = tmp_path / "tta.json"
+    small = {"quick_debug": True, "ema_decay": 0.9, "ckpt_dir": str(tmp_path / "ckp")}
+    time_to_accuracy(0.0, str(out), None, overrides=small)
+    d = json.loads(out.read_text())
+    assert d["reached"] and d["log"][0]["epoch"] == 0 and d["seconds"] == d["log"][0]["train_seconds"]
+    time_to_accuracy(1.01, str(out), 3, max_minutes=0.0, overrides=small)  # gives up after the first epoch
+    d = json.loads(out.read_text())
+    assert not d["reached"] and d["seconds"] is None and len(d["log"]) == 1 and d["params"]["total_epochs"] == 3
