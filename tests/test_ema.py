@@ -97,3 +97,20 @@ def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
     for part in ("model", "head"):
         for k, v in full["ema"][part].items():
             assert torch.equal(v, resumed["ema"][part][k]), (part, k)
+
+
+def test_benchmark_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> None:
+    import dataclasses
+    import json
+
+    from utils.benchmark import BUDGET, finished
+    from utils.experiment import quick_debug_params
+
+    p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0})
+    old = dataclasses.asdict(quick_debug_params(p))
+    del old["ema_decay"]  # a params.json written before the field was added
+    (tmp_path / p.model_name).mkdir()
+    (tmp_path / p.model_name / "params.json").write_text(json.dumps(old))
+    (tmp_path / p.model_name / "metrics.json").write_text(json.dumps({"acc_1nn": 0.5}))
+    assert finished(p) == {"acc_1nn": 0.5}
+    assert finished(dataclasses.replace(p, ema_decay=0.99)) is None  # a run with an EMA is not that run
