@@ -91,7 +91,8 @@ def test_time_to_accuracy_reports_reached_and_given_up(tmp_path: Path) -> None:
     small = {"quick_debug": True, "ema_decay": 0.9, "ckpt_dir": str(tmp_path / "ckp")}
     time_to_accuracy(0.0, str(out), None, overrides=small)
     d = json.loads(out.read_text())
-    assert d["reached"] and d["log"][0]["epoch"] == 0 and d["seconds"] == d["log"][0]["train_seconds"]
-    time_to_accuracy(1.01, str(out), 3, max_minutes=0.0, overrides=small)  # gives up after the first epoch
+    assert d["reached"] and d["log"][0]["epochs"] == 0.5 and d["seconds"] == d["log"][0]["train_seconds"]
+    time_to_accuracy(1.01, str(out), 3, max_minutes=0.0, overrides=small, evals_per_epoch=1)  # gives up at once
     d = json.loads(out.read_text())
-    assert not d["reached"] and d["seconds"] is None and len(d["log"]) == 1 and d["params"]["total_epochs"] == 3
+    assert not d["reached"] and d["seconds"] is None and d["params"]["total_epochs"] == 3
+    assert [r["epochs"] for r in d["log"]] == [1.0]
