@@ -55,10 +55,11 @@ def test_data_root_env_and_explicit_override(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve(TrainArcFaceParams(), {"data_root": "/else"}).data_root == "/else"
 
 
-def test_trainer_defaults_differ_only_in_identity_and_arcface_scale() -> None:
+def test_trainer_defaults_differ_only_in_identity_and_the_validated_recipe() -> None:
     a, s = TrainArcFaceParams(), TrainResnetParams()
     assert (a.loss_fuc_type, s.loss_fuc_type) == ("arcface", "softmax")
     assert a.model_name != s.model_name
-    assert a.scale == 16.0  # chosen on validation (bench.recipe); the softmax head has no scale
-    own = ("model_name", "loss_fuc_type", "scale")
+    # each chosen on validation (bench.recipe): ArcFace's scale (softmax has none), softmax's lr and wd
+    assert a.scale == 16.0 and (a.lr, a.weight_decay) == (1e-3, 5e-4) and (s.lr, s.weight_decay) == (2e-3, 5e-2)
+    own = ("model_name", "loss_fuc_type", "scale", "lr", "weight_decay")
     assert {k: v for k, v in vars(a).items() if k not in own} == {k: v for k, v in vars(s).items() if k not in own}

@@ -58,7 +58,7 @@ class TrainParams:
     gamma: float = 0.99
     total_epochs: int = 10
     early_stop_epochs: int = 20
-    ema_decay: float = 0.0  # > 0: validate, select and evaluate an EMA of the weights (utils/ema.py)
+    ema_decay: float = 0.995  # > 0: validate, select and evaluate an EMA of the weights (utils/ema.py); 0 = off
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: bool = False  # NHWC activations; see bench/train.py for when it pays
@@ -92,7 +92,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "original": dict(
         img_size=128, stem="imagenet", pretrained=True, lr=5e-5, weight_decay=5e-4, batch_size=128,
         schedule="step", step_size=10, gamma=0.99, total_epochs=1000, early_stop_epochs=20,
-        augment=False, amp="off",
+        augment=False, amp="off", ema_decay=0.0,
     ),
 }
 
@@ -170,7 +170,7 @@ def validate(p: TrainParams) -> None:
         (p.step_size >= 1, f"step_size={p.step_size} must be >= 1."),
         (0 < p.gamma <= 1, f"gamma={p.gamma} must be in (0, 1]."),
         (p.ema_decay == 0 or 0 < p.ema_decay < 1,
-         f"ema_decay={p.ema_decay} must be 0 (off) or in (0, 1), e.g. 0.998."),
+         f"ema_decay={p.ema_decay} must be 0 (off) or in (0, 1), e.g. 0.995."),
         (p.warmup_epochs >= 0, f"warmup_epochs={p.warmup_epochs} must be >= 0."),
         (p.val_size >= 1, f"val_size={p.val_size} must be >= 1."),
         (1024 <= p.hist_bins <= 1 << 24, f"hist_bins={p.hist_bins} must be in [1024, 2**24]."),
