@@ -13,7 +13,6 @@ Writes results/bench/ema_<loss>.json.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, parse_overrides, resolve
+from utils.config import ConfigError, number_list, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, fit, validate
@@ -31,25 +30,13 @@ from utils.metrics import evaluate_embeddings
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], dict]:
-    loss, decays, knn, rest = "arcface", [0.99, 0.995, 0.998, 0.999], [3, 9], []
-    for a in argv:
-        key, _, value = a.removeprefix("--").partition("=")
-        try:
-            if key == "loss":
-                loss = value
-            elif key == "decays":
-                decays = [float(v) for v in value.split(",") if v]
-            elif key == "knn_epochs":
-                knn = [int(v) for v in value.split(",") if v]
-            else:
-                rest.append(a)
-        except ValueError:
-            raise ConfigError(f"--{key}={value}: expected comma-separated numbers.") from None
+    opts, overrides = script_args(argv, {"loss": "arcface", "decays": "0.99,0.995,0.998,0.999", "knn_epochs": "3,9"})
+    loss, decays = opts["loss"], number_list("decays", opts["decays"], float)
     if loss not in DEFAULTS:
         raise ConfigError(f"--loss={loss}: choose from {', '.join(DEFAULTS)}.")
     if not decays or not all(0 < d < 1 for d in decays):
-        raise ConfigError(f"--decays={decays}: each decay must be in (0, 1), e.g. 0.998.")
-    return loss, decays, knn, parse_overrides(rest)
+        raise ConfigError(f"--decays={decays}: each decay must be in (0, 1), e.g. 0.995.")
+    return loss, decays, number_list("knn_epochs", opts["knn_epochs"], int), overrides
 
 
 def main(argv: list[str]) -> None:
@@ -96,7 +83,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    run_script(main)

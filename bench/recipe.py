@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, parse_overrides, resolve
+from utils.config import ConfigError, number_list, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.engine import embed, fit
 from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
@@ -37,26 +36,15 @@ DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[str], list[int], dict]:
-    name, losses, seeds, rest = "", ["arcface", "softmax"], [0], []
-    for a in argv:
-        key, _, value = a.removeprefix("--").partition("=")
-        if key == "name":
-            name = value
-        elif key == "losses":
-            losses = [v for v in value.split(",") if v]
-        elif key == "seeds":
-            try:
-                seeds = [int(v) for v in value.split(",") if v]
-            except ValueError:
-                raise ConfigError(f"--seeds={value}: expected comma-separated integers, e.g. 0,1.") from None
-        else:
-            rest.append(a)
+    opts, overrides = script_args(argv, {"name": "", "losses": "arcface,softmax", "seeds": "0"})
+    name, seeds = opts["name"], number_list("seeds", opts["seeds"], int)
+    losses = [v for v in opts["losses"].split(",") if v]
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ConfigError("--name=NAME is required (letters, digits, '-' and '_'): it names the output file.")
     bad = [x for x in losses if x not in DEFAULTS]
     if bad or not losses:
         raise ConfigError(f"--losses: {bad or 'empty'}; choose from {', '.join(DEFAULTS)}.")
-    return name, losses, seeds, parse_overrides(rest)
+    return name, losses, seeds, overrides
 
 
 def train_and_score(params) -> dict:
@@ -136,7 +124,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
+    run_script(main)

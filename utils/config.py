@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -124,6 +126,34 @@ def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:
             raise ConfigError(f"unknown field '{name}'. Valid fields: {', '.join(types)}.")
         out[name] = _parse_value(name, text, types[name])
     return out
+
+
+def script_args(argv: list[str], own: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Split a script's own `--name=value` options (`own`: name -> default text) from field overrides."""
+    opts, rest = dict(own), []
+    for arg in argv:
+        key, sep, value = arg.removeprefix("--").partition("=")
+        if arg.startswith("--") and sep and key in own:
+            opts[key] = value
+        else:
+            rest.append(arg)
+    return opts, parse_overrides(rest)
+
+
+def number_list(name: str, text: str, typ: type) -> list:
+    """'0,1' -> [0, 1] for option --name; a ConfigError naming the option otherwise."""
+    try:
+        return [typ(v) for v in text.split(",") if v]
+    except ValueError:
+        raise ConfigError(f"--{name}={text}: expected comma-separated {typ.__name__} values, e.g. 0,1.") from None
+
+
+def run_script(main: Callable[[list[str]], None]) -> None:
+    """Run a `python -m` entry point with sys.argv; a ConfigError ends it with a one-line message."""
+    try:
+        main(sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
 
 
 def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> TrainParams:
