@@ -127,8 +127,8 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
         params = dataclasses.replace(params, total_epochs=max_epochs)
     device = torch.device("cpu")
     splits, params, model, head = prepare_run(params, device)
-    # what evaluation would score: an EMA mirroring the engine's (same decay, same updates), else the raw
-    # weights (copied, so that embedding them mid-epoch cannot leave the training model in eval mode)
+    # what evaluation would score: the engine's EMA (handed to fit, so it is updated once per step), else
+    # the raw weights (copied, so that embedding them mid-epoch cannot leave the training model in eval mode)
     ema = WeightEMA(model, head, params.ema_decay) if params.ema_decay > 0 else None
     steps = len(splits.train_x) // params.batch_size
     marks = {round(steps * k / evals_per_epoch) for k in range(1, evals_per_epoch)}  # mid-epoch checks
@@ -149,8 +149,6 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
             raise _Reached  # reached, or past the time budget: the rest would not change the verdict
 
     def on_step(epoch: int, step: int, value: float) -> None:
-        if ema is not None:
-            ema.update()
         if step + 1 in marks:
             check(epoch + (step + 1) / steps)
 
@@ -159,7 +157,7 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
         clock["start"] = time.perf_counter()
         with contextlib.suppress(_Reached):
             fit(params, model, head, splits, device, tmp, lambda hist: check(hist[-1]["epoch"] + 1.0),
-                on_step=on_step)
+                on_step=on_step, ema=ema)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     hit = next((r for r in log if r["acc_1nn"] >= target), None)

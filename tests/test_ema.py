@@ -75,6 +75,20 @@ def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None
     assert all(torch.equal(v, on["model"][k]) for k, v in model.state_dict().items())
 
 
+def test_an_ema_handed_to_fit_is_the_one_updated_validated_and_saved(tmp_path) -> None:
+    params, splits, model, head = _tiny(0.9)
+    ema = WeightEMA(model, head, 0.9)
+    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "own", lambda h: None, ema=ema)
+    state = torch.load(tmp_path / "own" / "last.pt", weights_only=False)
+    assert ema.updates == 2 * 4  # once per step: fit does not add a second average of its own
+    assert all(torch.equal(v, state["ema"]["model"][k]) for k, v in ema.model.state_dict().items())
+    params, splits, model, head = _tiny(0.9)
+    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "fits", lambda h: None)
+    ref = torch.load(tmp_path / "fits" / "last.pt", weights_only=False)
+    assert all(torch.equal(v, ref["ema"]["model"][k]) for k, v in state["ema"]["model"].items())
+    assert state["history"][-1]["val_loss"] == ref["history"][-1]["val_loss"]
+
+
 def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
     params, splits, model, head = _tiny(0.9)
     engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "full", lambda h: None)

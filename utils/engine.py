@@ -208,11 +208,14 @@ def validate(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
         ckpt_dir: Path, on_epoch: Callable[[list[dict]], None], resume_state: dict | None = None,
-        ctx: DistContext = SINGLE, on_step: Callable[[int, int, float], None] | None = None) -> dict:
+        ctx: DistContext = SINGLE, on_step: Callable[[int, int, float], None] | None = None,
+        ema: WeightEMA | None = None) -> dict:
     """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
 
     With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
     under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
+    A caller that scores the EMA mid-epoch (bench.train --to-accuracy) passes its own `ema` of
+    (model, head) instead, so the average is updated once per step, not twice.
     """
     net: nn.Module = TrainNet(model, head)
     if ctx.enabled:
@@ -226,7 +229,8 @@ def fit(params: Any, model: nn.Module, head: nn.Module, splits: Splits, device: 
         raise DataError(f"batch_size={params.batch_size} x {ctx.world} process(es) exceeds the "
                         f"{len(splits.train_x)} training images; lower --batch_size.")
     scheduler = make_scheduler(params, optimizer, steps)
-    ema = WeightEMA(inner.model, inner.head, params.ema_decay) if params.ema_decay > 0 else None
+    if ema is None and params.ema_decay > 0:
+        ema = WeightEMA(inner.model, inner.head, params.ema_decay)
     scored = (ema.model, ema.head) if ema is not None else (inner.model, inner.head)
     how = data_placement(splits.train_x.nbytes + splits.val_x.nbytes, device)
     train_x, val_x = place(splits.train_x, how, device), place(splits.val_x, how, device)
