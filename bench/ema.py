@@ -1,13 +1,14 @@
 """Choose the weight-EMA decay on validation, from ONE training run.
 
-    python -m bench.ema --loss=arcface [--decays=0.99,0.995,0.998,0.999] [--knn_epochs=3,9] [--field=value ...]
+    python -m bench.ema --loss=arcface [--decays=0.99,0.995,0.998,0.999] [--knn_epochs=3,9] [--name=TAG]
+                        [--field=value ...]
 
 The EMA never feeds back into training (utils/ema.py), so one run can carry several averaged
 copies side by side: the raw weights follow exactly the trajectory of `python main.py` with the
 same parameters. After every epoch each copy's validation loss and head accuracy are printed; at
 `knn_epochs` also validation 1-NN accuracy and EER against the 50k train-split embeddings (the
 test protocol with the validation split as queries). The test set is not read.
-Writes results/bench/ema_<loss>.json.
+Writes results/bench/ema_<loss>.json (ema_<loss>_<TAG>.json with --name, to keep several probes).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, number_list, resolve, run_script, script_args
+from utils.config import ConfigError, file_tag, number_list, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, fit, validate
@@ -29,18 +30,19 @@ from utils.io import write_json
 from utils.metrics import evaluate_embeddings
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], dict]:
-    opts, overrides = script_args(argv, {"loss": "arcface", "decays": "0.99,0.995,0.998,0.999", "knn_epochs": "3,9"})
-    loss, decays = opts["loss"], number_list("decays", opts["decays"], float)
+def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], str, dict]:
+    opts, overrides = script_args(argv, {"loss": "arcface", "decays": "0.99,0.995,0.998,0.999", "knn_epochs": "3,9",
+                                         "name": ""})
+    loss, decays, name = opts["loss"], number_list("decays", opts["decays"], float), file_tag(opts["name"])
     if loss not in DEFAULTS:
         raise ConfigError(f"--loss={loss}: choose from {', '.join(DEFAULTS)}.")
     if not decays or not all(0 < d < 1 for d in decays):
         raise ConfigError(f"--decays={decays}: each decay must be in (0, 1), e.g. 0.995.")
-    return loss, decays, number_list("knn_epochs", opts["knn_epochs"], int), overrides
+    return loss, decays, number_list("knn_epochs", opts["knn_epochs"], int), name, overrides
 
 
 def main(argv: list[str]) -> None:
-    loss, decays, knn_epochs, overrides = parse_args(argv)
+    loss, decays, knn_epochs, name, overrides = parse_args(argv)
     params = quick_debug_params(resolve(DEFAULTS[loss](), {"use_tqdm": False, **overrides, "ema_decay": 0.0}))
     device = resolve_device(params.device)
     splits, params, model, head = prepare_run(params, device)
@@ -75,9 +77,10 @@ def main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fit(params, model, head, splits, device, Path(tmp), on_epoch, on_step=on_step)
-    out = Path(params.results_dir) / "bench" / f"ema_{loss}.json"
-    write_json(out, {"loss": loss, "decays": decays, "rows": rows, "wall_seconds": time.perf_counter() - t0,
-                     "device": device_description(device), "torch": torch.__version__,
+    out = Path(params.results_dir) / "bench" / f"ema_{loss}{'_' + name if name else ''}.json"
+    write_json(out, {"loss": loss, "name": name, "decays": decays, "rows": rows,
+                     "wall_seconds": time.perf_counter() - t0, "device": device_description(device),
+                     "torch": torch.__version__,
                      "params": dataclasses.asdict(params)})
     print(f"wrote {out}")
 

@@ -182,11 +182,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--original_steps", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
-    ap.add_argument("--out", default="results/bench/train.json")
+    ap.add_argument("--out", default=None,
+                    help="JSON to write (default results/bench/train.json, or time_to_accuracy.json)")
     a = ap.parse_args()
     if a.to_accuracy is not None:
-        return time_to_accuracy(a.to_accuracy, "results/bench/time_to_accuracy.json", a.max_epochs,
+        return time_to_accuracy(a.to_accuracy, a.out or "results/bench/time_to_accuracy.json", a.max_epochs,
                                 a.max_minutes, evals_per_epoch=a.evals_per_epoch)
+    a.out = a.out or "results/bench/train.json"
     base = resolve(TrainArcFaceParams(), {"use_tqdm": False})
     data = load_idx_dataset(base.data_root, base.dataset_name)
     mean, std = dataset_stats(base.dataset_name, data["train_x"])

@@ -140,6 +140,14 @@ def script_args(argv: list[str], own: dict[str, str]) -> tuple[dict[str, str], d
     return opts, parse_overrides(rest)
 
 
+def file_tag(text: str, required: bool = False) -> str:
+    """Check a script's --name=TAG, which becomes part of an output file name."""
+    if (required or text) and not text.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"--name={text}: {'required; ' if required else ''}use letters, digits, '-' and '_' "
+                          "(it names the output file).")
+    return text
+
+
 def number_list(name: str, text: str, typ: type) -> list:
     """'0,1' -> [0, 1] for option --name; a ConfigError naming the option otherwise."""
     try:
