@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, file_tag, number_list, resolve, run_script, script_args
+from utils.config import ConfigError, comma_list, file_tag, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, fit, validate
@@ -33,12 +33,12 @@ from utils.metrics import evaluate_embeddings
 def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], str, dict]:
     opts, overrides = script_args(argv, {"loss": "arcface", "decays": "0.99,0.995,0.998,0.999", "knn_epochs": "3,9",
                                          "name": ""})
-    loss, decays, name = opts["loss"], number_list("decays", opts["decays"], float), file_tag(opts["name"])
+    loss, decays, name = opts["loss"], comma_list("decays", opts["decays"], float), file_tag(opts["name"])
     if loss not in DEFAULTS:
         raise ConfigError(f"--loss={loss}: choose from {', '.join(DEFAULTS)}.")
     if not decays or not all(0 < d < 1 for d in decays):
         raise ConfigError(f"--decays={decays}: each decay must be in (0, 1), e.g. 0.995.")
-    return loss, decays, number_list("knn_epochs", opts["knn_epochs"], int), name, overrides
+    return loss, decays, comma_list("knn_epochs", opts["knn_epochs"], int), name, overrides
 
 
 def main(argv: list[str]) -> None:
@@ -80,8 +80,7 @@ def main(argv: list[str]) -> None:
     out = Path(params.results_dir) / "bench" / f"ema_{loss}{'_' + name if name else ''}.json"
     write_json(out, {"loss": loss, "name": name, "decays": decays, "rows": rows,
                      "wall_seconds": time.perf_counter() - t0, "device": device_description(device),
-                     "torch": torch.__version__,
-                     "params": dataclasses.asdict(params)})
+                     "torch": torch.__version__, "params": dataclasses.asdict(params)})
     print(f"wrote {out}")
 
 

@@ -25,7 +25,7 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, file_tag, number_list, resolve, run_script, script_args
+from utils.config import ConfigError, comma_list, file_tag, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.engine import embed, fit
 from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
@@ -37,8 +37,8 @@ DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
 
 def parse_args(argv: list[str]) -> tuple[str, list[str], list[int], dict]:
     opts, overrides = script_args(argv, {"name": "", "losses": "arcface,softmax", "seeds": "0"})
-    name, seeds = file_tag(opts["name"], required=True), number_list("seeds", opts["seeds"], int)
-    losses = [v for v in opts["losses"].split(",") if v]
+    name, seeds = file_tag(opts["name"], required=True), comma_list("seeds", opts["seeds"], int)
+    losses = comma_list("losses", opts["losses"])
     bad = [x for x in losses if x not in DEFAULTS]
     if bad or not losses:
         raise ConfigError(f"--losses: {bad or 'empty'}; choose from {', '.join(DEFAULTS)}.")

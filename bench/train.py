@@ -188,7 +188,7 @@ def main() -> None:
     if a.to_accuracy is not None:
         return time_to_accuracy(a.to_accuracy, a.out or "results/bench/time_to_accuracy.json", a.max_epochs,
                                 a.max_minutes, evals_per_epoch=a.evals_per_epoch)
-    a.out = a.out or "results/bench/train.json"
+    out = Path(a.out or "results/bench/train.json")
     base = resolve(TrainArcFaceParams(), {"use_tqdm": False})
     data = load_idx_dataset(base.data_root, base.dataset_name)
     mean, std = dataset_stats(base.dataset_name, data["train_x"])
@@ -232,9 +232,9 @@ def main() -> None:
                      "fraction_of_peak": gflops / peak})
         print(f"{name:55s} {ips:8.0f} img/s  x{ips / baseline:5.2f}  {gflops:7.0f} GFLOP/s = {gflops / peak:5.1%} "
               f"of {'bf16' if p.amp == 'bf16' else 'fp32'} peak", flush=True)
-    write_json(Path(a.out), {"threads": torch.get_num_threads(), "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+    write_json(out, {"threads": torch.get_num_threads(), "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
                              "native_bf16": native_bf16, "rows": rows})
-    print(f"wrote {a.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -148,8 +148,8 @@ def file_tag(text: str, required: bool = False) -> str:
     return text
 
 
-def number_list(name: str, text: str, typ: type) -> list:
-    """'0,1' -> [0, 1] for option --name; a ConfigError naming the option otherwise."""
+def comma_list(name: str, text: str, typ: type = str) -> list:
+    """'0,1' -> [0, 1] (typ=int) for option --name, empty items dropped; a ConfigError naming the option."""
     try:
         return [typ(v) for v in text.split(",") if v]
     except ValueError:
