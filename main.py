@@ -1,6 +1,7 @@
 """Entry point. `python main.py` runs what `flag` selects; the command line can choose too:
 
-    python main.py {arcface,softmax,compare,test} [--field=value ...]
+    python main.py {arcface,softmax,compare,test,grid,figures} [--field=value ...]
+    python main.py {embed,verify,enrol,search,export} ...   (use a trained model)
     python main.py --help
 
 flag1 = ArcFace (trainArcFaceMain), flag2 = softmax (trainResnetSoftmaxMain), as in the original;
@@ -10,12 +11,16 @@ the saved best checkpoints without training.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 flag = "flag1"  # flag1: ArcFace, flag2: softmax, compare: both, test: evaluate saved checkpoints
 
 FLAGS = {"flag1": "arcface", "flag2": "softmax"}
-COMMANDS = ("arcface", "softmax", "compare", "test", "benchmark")
+TRAINING = ("arcface", "softmax", "compare", "test")
+USING = ("embed", "verify", "enrol", "search", "export")
+COMMANDS = (*TRAINING, "grid", "figures", *USING)
 
 
 def usage() -> str:
@@ -28,17 +33,26 @@ def usage() -> str:
             f"  softmax  train + evaluate ResNet18 + softmax (trainResnet.py)\n"
             f"  compare  both, then one DET figure (results/DET.png)\n"
             f"  test     evaluate the saved best checkpoint(s) in ckp/ without training\n"
-            f"  benchmark [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
-            f"           every loss x data set x seed, closed and open set (results/benchmark/)\n"
+            f"  grid     [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
+            f"           the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)\n"
+            f"  figures  [--reuse=true]  the papers' pictures from the trained models (results/figures/)\n\n"
+            f"using a trained model (--model_name=... picks it; --onnx=DIR uses an export instead):\n"
+            f"  embed PATH... --out=FILE.npz                    images/folders -> L2-normalised embeddings\n"
+            f"  verify A B [--far=1e-3] [--json=true]           same identity? score vs calibrated threshold\n"
+            f"  enrol DIR --gallery=FILE.npz                    one sub-folder per identity -> gallery\n"
+            f"  search PATH... --gallery=FILE.npz [--k=5] [--far=1e-3] [--json=true]\n"
+            f"  export --out=DIR                                ONNX model + model card + parity check\n"
+            f"  (images: --invert=auto|true|false, polarity; --far=0 means the EER threshold)\n"
             f"  (no command: run flag = {flag!r} from the top of main.py)\n\n"
             f"presets (--preset=NAME): {', '.join(PRESETS)}\n\n"
             f"fields of TrainArcFaceParams (defaults):\n{describe_fields(TrainArcFaceParams())}\n\n"
             f"TrainResnetParams has the same fields; it differs in model_name="
-            f"{TrainResnetParams.model_name!r}, loss_fuc_type={TrainResnetParams.loss_fuc_type!r}.\n")
+            f"{TrainResnetParams.model_name!r}, loss_fuc_type={TrainResnetParams.loss_fuc_type!r}, "
+            f"lr={TrainResnetParams.lr!r}, weight_decay={TrainResnetParams.weight_decay!r}.\n")
 
 
 def parse_command(argv: list[str]) -> tuple[str, list[str]]:
-    from utils.config import ConfigError
+    from utils.errors import ConfigError
 
     command = FLAGS.get(flag, flag)
     if argv and not argv[0].startswith("-"):
@@ -50,42 +64,87 @@ def parse_command(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 ok; 2 user error (message, no traceback); 1 diverged; 128+N stopped by signal N."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage())
-        return 0
-    from models import PretrainedUnavailable
-    from utils.config import ConfigError
-    from utils.data import DataError
-    from utils.engine import NonFiniteLoss, TrainingInterrupted
-    from utils.io import CheckpointError
-
+    """Exit status: 0 ok; 2 user error (one line, no traceback); 1 training failed; 128+N stopped by signal N;
+    130 Ctrl+C outside training."""
+    signal.signal(signal.SIGINT, _stop_during_start_up)
     try:
-        command, rest = parse_command(argv)
-        dispatch(command, rest)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if any(a in ("-h", "--help") for a in argv):
+            print(usage())
+            return 0
+        # torch-free: an ONNX export runs without torch installed
+        from utils.errors import RunFailed, TrainingInterrupted, UserError
+
+        try:
+            command, rest = parse_command(argv)
+            dispatch(command, rest)
+            return 0
+        except TrainingInterrupted as e:
+            print(f"\n{e}", file=sys.stderr)
+            return 128 + e.signum
+        except RunFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        except (UserError, PermissionError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl+C); nothing new was published: results/ and ckp/ hold what they held before "
+              "(a training run's checkpoint of the last finished epoch is in its staging folder: --resume=auto).",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed
         return 0
-    except TrainingInterrupted as e:
-        print(f"\n{e}", file=sys.stderr)
-        return 128 + e.signum
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, CheckpointError, PretrainedUnavailable, PermissionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+
+def _stop_during_start_up(signum: int, frame: object) -> None:
+    """Ctrl+C while modules load: a KeyboardInterrupt inside an import can leave a half-imported library
+    that fails later with a confusing error, and nothing has been written yet: just leave."""
+    print("\ninterrupted (Ctrl+C) during start-up; nothing was written.", file=sys.stderr)
+    os._exit(130)
+
+
+def started() -> None:
+    """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def dispatch(command: str, args: list[str]) -> None:
+    if command == "grid":
+        from utils.grid import run_grid
+
+        started()
+        run_grid(args)
+    elif command == "figures":
+        from utils.figures import run_figures
+
+        started()
+        run_figures(args)
+    elif command in USING:
+        from utils.commands import run_command
+
+        started()
+        run_command(command, args, default_model())
+    else:
+        train(command, args)
+
+
+def default_model() -> str:
+    """The model the inference commands use unless --model_name says otherwise: the one `flag` trains."""
+    from trainArcFace import TrainArcFaceParams
+    from trainResnet import TrainResnetParams
+
+    return TrainResnetParams.model_name if FLAGS.get(flag, flag) == "softmax" else TrainArcFaceParams.model_name
+
+
+def train(command: str, args: list[str]) -> None:
     from trainArcFace import TrainArcFaceParams, trainArcFaceMain
     from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
-    from utils.config import ConfigError, parse_overrides, resolve
+    from utils.config import parse_overrides, resolve
+    from utils.errors import ConfigError
+    from utils.experiment import run  # noqa: F401 -- the heavy imports, before Ctrl+C may raise again
 
-    if command == "benchmark":
-        from utils.benchmark import run_benchmark
-
-        run_benchmark(args)
-        return
+    started()
     overrides = parse_overrides(args)
     jobs = []
     if command in ("arcface", "compare", "test"):
@@ -96,9 +155,9 @@ def dispatch(command: str, args: list[str]) -> None:
         raise ConfigError("both models would share one model_name; do not override model_name with "
                           "compare/test, or run arcface and softmax separately.")
     if command == "test":
-        from utils.experiment import paths
+        from pathlib import Path
 
-        jobs = [(f, p) for f, p in jobs if (paths(p)[1] / "best.pt").is_file()]
+        jobs = [(f, p) for f, p in jobs if (Path(p.ckpt_dir) / p.model_name / "best.pt").is_file()]
         if not jobs:
             raise ConfigError("no best checkpoint found under the ckpt_dir; train first "
                               "(python main.py compare) or point --ckpt_dir at your checkpoints.")

@@ -55,14 +55,16 @@ def main(argv: list[str]) -> None:
 
     def score(m: torch.nn.Module, h: torch.nn.Module, epoch: int, row: dict) -> dict:
         if "val_loss" not in row:  # the raw weights were just validated by fit
-            row["val_loss"], row["val_acc"] = validate(m, h, splits.val_x, splits.val_y, params, device)
+            row["val_loss"], row["val_acc"], row["val_angle_deg"] = validate(m, h, splits.val_x, splits.val_y,
+                                                                             params, device)
         if epoch in knn_epochs:
             q, g = embed(m, splits.val_x, params, device), embed(m, splits.train_x, params, device)
             r = evaluate_embeddings(q, splits.val_y.to(device), g, splits.train_y.to(device), bins=params.hist_bins)
             row["val_acc_1nn"], row["val_eer"] = r["acc_1nn"], r["eer"]
         return row
 
-    def on_epoch(history: list[dict]) -> None:
+    def on_epoch(state: dict) -> None:
+        history = state["history"]
         epoch = history[-1]["epoch"]
         raw = {k: history[-1][k] for k in ("epoch", "val_loss", "val_acc")}
         found = [score(model, head, epoch, {**raw, "decay": 0.0, "seconds": sum(x["seconds"] for x in history)})]

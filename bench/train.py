@@ -156,7 +156,7 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
     try:
         clock["start"] = time.perf_counter()
         with contextlib.suppress(_Reached):
-            fit(params, model, head, splits, device, tmp, lambda hist: check(hist[-1]["epoch"] + 1.0),
+            fit(params, model, head, splits, device, tmp, lambda st: check(st["history"][-1]["epoch"] + 1.0),
                 on_step=on_step, ema=ema)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,9 @@ class CosineMarginHead(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_class, in_features))
         nn.init.xavier_uniform_(self.weight)
 
+    def set_total_steps(self, n: int) -> None:
+        """The engine announces the run's length; heads with a schedule (SphereFace) use it."""
+
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
 

@@ -22,6 +22,9 @@ class Softmax(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.fc.weight
 
+    def set_total_steps(self, n: int) -> None:
+        """No schedule here; see CosineMarginHead.set_total_steps."""
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(embeddings.device.type, enabled=False):  # logits in full precision
             return self.fc(embeddings.to(self.fc.weight.dtype))

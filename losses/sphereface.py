@@ -5,14 +5,23 @@ CVPR 2017. Paper values: m = 4; lambda annealed from 1000 down to 5.
 
     psi(theta) = (-1)^k cos(m theta) - 2k,   theta in [k pi / m, (k + 1) pi / m],  k = 0 .. m-1
     target logit = s * (lambda cos theta + psi(theta)) / (1 + lambda)
-    lambda = max(lambda_min, base * (1 + gamma * t) ** -power),  t = training steps so far
+    lambda = max(lambda_min, base * (1 + gamma * t') ** -power)
              (base 1000, gamma 0.12, power 1, lambda_min 5 as in the authors' code)
+
+The authors count t in absolute iterations: lambda reaches lambda_min after 1,658 of their 28,000
+(5.9 % of training). Counted the same way, a short run (the benchmark's 466 steps) would end at
+lambda = 17.6 and train mostly NormFace. Here t' is training *progress* mapped onto that schedule,
+t' = 1658 * t / (anneal_fraction * total_steps) with anneal_fraction = 0.059, so every budget has the
+paper's shape: lambda_min from 5.9 % of training on. Outside training (validation, evaluation)
+lambda = lambda_min: validation losses of different epochs then measure the same objective, which
+keeps best-checkpoint selection by validation loss meaningful while lambda moves.
 
 psi is continuous and decreasing on [0, pi]. Unlike the paper, features are L2-normalised and
 scaled by s like the rest of this family (the 'normalised SphereFace' of the CosFace/ArcFace
 comparisons), so that every head here differs only in its target logit. cos(m theta) is the
 Chebyshev polynomial T_m(cos theta), which keeps the gradient exact; k (piecewise constant) comes
-from acos without gradient. The step counter `t` is a buffer, so it is checkpointed and resumed.
+from acos without gradient. The step counter `t` and the run length `total` are buffers, so they are
+checkpointed and resumed. Without a known length (total = 0) t counts absolute steps, as the paper.
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ import math
 import torch
 
 from losses.base import CosineMarginHead
+
+PAPER_ANNEAL_STEPS, PAPER_TOTAL_STEPS = 1658, 28000  # sphereface_solver: max_iter 28000
 
 
 def chebyshev(m: int, c: torch.Tensor) -> torch.Tensor:
@@ -36,17 +47,30 @@ def chebyshev(m: int, c: torch.Tensor) -> torch.Tensor:
 
 class SphereFace(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: int = 4,
-                 base: float = 1000.0, gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0) -> None:
+                 base: float = 1000.0, gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
+                 anneal_fraction: float = PAPER_ANNEAL_STEPS / PAPER_TOTAL_STEPS) -> None:
         super().__init__(in_features, n_class, scale)
         if int(margin) != margin or margin < 1:
             raise ValueError(f"SphereFace's margin is a positive integer (4 in the paper), got {margin}")
         self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = base, gamma, power, lambda_min
+        self.anneal_fraction = anneal_fraction
         self.register_buffer("t", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total", torch.zeros((), dtype=torch.long))
+
+    def set_total_steps(self, n: int) -> None:
+        self.total.fill_(n)
 
     @property
     def lam(self) -> float:
-        return max(self.lambda_min, self.base * (1 + self.gamma * int(self.t)) ** -self.power)
+        if not self.training:
+            return self.lambda_min
+        # steps at which the paper's formula reaches lambda_min (1,658 for the defaults)
+        reach = ((self.base / self.lambda_min) ** (1 / self.power) - 1) / self.gamma
+        t = float(self.t)
+        if int(self.total) > 0:
+            t *= reach / (self.anneal_fraction * int(self.total))
+        return max(self.lambda_min, self.base * (1 + self.gamma * t) ** -self.power)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
         c = cos_y.clamp(-1.0, 1.0)

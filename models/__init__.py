@@ -1,3 +1,4 @@
-from models.resnet import Embedder, PretrainedUnavailable, get_model, input_channels
+from models.resnet import Embedder, get_model, input_channels
+from utils.errors import PretrainedUnavailable
 
 __all__ = ["Embedder", "PretrainedUnavailable", "get_model", "input_channels"]

@@ -14,7 +14,7 @@ METRIC_KEYS = {"acc_1nn", "acc_head", "eer", "eer_threshold", "tar_at_far", "auc
 
 def check_model_outputs(results: Path, name: str) -> dict:
     folder = results / name
-    for f in ("params.json", "history.csv", "loss.png", "metrics.json", "far_frr.csv"):
+    for f in ("params.json", "history.csv", "loss.png", "metrics.json", "far_frr.csv", "eval.npz", "failures.json"):
         assert (folder / f).is_file(), f
     m = json.loads((folder / "metrics.json").read_text())
     assert METRIC_KEYS <= set(m)
@@ -22,7 +22,7 @@ def check_model_outputs(results: Path, name: str) -> dict:
     assert m["n_pairs"] == m["n_query"] * m["n_gallery"] == 500 * 512
     assert 0.0 <= m["eer"] <= 1.0 and 0.0 <= m["acc_1nn"] <= 1.0
     header = (folder / "history.csv").read_text().splitlines()[0]
-    assert header == "epoch,train_loss,val_loss,val_acc,lr,seconds"
+    assert header == "epoch,train_loss,val_loss,val_acc,val_angle_deg,lr,seconds"
     return m
 
 

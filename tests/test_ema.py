@@ -61,7 +61,7 @@ def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None
     for decay in (0.0, 0.9):
         params, splits, model, head = _tiny(decay)
         engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / str(decay), lambda h: None)
-        runs[decay] = torch.load(tmp_path / str(decay) / "last.pt", weights_only=False)
+        runs[decay] = torch.load(tmp_path / str(decay) / "last.pt", weights_only=True)
     off, on = runs[0.0], runs[0.9]
     assert off["ema"] is None and on["ema"]["updates"] == 2 * 4
     for k, v in off["model"].items():  # the raw trajectory is the same with and without the EMA
@@ -69,7 +69,7 @@ def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None
     # the recorded validation loss is the EMA's, and evaluation loads the EMA weights
     params, splits, model, head = _tiny(0.9)
     load_weights(model, head, on)
-    loss, _ = engine.validate(model, head, splits.val_x, splits.val_y, params, torch.device("cpu"))
+    loss, _, _ = engine.validate(model, head, splits.val_x, splits.val_y, params, torch.device("cpu"))
     assert loss == pytest.approx(on["history"][-1]["val_loss"], rel=1e-6)
     load_weights(model, head, on, averaged=False)
     assert all(torch.equal(v, on["model"][k]) for k, v in model.state_dict().items())
@@ -79,12 +79,12 @@ def test_an_ema_handed_to_fit_is_the_one_updated_validated_and_saved(tmp_path) -
     params, splits, model, head = _tiny(0.9)
     ema = WeightEMA(model, head, 0.9)
     engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "own", lambda h: None, ema=ema)
-    state = torch.load(tmp_path / "own" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "own" / "last.pt", weights_only=True)
     assert ema.updates == 2 * 4  # once per step: fit does not add a second average of its own
     assert all(torch.equal(v, state["ema"]["model"][k]) for k, v in ema.model.state_dict().items())
     params, splits, model, head = _tiny(0.9)
     engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "fits", lambda h: None)
-    ref = torch.load(tmp_path / "fits" / "last.pt", weights_only=False)
+    ref = torch.load(tmp_path / "fits" / "last.pt", weights_only=True)
     assert all(torch.equal(v, ref["ema"]["model"][k]) for k, v in state["ema"]["model"].items())
     assert state["history"][-1]["val_loss"] == ref["history"][-1]["val_loss"]
 
@@ -92,7 +92,7 @@ def test_an_ema_handed_to_fit_is_the_one_updated_validated_and_saved(tmp_path) -
 def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
     params, splits, model, head = _tiny(0.9)
     engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "full", lambda h: None)
-    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
 
     params, splits, model, head = _tiny(0.9)
     def kill_at_step(epoch: int, step: int, value: float) -> None:
@@ -102,29 +102,30 @@ def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
     with pytest.raises(engine.TrainingInterrupted):
         engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None,
                    on_step=kill_at_step)
-    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert state["partial"]["step"] == 3 and state["ema"]["updates"] == 4 + 3  # seen one step later
     params, splits, model, head = _tiny(0.9)
     load_weights(model, head, state, averaged=False)
     engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None, state)
-    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for part in ("model", "head"):
         for k, v in full["ema"][part].items():
             assert torch.equal(v, resumed["ema"][part][k]), (part, k)
 
 
-def test_benchmark_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> None:
+def test_grid_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> None:
     import dataclasses
     import json
 
-    from utils.benchmark import BUDGET, finished
     from utils.experiment import quick_debug_params
+    from utils.grid import BUDGET, finished
 
-    p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0})
+    p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0, "eval_amp": True})
     old = dataclasses.asdict(quick_debug_params(p))
-    del old["ema_decay"]  # a params.json written before the field was added
+    del old["ema_decay"], old["eval_amp"]  # a params.json written before the fields were added
     (tmp_path / p.model_name).mkdir()
     (tmp_path / p.model_name / "params.json").write_text(json.dumps(old))
     (tmp_path / p.model_name / "metrics.json").write_text(json.dumps({"acc_1nn": 0.5}))
     assert finished(p) == {"acc_1nn": 0.5}
     assert finished(dataclasses.replace(p, ema_decay=0.99)) is None  # a run with an EMA is not that run
+    assert finished(dataclasses.replace(p, eval_amp=False)) is None  # nor one embedded in fp32

@@ -87,5 +87,5 @@ def test_a_signal_during_validation_stops_at_the_epoch_boundary(tmp_path, monkey
     monkeypatch.setattr(engine, "validate", validate_then_signal)
     with pytest.raises(engine.TrainingInterrupted):
         engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path, lambda hist: None)
-    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["partial"] is None

@@ -1,4 +1,4 @@
-"""Folder data sets, the open-set protocol, Fashion-MNIST and the benchmark command."""
+"""Folder data sets, the open-set protocol, Fashion-MNIST and the margin-loss grid command."""
 
 from __future__ import annotations
 
@@ -67,11 +67,14 @@ def test_known_classes_keep_unknown_out_of_training() -> None:
 
 
 def test_parse_classes() -> None:
-    assert parse_classes("0-5") == [0, 1, 2, 3, 4, 5]
-    assert parse_classes("0-2, 7,9") == [0, 1, 2, 7, 9]
-    assert parse_classes("") == []
-    with pytest.raises(ValueError):
-        parse_classes("a-b")
+    assert parse_classes("0-5", 10) == [0, 1, 2, 3, 4, 5]
+    assert parse_classes("0-2, 7,9", 10) == [0, 1, 2, 7, 9]
+    assert parse_classes("", 10) == []
+    for bad in ("a-b", "0-²", "1.5", "-3"):
+        with pytest.raises(ValueError, match="cannot read"):
+            parse_classes(bad, 10)
+    with pytest.raises(ValueError, match="class 99999999999 .* does not exist"):  # refused before expanding
+        parse_classes("0-99999999999", 10)
     from trainArcFace import TrainArcFaceParams
     from utils.config import resolve
 
@@ -92,37 +95,37 @@ def test_folder_run_with_open_set_end_to_end(tmp_path: Path) -> None:
     assert r.returncode == 2 and "set --n_class=4" in r.stderr
 
 
-def test_benchmark_command_on_a_folder(tmp_path: Path) -> None:
+def test_grid_command_on_a_folder(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "faces", identities=4, per=10)
-    r = run_main("benchmark", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
+    r = run_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    out = tmp_path / "results" / "benchmark"
-    bench = json.loads((out / "benchmark.json").read_text())
+    out = tmp_path / "results" / "grid"
+    bench = json.loads((out / "grid.json").read_text())
     assert [(x["loss"], x["seed"]) for x in bench["runs"]] == [("softmax", 0), ("softmax", 1), ("cosface", 0),
                                                                ("cosface", 1)]
     runs = {x["loss"]: x for x in bench["runs"] if x["seed"] == 0}
     params = json.loads((Path(runs["cosface"]["folder"]) / "params.json").read_text())
     assert (params["scale"], params["margin"]) == (64.0, 0.35)  # the paper's s and m
-    md = (out / "benchmark.md").read_text()
+    md = (out / "grid.md").read_text()
     assert "| cosface |" in md and "±" in md
     assert (out / "DET_folder_closed.png").is_file() and (out / "DET_folder_open.png").is_file()
     # --reuse: the same grid is read back, not retrained; a run whose params differ is retrained
     stamp = {x["model_name"]: (Path(x["folder"]) / "metrics.json").stat().st_mtime_ns for x in bench["runs"]}
-    r = run_main("benchmark", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
+    r = run_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=8", "--reuse=true",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    again = json.loads((out / "benchmark.json").read_text())
+    again = json.loads((out / "grid.json").read_text())
     assert again["reused_runs"] == 4 and again["runs"] == bench["runs"]
     assert all((Path(x["folder"]) / "metrics.json").stat().st_mtime_ns == stamp[x["model_name"]]
                for x in again["runs"])
-    r = run_main("benchmark", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path),
+    r = run_main("grid", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=4", "--reuse=true",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "benchmark.json").read_text())["reused_runs"] == 0
-    r = run_main("benchmark", "--losses=triplet", cwd=tmp_path)
+    assert json.loads((out / "grid.json").read_text())["reused_runs"] == 0
+    r = run_main("grid", "--losses=triplet", cwd=tmp_path)
     assert r.returncode == 2 and "--losses: unknown ['triplet']" in r.stderr
 
 

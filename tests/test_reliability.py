@@ -48,13 +48,13 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(compared: Path, tmp_
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     last = cut / "ckp" / "resnet18_arcface" / "last.pt"
     assert f"resumable checkpoint saved to {last.relative_to(cut)}" in err or str(last) in err
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     assert state["partial"] is not None and 0 < state["partial"]["step"] < 32
 
     r = run_main("arcface", *quick(cut), *SMALL, "--resume=auto", cwd=cut)
     assert r.returncode == 0, r.stderr
-    a = torch.load(ref / "ckp" / "resnet18_arcface" / "best.pt", weights_only=False)
-    b = torch.load(cut / "ckp" / "resnet18_arcface" / "best.pt", weights_only=False)
+    a = torch.load(ref / "ckp" / "resnet18_arcface" / "best.pt", weights_only=True)
+    b = torch.load(cut / "ckp" / "resnet18_arcface" / "best.pt", weights_only=True)
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
     torch.testing.assert_close(a["head"]["weight"], b["head"]["weight"], rtol=0, atol=0)

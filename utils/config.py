@@ -12,10 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
+
+from utils.errors import ConfigError
 
 LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 DATASETS = ("mnist", "fashion_mnist", "folder")
@@ -24,8 +28,6 @@ SCHEDULES = ("cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-class ConfigError(ValueError):
-    """A user error in the parameters; main.py prints it without a traceback."""
 
 
 @dataclass
@@ -63,7 +65,8 @@ class TrainParams:
     ema_decay: float = 0.995  # > 0: validate, select and evaluate an EMA of the weights (utils/ema.py); 0 = off
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
-    channels_last: bool = False  # NHWC activations; see bench/train.py for when it pays
+    channels_last: str = "auto"  # NHWC: auto (on for fp32 CPU training, where it measured faster), true, false
+    eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: readme, "Evaluation")
     # --- data ---
     data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
     known_classes: str = ""  # e.g. "0-5": train on these only, report open-set on the rest; "" = all
@@ -181,7 +184,21 @@ def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> Tra
     return out
 
 
+# Upper bounds: far beyond any sensible run, low enough that nothing overflows before the memory check.
+LIMITS = {"img_size": 4096, "embedding_dim": 65536, "n_class": 1_000_000, "subcenters": 64, "batch_size": 65536,
+          "eval_batch_size": 65536, "total_epochs": 100_000, "early_stop_epochs": 100_000, "step_size": 100_000,
+          "val_size": 10_000_000, "seed": 2**31 - 1, "split_seed": 2**31 - 1}
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
 def validate(p: TrainParams) -> None:
+    """Every field's type, range and consistency; the memory the run would need. Raises ConfigError."""
+    for f in fields(p):
+        v = getattr(p, f.name)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{f.name}={v} must be a finite number.")
+        if f.name in LIMITS and not 0 <= v <= LIMITS[f.name]:
+            raise ConfigError(f"{f.name}={v} is out of range; use 0 .. {LIMITS[f.name]}.")
     checks = [
         (p.loss_fuc_type in LOSSES, f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {LOSSES}."),
         (p.dataset_name in DATASETS, f"dataset_name '{p.dataset_name}' unknown; choose one of {DATASETS}."),
@@ -189,16 +206,17 @@ def validate(p: TrainParams) -> None:
         (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
         (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
+        (p.channels_last in ("auto", "true", "false"), f"channels_last '{p.channels_last}': use auto, true or false."),
         (p.loss_fuc_type == "sphereface" or 0 <= p.margin < math.pi,
          f"margin={p.margin} out of range; use 0 <= margin < pi (0.5 is usual)."),
-        (p.loss_fuc_type != "sphereface" or (p.margin >= 1 and float(p.margin).is_integer()),
-         f"margin={p.margin}: SphereFace's margin is an integer multiplier >= 1 (the paper uses 4)."),
-        (p.m1 >= 1 and 0 <= p.m2 < math.pi and p.m3 >= 0,
-         f"combined margins (m1={p.m1}, m2={p.m2}, m3={p.m3}) need m1 >= 1, 0 <= m2 < pi, m3 >= 0."),
+        (p.loss_fuc_type != "sphereface" or (1 <= p.margin <= 10 and float(p.margin).is_integer()),
+         f"margin={p.margin}: SphereFace's margin is an integer multiplier 1 .. 10 (the paper uses 4)."),
+        (1 <= p.m1 <= 10 and 0 <= p.m2 < math.pi and 0 <= p.m3 <= 2,
+         f"combined margins (m1={p.m1}, m2={p.m2}, m3={p.m3}) need 1 <= m1 <= 10, 0 <= m2 < pi, 0 <= m3 <= 2."),
         (p.subcenters >= 1, f"subcenters={p.subcenters} must be >= 1."),
-        (p.scale > 0, f"scale={p.scale} must be > 0 (30 or 64 are usual)."),
-        (p.lr > 0, f"lr={p.lr} must be > 0."),
-        (p.weight_decay >= 0, f"weight_decay={p.weight_decay} must be >= 0."),
+        (0 < p.scale <= 1024, f"scale={p.scale} must be in (0, 1024] (16 to 64 are usual)."),
+        (0 < p.lr <= 10, f"lr={p.lr} must be in (0, 10] (1e-3 is usual for AdamW)."),
+        (0 <= p.weight_decay <= 10, f"weight_decay={p.weight_decay} must be in [0, 10]."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
         (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),
         (p.embedding_dim >= 2, f"embedding_dim={p.embedding_dim} must be >= 2."),
@@ -209,19 +227,26 @@ def validate(p: TrainParams) -> None:
         (0 < p.gamma <= 1, f"gamma={p.gamma} must be in (0, 1]."),
         (p.ema_decay == 0 or 0 < p.ema_decay < 1,
          f"ema_decay={p.ema_decay} must be 0 (off) or in (0, 1), e.g. 0.995."),
-        (p.warmup_epochs >= 0, f"warmup_epochs={p.warmup_epochs} must be >= 0."),
+        (0 <= p.warmup_epochs <= p.total_epochs,
+         f"warmup_epochs={p.warmup_epochs} must be in [0, total_epochs={p.total_epochs}]."),
+        (abs(p.input_mean) <= 1000 and p.input_std <= 1000,
+         f"input_mean={p.input_mean}, input_std={p.input_std}: pixels are in [0, 1]; use |mean| <= 1000, "
+         f"std <= 1000 (std <= 0: the data set's own statistics)."),
         (p.val_size >= 1, f"val_size={p.val_size} must be >= 1."),
-        (1024 <= p.hist_bins <= 1 << 24, f"hist_bins={p.hist_bins} must be in [1024, 2**24]."),
-        (p.model_name.replace("-", "_").replace(".", "_").isidentifier(),
-         f"model_name '{p.model_name}' must be a plain folder name (letters, digits, _ - .)."),
-        (p.device == "auto" or p.device == "cpu" or p.device.startswith("cuda"),
+        (1024 <= p.hist_bins <= 1 << 24 and p.hist_bins & (p.hist_bins - 1) == 0,
+         f"hist_bins={p.hist_bins} must be a power of two in [2**10, 2**24] (bin edges are then exact float32 "
+         f"scores, which keeps every pair's bin exact)."),
+        (bool(MODEL_NAME.fullmatch(p.model_name)),
+         f"model_name '{p.model_name}' must be one plain folder name: letters, digits, '_', '-' and '.', not "
+         f"starting with '.' or '-' (it names results/<model_name>/ and ckp/<model_name>/)."),
+        (p.device == "auto" or p.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", p.device) is not None,
          f"device '{p.device}' unknown; use auto, cpu, cuda or cuda:N."),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
     try:
-        parse_classes(p.known_classes)
+        parse_classes(p.known_classes, p.n_class)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if p.device.startswith("cuda"):
@@ -232,18 +257,65 @@ def validate(p: TrainParams) -> None:
     smallest = STEMS[p.stem]
     if p.img_size < smallest:
         raise ConfigError(f"img_size={p.img_size} is too small for stem '{p.stem}'; use >= {smallest}.")
+    check_memory(p)
 
 
-def parse_classes(spec: str) -> list[int]:
-    """'0-5' -> [0..5]; '0,2,4' and '0-3,7' work too; '' -> [] (meaning: all classes)."""
+STEM_STRIDE = {"cifar": 1, "s2": 2, "imagenet": 4}
+
+
+def memory_estimate(p: TrainParams) -> int:
+    """Bytes a run needs at its peak, roughly (within ~2x of measured runs; docs/errors.md).
+
+    Weights with their gradients, AdamW's two moments and the EMA copy (x5), plus the activations
+    ResNet18 keeps for the backward pass: about 1,650 floats per position of the stem's output map;
+    at evaluation, the embeddings of every image (MNIST and Fashion-MNIST: 70,000) twice over.
+    """
+    side = -(-p.img_size // STEM_STRIDE[p.stem])
+    weights = 11_200_000 + 512 * p.embedding_dim + p.n_class * p.subcenters * (p.embedding_dim + 1)
+    batch = max(p.batch_size, p.eval_batch_size // 3)  # inference keeps ~1/3 of training's activations
+    images = 70_000 if p.dataset_name in ("mnist", "fashion_mnist") else 0  # folders: unknown before reading
+    return 4 * (5 * weights + 1650 * side * side * batch + 2 * images * p.embedding_dim)
+
+
+def available_memory(device: str) -> int | None:
+    """Free bytes on the device the run would use (MemAvailable on Linux CPUs); None when unknown."""
+    if device.startswith("cuda") or device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.mem_get_info(torch.device(device if device != "auto" else "cuda"))[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(p: TrainParams) -> None:
+    need, have = memory_estimate(p), available_memory(p.device)
+    if have is not None and need > have:
+        raise ConfigError(f"this run needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB are available; "
+                          f"lower --batch_size, --img_size or --embedding_dim (or --n_class).")
+
+
+def parse_classes(spec: str, n_class: int) -> list[int]:
+    """'0-5' -> [0..5]; '0,2,4' and '0-3,7' work too; '' -> [] (meaning: all classes).
+
+    Every class must be below n_class (checked before a range is expanded, so no input can make a
+    huge list)."""
     out: set[int] = set()
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        m = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", part)
+        if m is None:
             raise ValueError(f"cannot read '{part}' in known_classes='{spec}'; write e.g. 0-5 or 0,1,2")
-        a, b = int(lo), int(hi or lo)
+        a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         if b < a:
             raise ValueError(f"empty range '{part}' in known_classes='{spec}'")
+        if b >= n_class:
+            raise ValueError(f"class {b} in known_classes='{spec}' does not exist: classes are 0 .. {n_class - 1} "
+                             f"(n_class={n_class}).")
         out.update(range(a, b + 1))
     return sorted(out)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,24 +16,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.config import TrainParams
+from utils.errors import DataError, ImageError
+from utils.images import SUFFIXES, load_image, polarity_of
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics
 STATS = {"mnist": (MEAN, STD), "fashion_mnist": (0.2860, 0.3530)}  # the usual published values
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
-
-
-class DataError(RuntimeError):
-    """Missing or corrupt data; the message names the folder/file and the fix."""
+N_CLASSES = 10  # MNIST and Fashion-MNIST
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
     """Read an IDX file (uint8 payload) and check magic number and size against the header."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut .gz ends in EOFError
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); it is damaged: delete it so it is "
+                        f"downloaded again, or replace it.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
         raise DataError(f"{path} is not a uint8 IDX file (bad magic number {raw[:4].hex()}); "
                         f"delete it so it is downloaded again.")
@@ -79,10 +84,14 @@ def load_idx_dataset(root: str | Path, dataset: str = "mnist") -> dict[str, torc
     if any(p is None for p in paths):
         raise DataError(f"'{raw}' lacks some of {', '.join(MNIST_FILES)}; add them or fix --data_root.")
     tx, ty, sx, sy = (read_idx(p) for p in paths)
-    for x, y, name in ((tx, ty, "train"), (sx, sy, "t10k")):
+    for x, y, name, lab in ((tx, ty, "train", paths[1]), (sx, sy, "t10k", paths[3])):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{raw}: {name} images {tuple(x.shape)} and labels {tuple(y.shape)} do not match; "
                             f"replace the files.")
+        bad = torch.nonzero(y >= N_CLASSES).flatten()
+        if len(bad):
+            raise DataError(f"{lab}: label {int(y[bad[0]])} at index {int(bad[0])} ({len(bad)} bad in all); "
+                            f"{dataset} labels are 0-{N_CLASSES - 1}: the file is damaged, replace it.")
     return {"train_x": tx, "train_y": ty.long(), "test_x": sx, "test_y": sy.long()}
 
 
@@ -90,14 +99,13 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
                         seed: int = 0) -> dict[str, torch.Tensor]:
     """An image folder with one sub-folder per identity (CASIA-WebFace style, or your own photos).
 
-    Images of any size, grey or colour, are converted to grey (luminance) and resized to
-    img_size x img_size. Deterministic split: within each identity, files are sorted by name and a
-    permutation seeded by (seed, identity index) sends round(test_fraction * n) of them to the test
-    set (at least one, and never all, for identities with 2+ images); the rest is the training set
-    that `make_splits` then divides into train/validation. Identities are numbered in sorted order.
+    Images of any size, format, bit depth, grey or colour are converted as `utils.images` describes
+    (grey, aspect kept and padded to img_size x img_size, never inverted). Deterministic split: within
+    each identity, files are sorted by name and a permutation seeded by (seed, identity index) sends
+    round(test_fraction * n) of them to the test set (at least one, and never all, for identities with
+    2+ images); the rest is the training set that `make_splits` then divides into train/validation.
+    Identities are numbered in sorted order.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"folder data set '{root}' does not exist; point --data_root at a folder with one "
@@ -107,18 +115,17 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
         raise DataError(f"'{root}' has {len(classes)} identity sub-folder(s); a folder data set needs at least 2.")
     parts: dict[str, list] = {"train_x": [], "train_y": [], "test_x": [], "test_y": []}
     for ci, name in enumerate(classes):
-        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in SUFFIXES)
         if not files:
-            raise DataError(f"'{root / name}' has no images ({', '.join(sorted(IMAGE_SUFFIXES))}); remove it.")
+            raise DataError(f"'{root / name}' has no images ({', '.join(sorted(SUFFIXES))}); remove it.")
         n_test = round(len(files) * test_fraction)
         n_test = min(max(n_test, 1), len(files) - 1) if len(files) > 1 else 0
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed * 7919 + ci)).tolist()
         for rank, k in enumerate(order):
             try:
-                with Image.open(files[k]) as im:
-                    arr = np.asarray(im.convert("L").resize((img_size, img_size), Image.BILINEAR), dtype=np.uint8)
-            except (OSError, UnidentifiedImageError):
-                raise DataError(f"cannot read image {files[k]}; delete or replace it.") from None
+                arr = load_image(files[k], img_size, invert="false")
+            except ImageError as e:
+                raise DataError(str(e)) from None
             split = "test" if rank < n_test else "train"
             parts[f"{split}_x"].append(torch.from_numpy(arr.copy()))
             parts[f"{split}_y"].append(ci)
@@ -128,7 +135,7 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
             "test_x": torch.stack(parts["test_x"]), "test_y": torch.tensor(parts["test_y"])}
 
 
-def load_dataset(params) -> dict[str, torch.Tensor]:
+def load_dataset(params: TrainParams) -> dict[str, torch.Tensor]:
     """Dispatch on params.dataset_name: 'mnist' / 'fashion_mnist' (IDX) or 'folder' (data_root itself)."""
     if params.dataset_name == "folder":
         return load_folder_dataset(params.data_root, params.img_size, seed=params.split_seed)
@@ -193,15 +200,6 @@ def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
                   tx[~kt], ty[~kt], test_x[~ks], test_y[~ks])
 
 
-def augmentation_table(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample.
-
-    Drawing them per sample (not per batch) makes an image's augmentation independent of how the
-    epoch is cut into batches or shared among DDP ranks, and of where a resumed run restarts.
-    """
-    return torch.rand(n, 4, generator=gen)
-
-
 def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,
                   max_shift: float = 0.1, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
     """Rotation, scaling and translation of a float batch [B, C, H, W] in one grid_sample.
@@ -236,3 +234,14 @@ def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.d
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def input_card(params: TrainParams, splits: Splits) -> dict:
+    """How an image must be prepared for this model, stored with its checkpoint and its ONNX export:
+    uint8 grey of native_size x native_size (utils/images.py turns any file into that, inverting
+    it to the training data's polarity), then resized to img_size (bilinear, align_corners=False,
+    no antialias: torch's F.interpolate), scaled to [0, 1], normalised (x - mean) / std, repeated to
+    `channels`, NCHW float32."""
+    return {"native_size": int(splits.train_x.shape[-1]), "img_size": params.img_size,
+            "channels": 3 if params.pretrained else 1, "mean": params.input_mean, "std": params.input_std,
+            "polarity": polarity_of(splits.train_x.numpy())}

@@ -74,6 +74,14 @@ def all_sum(values: list[float], ctx: DistContext, device: torch.device) -> list
     return t.tolist()
 
 
+def all_sum_tensor(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Element-wise sum of a tensor over ranks (per-class sums); identity when single-process."""
+    if ctx.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def shard(n: int, ctx: DistContext) -> slice:
     """Contiguous shard of n items for this rank; shards are equal but the last may be short."""
     per = -(-n // ctx.world)
@@ -145,9 +153,3 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         else:
             convert_sync_batchnorm(child, device)
     return module
-
-
-def maybe_fail_for_test(ctx: DistContext) -> None:
-    """Test hook: DDP_TEST_FAIL_RANK=r makes rank r raise after setup (proves the job does not hang)."""
-    if ctx.enabled and os.environ.get("DDP_TEST_FAIL_RANK") == str(ctx.rank):
-        raise RuntimeError(f"rank {ctx.rank} failing on purpose (DDP_TEST_FAIL_RANK)")

@@ -1,52 +1,57 @@
 """One experiment end to end: params -> data -> model -> fit -> evaluate best -> results files.
 
 Both original trainers (`trainArcFaceMain`, `trainResnetSoftmaxMain`) are thin calls of `run`.
-Results of model M go to results/M/{params.json, history.csv, loss.png, metrics.json, far_frr.csv}
-and results/DET.png is redrawn from every model found under the results folder.
+A run holds its model's folders and writes into staging (utils/rundir.py); only a finished run
+replaces results/<model>/ {params.json, history.csv, loss.png, metrics.json, far_frr.csv, eval.npz,
+failures.json} and ckp/<model>/ {best.pt, last.pt}. results/DET.png is then redrawn from every model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import math
+import os
 import platform
-import time
+import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from losses import build_head
 from models import get_model
-from utils import distributed, plots
-from utils.config import parse_classes
-from utils.data import DataError, Splits, dataset_stats, load_dataset, make_splits
-from utils.device import resolve_device, seed_everything
-from utils.distributed import SINGLE, DistContext
-from utils.engine import embed, fit
-from utils.io import check_writable, load_checkpoint, save_figure, write_csv, write_json
-from utils.metrics import evaluate_embeddings
+from utils import distributed, plots, rundir
+from utils.config import TrainParams, parse_classes
+from utils.data import Splits, dataset_stats, input_card, load_dataset, make_splits
+from utils.device import resolve_device, seed_everything, uses_channels_last
+from utils.distributed import DistContext, barrier
+from utils.engine import fit
+from utils.errors import ChanceLevel, CheckpointError, DataError
+from utils.evaluate import draw_det, evaluate, write_results
+from utils.io import check_writable, load_checkpoint, save_checkpoint, save_figure, write_csv, write_json
 
 # params that must agree between a checkpoint and the run that loads it
 CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
              "dataset_name", "known_classes")
+# fields a resume may change: they cannot change the training trajectory (every other field must match)
+RESUME_FREE = ("use_tqdm", "device", "channels_last", "eval_batch_size", "results_dir", "ckpt_dir", "resume",
+               "data_root", "log_steps", "hist_bins", "tensorboard")
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_angle_deg", "lr", "seconds"]
 
 
-def train_classes(params: Any) -> int:
+def train_classes(params: TrainParams) -> int:
     """Classes the head is trained on: the known ones, or all n_class."""
-    return len(parse_classes(params.known_classes)) or params.n_class
+    return len(parse_classes(params.known_classes, params.n_class)) or params.n_class
 
 
-def build_models(params: Any, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+def build_models(params: TrainParams, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
     head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params), scale=params.scale,
                       margin=params.margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
     return model.to(device), head.to(device)
 
 
-def load_splits(params: Any) -> tuple[Splits, Any]:
+def load_splits(params: TrainParams) -> tuple[Splits, TrainParams]:
     """Load the data set and split it; returns the splits and params with the pixel statistics set."""
     data = load_dataset(params)
     n_found = int(max(data["train_y"].max(), data["test_y"].max())) + 1
@@ -59,18 +64,20 @@ def load_splits(params: Any) -> tuple[Splits, Any]:
     val_size = 256 if params.quick_debug else params.val_size
     if params.dataset_name == "folder":  # small folders: keep 4/5 of the images for training
         val_size = min(val_size, len(data["train_x"]) // 5)
-    splits = make_splits(data, val_size, params.split_seed, params.quick_debug, parse_classes(params.known_classes))
+    splits = make_splits(data, val_size, params.split_seed, params.quick_debug,
+                         parse_classes(params.known_classes, params.n_class))
     return splits, params
 
 
-def prepare_run(params: Any, device: torch.device) -> tuple[Splits, Any, torch.nn.Module, torch.nn.Module]:
+def prepare_run(params: TrainParams, device: torch.device) -> tuple[Splits, TrainParams, torch.nn.Module,
+                                                                   torch.nn.Module]:
     """Seed, load and split the data, build model and head: the start every training run shares.
 
     Returns params with the data set's pixel statistics filled in."""
     seed_everything(params.seed)
     splits, params = load_splits(params)
     model, head = build_models(params, device)
-    if params.channels_last:
+    if uses_channels_last(params.channels_last, device, params.amp):
         model = model.to(memory_format=torch.channels_last)
     return splits, params, model, head
 
@@ -79,11 +86,15 @@ def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict, ave
     """Put a checkpoint's model and head weights into `model` and `head`: the EMA weights when the
     run kept them and `averaged` (evaluation), else the raw training weights (resuming)."""
     src = state["ema"] if averaged and state.get("ema") is not None else state
-    model.load_state_dict(src["model"])
-    head.load_state_dict(src["head"])
+    try:
+        model.load_state_dict(src["model"])
+        head.load_state_dict(src["head"])
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit this model ({str(e).splitlines()[0][:160]}); "
+                              f"it is incomplete or hand-edited: use another checkpoint or train again.") from None
 
 
-def quick_debug_params(params: Any) -> Any:
+def quick_debug_params(params: TrainParams) -> TrainParams:
     """quick_debug: one short epoch on a few hundred images, same code path everywhere else."""
     if not params.quick_debug:
         return params
@@ -92,53 +103,47 @@ def quick_debug_params(params: Any) -> Any:
                                hist_bins=min(params.hist_bins, 1 << 16), eval_batch_size=256)
 
 
-def paths(params: Any) -> tuple[Path, Path]:
+def paths(params: TrainParams) -> tuple[Path, Path]:
+    """results/<model_name>/ and ckp/<model_name>/: the published run's folders."""
     return Path(params.results_dir) / params.model_name, Path(params.ckpt_dir) / params.model_name
 
 
-def resume_path(params: Any) -> Path | None:
+def resume_path(params: TrainParams) -> Path | None:
+    """--resume=auto: the interrupted run in staging, else the published run's last.pt."""
     if not params.resume:
         return None
-    if params.resume == "auto":
-        return paths(params)[1] / "last.pt"
-    return Path(params.resume)
+    if params.resume != "auto":
+        return Path(params.resume)
+    ckpt = paths(params)[1]
+    staged = rundir.staging(ckpt) / "last.pt"
+    return staged if staged.is_file() else ckpt / "last.pt"
 
 
-def write_history(out: Path, params: Any, history: list[dict]) -> None:
-    cols = ["epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"]
-    write_csv(out / "history.csv", cols, [[h[c] for c in cols] for h in history])
-    fig = plots.loss_figure([h["epoch"] for h in history], [h["train_loss"] for h in history],
-                            [h["val_loss"] for h in history], f"{params.model_name} ({params.loss_fuc_type})")
+def check_resume(params: TrainParams, state: dict, path: Path) -> None:
+    """Refuse a resume whose trajectory-defining fields differ from the checkpoint's run."""
+    old = state["params"]
+    diff = [f"{k}: checkpoint {old[k]!r}, now {v!r}" for k, v in dataclasses.asdict(params).items()
+            if k in old and k not in RESUME_FREE and old[k] != v
+            and not (k in ("input_mean", "input_std") and params.input_std <= 0)]  # derived from the same data
+    if diff:
+        raise CheckpointError(f"--resume={path} was trained with other settings ({'; '.join(diff)}); resuming would "
+                              f"replay a different run. Use the checkpoint's values, or train anew without --resume.")
+
+
+def write_history(out: Path, params: TrainParams, state: dict) -> None:
+    """history.csv and loss.png after every epoch; train_steps.csv too with --log_steps=true."""
+    history = state["history"]
+    write_csv(out / "history.csv", HISTORY_COLUMNS, [[h.get(c, "") for c in HISTORY_COLUMNS] for h in history])
+    if params.log_steps:
+        write_csv(out / "train_steps.csv", ["epoch", "step", "loss"], state["steps"])
+    fig = plots.loss_figure(history, f"{params.model_name} ({params.loss_fuc_type})")
     save_figure(fig, out / "loss.png")
     plots.close(fig)
 
 
-def evaluate(params: Any, model: torch.nn.Module, head: torch.nn.Module, splits: Splits,
-             device: torch.device, ctx: DistContext = SINGLE) -> dict | None:
-    """Gallery = training split, queries = test set: 1-NN accuracy, head accuracy, verification.
-
-    Every rank embeds its shard; rank 0 scores all pairs and returns the metrics (others: None).
-    """
-    t0 = time.perf_counter()
-    gallery = embed(model, splits.train_x, params, device, desc="embed gallery", ctx=ctx)
-    query = embed(model, splits.test_x, params, device, desc="embed queries", ctx=ctx)
-    if not ctx.is_main:
-        return None
-    head.eval()
-    with torch.inference_mode():
-        acc_head = (head(query).argmax(1).cpu() == splits.test_y).float().mean().item()
-    m = evaluate_embeddings(query, splits.test_y.to(device), gallery, splits.train_y.to(device),
-                            bins=params.hist_bins)
-    m["acc_head"] = acc_head
-    if splits.open_query_x is not None and len(splits.open_query_x):
-        # open set: classes never seen in training, enrolled from their training-split images
-        og = embed(model, splits.open_gallery_x, params, device, desc="embed open gallery", ctx=ctx)
-        oq = embed(model, splits.open_query_x, params, device, desc="embed open queries", ctx=ctx)
-        m["open"] = evaluate_embeddings(oq, splits.open_query_y.to(device), og, splits.open_gallery_y.to(device),
-                                        bins=params.hist_bins)
-        m["open"].update(n_query=len(oq), n_gallery=len(og))
-    m["eval_seconds"] = time.perf_counter() - t0
-    return m
+def portable(path: str) -> str:
+    """A path as results files record it: relative to the working folder, so no machine's layout leaks in."""
+    return os.path.relpath(path) if os.path.isabs(path) else path
 
 
 def cpu_model() -> str:
@@ -150,7 +155,7 @@ def cpu_model() -> str:
     return platform.machine()
 
 
-def device_description(device: torch.device, ctx: DistContext = SINGLE) -> str:
+def device_description(device: torch.device, ctx: DistContext = distributed.SINGLE) -> str:
     if device.type == "cuda":
         desc = f"cuda ({torch.cuda.get_device_name(device)})"
     else:
@@ -158,7 +163,20 @@ def device_description(device: torch.device, ctx: DistContext = SINGLE) -> str:
     return desc if not ctx.enabled else f"{ctx.world} x {desc} (DDP)"
 
 
-def run(params: Any, train: bool = True) -> dict:
+def check_learned(val_acc_1nn: float, splits: Splits, params: TrainParams) -> None:
+    """Raise ChanceLevel when validation 1-NN is within 3 standard errors of always guessing the most
+    common class (only where the validation split is large enough to tell)."""
+    n = len(splits.val_y)
+    chance = int(torch.bincount(splits.val_y).max()) / n
+    bound = chance + 3 * math.sqrt(chance * (1 - chance) / n)
+    if bound < 0.95 and val_acc_1nn <= bound:
+        scale = f" or --scale (now {params.scale:g})" if params.loss_fuc_type != "softmax" else ""
+        raise ChanceLevel(f"the model ended at chance level (validation 1-NN {val_acc_1nn:.1%}, guessing "
+                          f"{chance:.1%}): training diverged without a NaN. Lower --lr (now {params.lr:g}){scale} "
+                          f"and train again; the published results and checkpoints are unchanged.")
+
+
+def run(params: TrainParams, train: bool = True) -> dict:
     """Train (unless train=False) and evaluate the best checkpoint; returns metrics.json's dict.
 
     Under torchrun every rank trains and embeds its shard; only rank 0 writes files, and the other
@@ -167,99 +185,86 @@ def run(params: Any, train: bool = True) -> dict:
     params = quick_debug_params(params)
     ctx, device_name = distributed.setup(params.device)
     try:
-        return _run(params, train, ctx, resolve_device(device_name))
+        results, ckpt = paths(params)
+        if ctx.is_main:
+            check_writable(results.parent)
+            check_writable(ckpt.parent)
+        with rundir.hold(results, ckpt) if ctx.is_main else contextlib.nullcontext():
+            barrier(ctx)  # a crashed run's swap is finished before any rank reads a checkpoint
+            return _run(params, train, ctx, resolve_device(device_name), results, ckpt)
     finally:
         distributed.cleanup()
 
 
-def _run(params: Any, train: bool, ctx: DistContext, device: torch.device) -> dict:
-    out, ckpt_dir = paths(params)
-    if ctx.is_main:
-        check_writable(out)
-        check_writable(ckpt_dir)
-    expect = {k: getattr(params, k) for k in CKPT_KEYS}
-    resume_state = None
-    if train and resume_path(params) is not None:
-        resume_state = load_checkpoint(resume_path(params), expect)
+def _stage(train: bool, ckpt: Path, results: Path, src: Path | None, resumed: dict | None, ctx: DistContext) -> None:
+    """Prepare the staging folders: fresh for a new run; a resume keeps (or brings) its checkpoints; a
+    re-evaluation starts from hard links of the published files."""
+    if not ctx.is_main:
+        return
+    stage_c = rundir.staging(ckpt)
     if not train:
-        best_state = load_checkpoint(ckpt_dir / "best.pt", expect)  # fail before loading data
+        rundir.fresh_staging(ckpt, link_from_final=True)
+        rundir.fresh_staging(results, link_from_final=True)
+        return
+    in_stage = src is not None and src.parent.resolve() == stage_c.resolve()
+    if resumed is not None and not in_stage and resumed["best_epoch"] >= 0 and not (src.parent / "best.pt").is_file() \
+            and (resumed["best_epoch"] != resumed["epoch"] - 1 or resumed["partial"] is not None):
+        raise CheckpointError(f"resuming from {src} needs its run's best.pt beside it (best epoch "
+                              f"{resumed['best_epoch']} is not the checkpoint's own); copy it there.")
+    rundir.fresh_staging(ckpt, keep=("best.pt", "last.pt") if in_stage else ())
+    if resumed is not None and not in_stage:
+        if (src.parent / "best.pt").is_file():
+            shutil.copy2(src.parent / "best.pt", stage_c / "best.pt")  # the resumed run's best so far
+        elif resumed["best_epoch"] >= 0:  # the checkpoint is its run's best epoch itself
+            shutil.copy2(src, stage_c / "best.pt")
+    rundir.fresh_staging(results)
+
+
+def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, results: Path,
+         ckpt: Path) -> dict:
+    expect = {k: getattr(params, k) for k in CKPT_KEYS}
+    stage_r, stage_c = rundir.staging(results), rundir.staging(ckpt)
     if params.scale_lr and ctx.enabled:
         params = dataclasses.replace(params, lr=params.lr * ctx.world)
-    distributed.maybe_fail_for_test(ctx)
+    src = resume_path(params) if train else None
+    resume_state = load_checkpoint(src, expect) if src is not None else None
+    if resume_state is not None:
+        check_resume(params, resume_state, src)
+    best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
+    _stage(train, ckpt, results, src, resume_state, ctx)
+    barrier(ctx)
     splits, params, model, head = prepare_run(params, device)
     if train:
-        steps_log: list[list] = []
         if ctx.is_main:
-            write_json(out / "params.json", {**dataclasses.asdict(params), "world_size": ctx.world})
+            write_json(stage_r / "params.json", {**dataclasses.asdict(params), "data_root": portable(params.data_root),
+                                                 "world_size": ctx.world})
         if resume_state is not None:
             load_weights(model, head, resume_state, averaged=False)
-        on_step = (lambda e, s, v: steps_log.append([e, s, f"{v:.8f}"])) if params.log_steps else None
-        summary = fit(params, model, head, splits, device, ckpt_dir,
-                      lambda hist: write_history(out, params, hist), resume_state, ctx, on_step)
-        if steps_log and ctx.is_main:
-            write_csv(out / "train_steps.csv", ["epoch", "step", "loss"], steps_log)
-        best_state = load_checkpoint(ckpt_dir / "best.pt", expect)
+        summary = fit(params, model, head, splits, device, stage_c,
+                      lambda st: write_history(stage_r, params, st), resume_state, ctx)
+        best_state = load_checkpoint(stage_c / "best.pt", expect)
+        summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
     else:
-        last = ckpt_dir / "last.pt"
-        src = load_checkpoint(last, expect) if last.is_file() else best_state
-        summary = {"best_epoch": best_state["best_epoch"], "epochs_trained": src["epoch"],
-                   "train_seconds": src["train_seconds"]}
+        summary = best_state.get("summary") or {"best_epoch": best_state["best_epoch"],
+                                                "epochs_trained": best_state["epoch"],
+                                                "train_seconds": best_state["train_seconds"]}
     load_weights(model, head, best_state)
-    m = evaluate(params, model, head, splits, device, ctx)
-    if m is None:
+    ev = evaluate(params, model, head, splits, device, ctx)
+    if ev is None:
         return {}
-    metrics = {
-        "model_name": params.model_name, "loss_fuc_type": params.loss_fuc_type,
-        "acc_1nn": m["acc_1nn"], "acc_head": m["acc_head"], "eer": m["eer"],
-        "eer_threshold": m["eer_threshold"], "tar_at_far": m["tar_at_far"], "auc": m["auc"],
-        "best_epoch": summary["best_epoch"], "epochs_trained": summary["epochs_trained"],
-        "train_seconds": round(summary["train_seconds"], 1), "eval_seconds": round(m["eval_seconds"], 1),
-        "device": device_description(device, ctx), "n_query": len(splits.test_y),
-        "n_gallery": len(splits.train_y), "n_pairs": m["n_genuine"] + m["n_impostor"],
-        "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
-    }
-    if "open" in m:
-        o = m["open"]
+    if train:
+        check_learned(ev["metrics"]["val_acc_1nn"], splits, params)
+    metrics = {"model_name": params.model_name, "loss_fuc_type": params.loss_fuc_type, **ev["metrics"],
+               **summary, "train_seconds": round(summary["train_seconds"], 1),
+               "device": device_description(device, ctx), "n_query": len(splits.test_y),
+               "n_gallery": len(splits.train_y), "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
+               "thresholds": ev["calibration"]["thresholds"]}
+    if params.known_classes:
         metrics["known_classes"] = params.known_classes
-        metrics["open_set"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "eer_threshold": o["eer_threshold"],
-                               "tar_at_far": o["tar_at_far"], "auc": o["auc"], "n_query": o["n_query"],
-                               "n_gallery": o["n_gallery"], "n_pairs": o["n_genuine"] + o["n_impostor"]}
-        write_curve(out / "far_frr_open.csv", o)
-    write_json(out / "metrics.json", metrics)
-    write_curve(out / "far_frr.csv", m)
-    draw_det(Path(params.results_dir))
+    card = {"summary": summary, **ev["calibration"], "input": input_card(params, splits)}
+    if any(best_state.get(k) != v for k, v in card.items()):  # unchanged checkpoints keep their SHA-256
+        save_checkpoint(stage_c / "best.pt", {**best_state, **card})
+    write_results(stage_r, ev, metrics)
+    rundir.publish(results, ckpt)
+    draw_det(results.parent)
     return metrics
-
-
-def write_curve(path: Path, m: dict) -> None:
-    curve = zip(m["thresholds"], m["far"], m["frr"], strict=True)
-    write_csv(path, ["threshold", "far", "frr"], [[f"{t:.7f}", f"{a:.9g}", f"{r:.9g}"] for t, a, r in curve])
-
-
-def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    arr = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    return arr[:, 1], arr[:, 2]
-
-
-def draw_det(results_dir: Path) -> list[Path]:
-    """Redraw results/DET.png (closed set) and, where models have one, DET_open.png (unknown classes)."""
-    drawn = []
-    for csv_name, png, key, title in (
-            ("far_frr.csv", "DET.png", None, "DET: test vs. train pairs"),
-            ("far_frr_open.csv", "DET_open.png", "open_set", "DET, open set: classes unseen in training")):
-        curves = []
-        for mfile in sorted(results_dir.glob("*/metrics.json")):
-            ff = mfile.parent / csv_name
-            if not ff.is_file():
-                continue
-            met = json.loads(mfile.read_text())
-            far, frr = read_curve(ff)
-            eer = met[key]["eer"] if key else met["eer"]
-            curves.append({"label": mfile.parent.name, "far": far, "frr": frr,
-                           "eer": eer, "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
-        if curves:
-            fig = plots.det_figure(curves, title)
-            save_figure(fig, results_dir / png)
-            plots.close(fig)
-            drawn.append(results_dir / png)
-    return drawn

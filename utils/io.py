@@ -1,49 +1,107 @@
 """Atomic file writes and checkpoint loading with clear errors.
 
 Every results file and checkpoint goes through `atomic_write`: written to a temporary file in the
-same folder, flushed and fsync'ed, then renamed over the target. A crash at any moment leaves the
-old file or the new one, never a truncated one.
+same folder (named `.<name>.<pid>.<random>.tmp`), flushed and fsync'ed, then renamed over the
+target. A crash at any moment leaves the old file or the new one, never a truncated one; a failed
+write (disk full, quota) removes its temporary file and raises `WriteError`, the old file intact.
+Temporary files of processes that died (SIGKILL, power loss) are removed by `remove_stale_temps`.
+Files get the usual permissions (0666 minus the umask), not mkstemp's private 0600.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
+from utils.errors import CheckpointError, WriteError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
+if TYPE_CHECKING:  # matplotlib is imported only by the code that draws
+    from matplotlib.figure import Figure
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+TEMP_NAME = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
 
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {path} ({e.strerror or e}); free space or fix permissions there, or "
+                             f"choose another --results_dir / --ckpt_dir. Files already saved are unchanged.") from None
         raise
+
+
+def remove_stale_temps(folder: str | Path, mine: bool = False) -> int:
+    """Delete temporary files that `atomic_write` left behind when its process was killed.
+
+    A file is stale when the process id in its name is no longer running; with `mine=True` (a folder
+    this process holds the lock of) every temporary file of the pattern is. Returns how many went."""
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for f in folder.iterdir():
+        m = TEMP_NAME.fullmatch(f.name)
+        if m is None or not f.is_file():
+            continue
+        pid = int(m.group(1))
+        if mine or (pid != os.getpid() and not pid_alive(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+                removed += 1
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
 
 
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -53,14 +111,18 @@ def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> Non
         w.writerows(rows)
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    # serialised in memory first: torch's zip writer turns a failed write (a full disk) into an opaque
+    # RuntimeError, while a plain write raises the OSError that names the cause
+    buf = io.BytesIO()
+    torch.save(state, buf)
     with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+        f.write(buf.getbuffer())
 
 
 REQUIRED_KEYS = ("model", "head", "optimizer", "scheduler", "epoch", "params")
@@ -69,21 +131,28 @@ REQUIRED_KEYS = ("model", "head", "optimizer", "scheduler", "epoch", "params")
 def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint`, refusing ones that do not fit `expect`.
 
-    `expect` maps param names (model_name, n_class, embedding_dim, loss_fuc_type, ...) to the
-    values of the current run; a mismatch is an error, since loading would fail obscurely or,
-    worse, silently evaluate another model.
+    torch.load(weights_only=True) unpickles tensors and plain containers only: a file crafted to run
+    code when loaded is refused before anything in it runs. `expect` maps param names (model_name,
+    n_class, embedding_dim, loss_fuc_type, ...) to the values of the current run; a mismatch is an
+    error, since loading would fail obscurely or, worse, silently evaluate another model.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train first (python main.py arcface) "
                               f"or pass --resume=PATH to an existing file.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, random bytes...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); it is truncated "
-                              f"or not a checkpoint. Delete it and train again.") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, random bytes, objects that are not weights...
+        kind = "holds objects other than weights (refused unrun)" if "weights_only" in str(e) else \
+            "is truncated or not a checkpoint"
+        raise CheckpointError(f"checkpoint {path} is unreadable: it {kind} ({type(e).__name__}). "
+                              f"Delete {path.name} there and train again, or point to another file.") from None
     if not isinstance(state, dict) or not all(k in state for k in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a checkpoint of this project (missing keys); "
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        raise CheckpointError(f"{path} is not a checkpoint of this project (missing {', '.join(missing)}); "
+                              f"delete it or point to another file.")
+    if not isinstance(state["params"], dict) or not all(isinstance(state[k], dict) for k in ("model", "head")):
+        raise CheckpointError(f"{path} is damaged (its params or weights are not what this project writes); "
                               f"delete it or point to another file.")
     for key, want in (expect or {}).items():
         have = state["params"].get(key)

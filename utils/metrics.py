@@ -9,6 +9,9 @@ the score matrix is produced one query chunk at a time and folded into
 With the default 2**20 bins a bin is 1.9e-6 wide in cosine; FAR/FRR are exact at every bin
 edge, and the EER is interpolated linearly between the two edges where FAR - FRR changes sign,
 so it differs from the exact (all-scores) EER only by the pairs that fall inside that one bin.
+Exact means: each float32 score s lands in bin floor((s + 1) * bins / 2), clamped to [0, bins - 1].
+bins is a power of two, so the scaling by bins / 2 is exact in float32, floor() of a float is
+exact, and the integer it gives (|x| <= 2**23) is exact too; adding bins / 2 happens in integers.
 """
 
 from __future__ import annotations
@@ -28,24 +31,30 @@ def _chunks(n: int, size: int):
 @torch.no_grad()
 def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
                      gallery_labels: torch.Tensor, bins: int = 1 << 20, chunk: int = 1024,
-                     identification: bool = True, verification: bool = True) -> dict[str, torch.Tensor]:
+                     identification: bool = True, verification: bool = True,
+                     extremes: int = 0) -> dict[str, torch.Tensor]:
     """One streamed pass over all query x gallery cosine scores.
 
-    Returns `nn_labels` (label of each query's nearest gallery item) and/or `genuine_hist`,
-    `impostor_hist` (int64 counts per bin). Memory: two [chunk, n_gallery] buffers (float32 and
-    int32), reused for every chunk.
+    Returns `nn_labels`, `nn_index`, `nn_score` (the nearest gallery item of each query: its label,
+    index and cosine) and/or `genuine_hist`, `impostor_hist` (int64 counts per bin). With
+    `extremes` = k > 0 also `low_genuine` and `high_impostor`: the k lowest-scoring genuine and the
+    k highest-scoring impostor pairs as rows (cosine, query index, gallery index), kept per chunk
+    and merged, so the failures need no second pass. Memory: two [chunk, n_gallery] buffers
+    (float32 and int32), reused for every chunk.
 
-    Cost per score, next to the matrix product itself: one add, one float->int32 copy and one
-    bincount. The product is computed directly in bin units (queries pre-scaled by bins/2), and
-    both sides are sorted by label so a query's genuine pairs are one contiguous column block:
-    marking them touches 1/n_class of the scores instead of building a mask.
+    Cost per score, next to the matrix product itself: a floor, a float->int32 copy, a clamp and one
+    bincount. The product is computed directly in bin units (queries pre-scaled by bins/2, exact
+    for a power of two), and both sides are sorted by label so a query's genuine pairs are one
+    contiguous column block: marking them touches 1/n_class of the scores instead of building a mask.
     """
+    if bins & (bins - 1) or bins < 2:
+        raise ValueError(f"bins must be a power of two, got {bins}")
     dev = query.device
     q_order = torch.argsort(query_labels.to(dev), stable=True)
-    g_order = torch.argsort(gallery_labels.to(gallery.device), stable=True)
+    g_order = torch.argsort(gallery_labels.to(gallery.device), stable=True).to(dev)
     half = bins / 2.0
     q = F.normalize(query.float(), dim=1)[q_order] * half
-    g = F.normalize(gallery.float(), dim=1)[g_order]
+    g = F.normalize(gallery.float().to(dev), dim=1)[g_order]
     ql, gl = query_labels.to(dev)[q_order], gallery_labels.to(dev)[g_order]
     classes, counts = torch.unique_consecutive(gl, return_counts=True)
     ends = torch.cumsum(counts, 0)
@@ -55,33 +64,65 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     scores = torch.empty(size, m, device=dev)
     index = torch.empty(size, m, dtype=torch.int32, device=dev)
     hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=dev)  # +1: a score of exactly 1
-    nn_sorted = torch.empty_like(ql)
+    nn_score, nn_index = torch.empty(n, device=dev), torch.empty(n, dtype=torch.long, device=dev)
+    found: dict[str, list[torch.Tensor]] = {"low_genuine": [], "high_impostor": []}
     gt = g.T
     for a, b in _chunks(n, size):
         s = torch.mm(q[a:b], gt, out=scores[: b - a])
         if identification:
-            nn_sorted[a:b] = gl[s.argmax(dim=1)]
+            torch.max(s, dim=1, out=(nn_score[a:b], nn_index[a:b]))
+        groups = []  # (first row, rows, first genuine column, end) of each query label in this chunk
+        labels, cnts = torch.unique_consecutive(ql[a:b], return_counts=True)
+        r0 = 0
+        for lab, cnt in zip(labels.tolist(), cnts.tolist(), strict=True):
+            groups.append((r0, cnt, *block.get(lab, (0, 0))))
+            r0 += cnt
+        if extremes:
+            for r0, cnt, c0, c1 in groups:
+                rows = s[r0:r0 + cnt]
+                _keep(found["low_genuine"], rows[:, c0:c1], extremes, largest=False, row0=a + r0, col0=c0)
+                _keep(found["high_impostor"], rows[:, :c0], extremes, largest=True, row0=a + r0, col0=0)
+                _keep(found["high_impostor"], rows[:, c1:], extremes, largest=True, row0=a + r0, col0=c1)
         if verification:
             idx = index[: b - a]
-            idx.copy_(s.add_(half))  # float -> int truncates; scores >= -1 give indices >= 0
-            labels, starts = torch.unique_consecutive(ql[a:b], return_counts=True)
-            r0 = 0
-            for lab, cnt in zip(labels.tolist(), starts.tolist(), strict=True):
-                if lab in block:
-                    c0, c1 = block[lab]
-                    idx[r0:r0 + cnt, c0:c1] += bins + 1  # genuine pairs count in the upper half
-                r0 += cnt
+            idx.copy_(s.floor_())  # exact: floor of a float, then an integer of at most 2**23
+            # + bins/2 in integers; float32 rounding can put |s| a hair above 1: clamp into the range
+            idx.add_(int(half)).clamp_(0, bins)
+            for r0, cnt, c0, c1 in groups:
+                idx[r0:r0 + cnt, c0:c1] += bins + 1  # genuine pairs count in the upper half
             hist += torch.bincount(idx.view(-1), minlength=2 * (bins + 1))
     out: dict[str, torch.Tensor] = {}
     if identification:
-        nn_labels = torch.empty_like(nn_sorted)
-        nn_labels[q_order] = nn_sorted
-        out["nn_labels"] = nn_labels
+        unsort = torch.empty_like(q_order)
+        unsort[q_order] = torch.arange(n, device=dev)
+        out["nn_index"] = g_order[nn_index][unsort]
+        out["nn_labels"] = gl[nn_index][unsort]
+        out["nn_score"] = (nn_score / half)[unsort]
     if verification:
         h = hist.view(2, bins + 1).cpu()
         h[:, bins - 1] += h[:, bins]  # fold score == 1 into the top bin
         out["impostor_hist"], out["genuine_hist"] = h[0, :bins].clone(), h[1, :bins].clone()
+    for key, parts in found.items():
+        if extremes:
+            rows = torch.cat(parts) if parts else torch.empty(0, 3, dtype=torch.float64)
+            rows = rows[torch.argsort(rows[:, 0], descending=key == "high_impostor", stable=True)][:extremes]
+            rows[:, 0] /= half
+            rows[:, 1] = q_order.cpu()[rows[:, 1].long()].double()
+            rows[:, 2] = g_order.cpu()[rows[:, 2].long()].double()
+            out[key] = rows
     return out
+
+
+def _keep(parts: list[torch.Tensor], block: torch.Tensor, k: int, largest: bool, row0: int, col0: int) -> None:
+    """Append the k most extreme entries of `block` as rows (score, row, column) in sorted coordinates."""
+    if block.numel() == 0:
+        return
+    vals, flat = torch.topk(block.reshape(-1), min(k, block.numel()), largest=largest)
+    r, c = flat // block.shape[1], flat % block.shape[1]
+    parts.append(torch.stack([vals.double(), (r + row0).double(), (c + col0).double()], 1).cpu())
+    if len(parts) > 64:  # merge as we go: memory stays O(k)
+        rows = torch.cat(parts)
+        parts[:] = [rows[torch.argsort(rows[:, 0], descending=largest, stable=True)][:k]]
 
 
 def identification_accuracy(query_emb: torch.Tensor, query_labels: torch.Tensor,
@@ -90,21 +131,26 @@ def identification_accuracy(query_emb: torch.Tensor, query_labels: torch.Tensor,
     """1-NN by cosine: fraction of queries whose most similar gallery item has the same label."""
     st = score_statistics(query_emb, query_labels, gallery_emb, gallery_labels, chunk=chunk,
                           verification=False)
-    return float((st["nn_labels"] == query_labels.to(st["nn_labels"].device)).float().mean())
+    return fraction(st["nn_labels"] == query_labels.to(st["nn_labels"].device))
+
+
+def fraction(hits: torch.Tensor) -> float:
+    """count / total as the correctly rounded double (9953 of 10000 -> 0.9953, not a float32 mean)."""
+    return int(hits.sum()) / hits.numel()
 
 
 def rates_from_histograms(genuine_hist: torch.Tensor, impostor_hist: torch.Tensor
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FAR and FRR at every bin edge t_k = -1 + 2k/bins (accept when score >= t_k), k = 0..bins."""
-    gen = genuine_hist.double().numpy()
-    imp = impostor_hist.double().numpy()
+    gen = genuine_hist.long().numpy()
+    imp = impostor_hist.long().numpy()
     bins = len(gen)
-    n_gen, n_imp = gen.sum(), imp.sum()
+    n_gen, n_imp = int(gen.sum()), int(imp.sum())
     if n_gen == 0 or n_imp == 0:
         raise ValueError("verification needs both genuine and impostor pairs")
-    frr = np.concatenate([[0.0], np.cumsum(gen)]) / n_gen  # scores below t_k are rejected
-    far = 1.0 - np.concatenate([[0.0], np.cumsum(imp)]) / n_imp
-    far = np.clip(far, 0.0, 1.0)
+    # counts first, one division each: every rate is the correctly rounded fraction of its counts
+    frr = np.concatenate([[0], np.cumsum(gen)]) / n_gen  # scores below t_k are rejected
+    far = (n_imp - np.concatenate([[0], np.cumsum(imp)])) / n_imp
     thresholds = -1.0 + 2.0 * np.arange(bins + 1) / bins
     return far, frr, thresholds
 
@@ -133,9 +179,10 @@ def metrics_from_histograms(genuine_hist: torch.Tensor, impostor_hist: torch.Ten
         eer = float(far[k - 1] + w * (far[k] - far[k - 1]))
         eer_t = float(thr[k - 1] + w * (thr[k] - thr[k - 1]))
     tar = {}
+    n_gen = int(genuine_hist.sum())
     for f in far_targets:
         j = int(np.argmax(far <= f))  # lowest threshold whose FAR is within the target
-        tar[f"{f:.0e}"] = float(1.0 - frr[j])
+        tar[f"{f:.0e}"] = (n_gen - int(round(frr[j] * n_gen))) / n_gen
     tpr = 1.0 - frr
     auc = float(np.trapezoid(tpr[::-1], far[::-1]))
     keep = _thin_curve(far, frr)
@@ -160,7 +207,7 @@ def evaluate_embeddings(query_emb: torch.Tensor, query_labels: torch.Tensor,
     """Identification and verification from one shared pass over the score matrix."""
     st = score_statistics(query_emb, query_labels, gallery_emb, gallery_labels, bins=bins, chunk=chunk)
     out = metrics_from_histograms(st["genuine_hist"], st["impostor_hist"])
-    out["acc_1nn"] = float((st["nn_labels"] == query_labels.to(st["nn_labels"].device)).float().mean())
+    out["acc_1nn"] = fraction(st["nn_labels"] == query_labels.to(st["nn_labels"].device))
     return out
 
 
@@ -179,3 +226,64 @@ def exact_eer(scores: np.ndarray, genuine: np.ndarray) -> tuple[float, np.ndarra
         return float(fpr[0]), fpr, tpr
     d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
     return float(fpr[i - 1] + d0 / (d0 - d1) * (fpr[i] - fpr[i - 1])), fpr, tpr
+
+
+THRESHOLD_TARGETS = (1e-2, 1e-3, 1e-4)
+MIN_IMPOSTORS = 100  # a FAR target must rest on at least this many accepted validation impostors
+
+
+def calibrate(val_genuine: torch.Tensor, val_impostor: torch.Tensor, test_genuine: torch.Tensor,
+              test_impostor: torch.Tensor, targets: tuple[float, ...] = THRESHOLD_TARGETS) -> dict[str, dict]:
+    """Decision thresholds chosen on validation pairs, with the test rates at the same thresholds.
+
+    For FAR target f: the lowest bin edge whose validation FAR is <= f; for "eer": the first edge at
+    which the validation FRR reaches the FAR. Each entry: threshold, far_val, tar_val, far_test, tar_test
+    (drift between the two shows how well validation predicts test), n_impostor_val. Targets that fewer
+    than MIN_IMPOSTORS validation impostor pairs would support are left out (`lookup` explains why).
+    Both histogram pairs must have the same bins, so the test rates are exact at each threshold.
+    """
+    far_v, frr_v, thr = rates_from_histograms(val_genuine, val_impostor)
+    far_t, frr_t, _ = rates_from_histograms(test_genuine, test_impostor)
+    n_imp = int(val_impostor.sum())
+
+    def entry(k: int) -> dict:
+        return {"threshold": float(thr[k]), "far_val": float(far_v[k]), "tar_val": float(1 - frr_v[k]),
+                "far_test": float(far_t[k]), "tar_test": float(1 - frr_t[k]), "n_impostor_val": n_imp}
+
+    out = {f"{f:.0e}": entry(int(np.argmax(far_v <= f))) for f in targets if f * n_imp >= MIN_IMPOSTORS}
+    out["eer"] = entry(int(np.argmax(frr_v >= far_v)))
+    return out
+
+
+def lookup(thresholds: dict[str, dict], far: float) -> dict:
+    """The stored entry for FAR target `far` (or 'eer' when far <= 0); ValueError naming the choices."""
+    key = "eer" if far <= 0 else f"{far:.0e}"
+    if key in thresholds:
+        return thresholds[key]
+    n_imp = thresholds["eer"]["n_impostor_val"]
+    have = ", ".join(k for k in thresholds if k != "eer")
+    why = (f"FAR {far:g} would rest on {far * n_imp:.0f} accepted validation impostor pairs (of {n_imp}); "
+           f"at least {MIN_IMPOSTORS} are needed" if far * n_imp < MIN_IMPOSTORS else
+           f"FAR {far:g} was not calibrated")
+    raise ValueError(f"{why}. Use one of the calibrated targets: --far={have or '0 (EER)'} (0 = the EER point).")
+
+
+def far_curve(val_genuine: torch.Tensor, val_impostor: torch.Tensor) -> dict[str, list[float]]:
+    """A thinned (threshold, validation FAR) curve, log-spaced in FAR: `far_at` reads it."""
+    far, frr, thr = rates_from_histograms(val_genuine, val_impostor)
+    keep = _thin_curve(far, frr, points=600)
+    return {"threshold": [float(t) for t in thr[keep]], "far": [float(f) for f in far[keep]]}
+
+
+def far_at(curve: dict[str, list[float]], score: float) -> float:
+    """Validation FAR at the largest stored threshold <= score: how often an impostor scores this high
+    (an upper bound between stored points, exact at them)."""
+    t = np.asarray(curve["threshold"])
+    k = int(np.searchsorted(t, score, side="right")) - 1
+    return 1.0 if k < 0 else float(curve["far"][k])
+
+
+def rebin(hist: torch.Tensor, bins: int) -> torch.Tensor:
+    """Sum adjacent bins down to `bins` (a power of two): the coarse edges are fine edges, so rates at
+    them stay exact."""
+    return hist.view(bins, -1).sum(1)

@@ -68,17 +68,27 @@ def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
     return fig
 
 
-def loss_figure(epochs: Sequence[int], train_loss: Sequence[float], val_loss: Sequence[float],
-                title: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, train_loss, marker="o", ms=3, label="train")
-    ax.plot(epochs, val_loss, marker="o", ms=3, label="validation")
+def loss_figure(history: Sequence[dict], title: str) -> Figure:
+    """Train and validation loss per epoch (log scale) and, on the right axis, the mean angle between
+    validation embeddings and their class centre (a margin pulls it down)."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", ms=3, label="train loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], marker="o", ms=3, label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(True, ls="--", alpha=0.4)
-    ax.legend()
+    lines, labels = ax.get_legend_handles_labels()
+    if all("val_angle_deg" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h["val_angle_deg"] for h in history], color="tab:green", ls="--", marker="s", ms=3,
+                 label="val angle to class centre")
+        ax2.set_ylabel("degrees")
+        more = ax2.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels, loc="upper right")
     fig.tight_layout()
     return fig
 

@@ -1,15 +1,17 @@
-"""`python main.py benchmark`: every loss x data set x seed under one budget, closed and open set.
+"""`python main.py grid`: the margin-loss grid, every loss x data set x seed under one budget,
+closed and open set.
 
-    python main.py benchmark [--losses=softmax,arcface] [--datasets=mnist] [--seeds=3]
-                             [--known_classes=0-5] [--reuse=true] [--field=value ...]
+    python main.py grid [--losses=softmax,arcface] [--datasets=mnist] [--seeds=3]
+                        [--known_classes=0-5] [--reuse=true] [--field=value ...]
 
 Every run shares the hyper-parameters of the CPU preset with a fixed budget (BUDGET below); each
 loss keeps its paper's s and m (`losses.paper_defaults`) unless --scale/--margin/... are given.
-Per run, the usual results land in results/benchmark/runs/<dataset>_<loss>_s<seed>/; the summary
-goes to results/benchmark/{benchmark.json, benchmark.md, DET_<dataset>_<closed|open>.png}.
---reuse=true reads a run whose folder already holds metrics.json for the same params instead of
-training it again: it resumes an interrupted grid, and it merges parts of the grid that ran side by
-side (on a GPU, one process per data set) into one summary.
+Per run, the usual results land in results/grid/runs/<dataset>_<loss>_s<seed>/; the summary
+goes to results/grid/{grid.json, grid.md, DET_<dataset>_<closed|open>.png}.
+--reuse=true reads a run whose published folder holds metrics.json for exactly the params asked for
+instead of training it again, and resumes a run that was interrupted from its checkpoint: it
+continues an interrupted grid, and it merges parts of the grid that ran side by side (on a GPU,
+one process per data set) into one summary. (The speed benchmarks and recipe studies are bench/.)
 """
 
 from __future__ import annotations
@@ -24,30 +26,37 @@ from typing import Any
 from tqdm import tqdm
 
 from losses import paper_defaults
-from utils import plots
-from utils.config import LOSSES, ConfigError, TrainParams, parse_overrides, resolve
-from utils.experiment import quick_debug_params, read_curve, run
+from utils import plots, rundir
+from utils.config import DATASETS, LOSSES, ConfigError, TrainParams, parse_overrides, resolve
+from utils.errors import TrainingInterrupted
+from utils.evaluate import read_curve
+from utils.experiment import quick_debug_params, run
 from utils.io import atomic_write, save_figure, write_json
+from utils.progress import say
 
 DEFAULT_LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface")
 DEFAULT_DATASETS = ("mnist", "fashion_mnist")
 DEFAULT_SEEDS = 3
-# 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 CPU
-# cores, i.e. 1.7-2.1 hours for the default 30-run grid (readme, "Results of the default grid").
-# The optimiser settings are pinned so that retuning the reproduction's defaults does not silently
-# change this protocol (and make old benchmark results incomparable).
+# 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
+# CPU cores, i.e. 1.7-2.1 hours for the default 30-run grid (docs/grid.md). The optimiser settings are
+# pinned so that retuning the reproduction's defaults does not silently change this protocol (and
+# make old grid results incomparable).
 BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay": 5e-4, "augment": True,
           "ema_decay": 0.0, "use_tqdm": False}
 MARGIN_FIELDS = ("scale", "margin", "m1", "m2", "m3", "subcenters")
 # fields that do not change a run's result (or are derived from the data when planned as 0)
 NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval_batch_size", "log_steps",
-                "input_mean", "input_std")
+                "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tensorboard")
 # fields added after runs were committed, with the value that reproduces those runs' behaviour
-ADDED_LATER = {"ema_decay": 0.0}
+# (eval_amp: runs before it existed embedded under autocast, bf16 on the CPU that ran them)
+ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True}
+# fields the grid sets itself for each run
+OWN_FIELDS = ("model_name", "loss_fuc_type", "dataset_name", "seed", "resume")
+MAX_SEEDS = 100
 
 
 def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split benchmark options (--losses, --datasets, --seeds) from ordinary field overrides."""
+    """Split grid options (--losses, --datasets, --seeds, --reuse) from ordinary field overrides."""
     opts: dict[str, Any] = {"losses": DEFAULT_LOSSES, "datasets": DEFAULT_DATASETS, "seeds": DEFAULT_SEEDS,
                             "reuse": False}
     rest = []
@@ -60,15 +69,23 @@ def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         elif a.startswith("--") and name in ("losses", "datasets"):
             opts[name] = tuple(v.strip() for v in value.split(",") if v.strip())
         elif a.startswith("--") and name == "seeds":
-            if not value.isdigit() or int(value) < 1:
-                raise ConfigError(f"--seeds={value}: expected a positive integer (the number of seeds).")
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_SEEDS:
+                raise ConfigError(f"--seeds={value}: expected the number of seeds, 1 .. {MAX_SEEDS}.")
             opts["seeds"] = int(value)
         else:
             rest.append(a)
     bad = [loss for loss in opts["losses"] if loss not in LOSSES]
     if bad or not opts["losses"]:
         raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(LOSSES)}.")
-    return opts, parse_overrides(rest)
+    bad = [d for d in opts["datasets"] if d not in DATASETS]
+    if bad or not opts["datasets"]:
+        raise ConfigError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(DATASETS)}.")
+    overrides = parse_overrides(rest)
+    own = [k for k in OWN_FIELDS if k in overrides]
+    if own:
+        raise ConfigError(f"--{own[0]} is set by the grid for each run (it names and resumes runs itself); "
+                          f"choose losses, data sets and seeds with --losses, --datasets and --seeds.")
+    return opts, overrides
 
 
 def plan(opts: dict[str, Any], overrides: dict[str, Any]) -> list[TrainParams]:
@@ -80,9 +97,9 @@ def plan(opts: dict[str, Any], overrides: dict[str, Any]) -> list[TrainParams]:
                 paper = {k: float(v) if k != "subcenters" else v for k, v in paper_defaults(loss).items()
                          if k in MARGIN_FIELDS and k not in overrides}
                 values = {**BUDGET, **paper, **overrides, "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
-                root = Path(values.get("results_dir", "results")) / "benchmark"
+                root = Path(values.get("results_dir", "results")) / "grid"
                 values.update(model_name=f"{ds}_{loss}_s{seed}", results_dir=str(root / "runs"),
-                              ckpt_dir=str(Path(values.get("ckpt_dir", "ckp")) / "benchmark"))
+                              ckpt_dir=str(Path(values.get("ckpt_dir", "ckp")) / "grid"))
                 runs.append(resolve(TrainParams(), values))
     return runs
 
@@ -94,8 +111,8 @@ def mean_std(xs: list[float]) -> str:
 
 
 def summarise(rows: list[dict], out: Path) -> None:
-    """benchmark.md: one table per data set, mean ± std over seeds, in percent."""
-    lines = ["# Margin-loss benchmark", "", "Mean ± std over seeds, in %. Closed set: test images of the known "
+    """grid.md: one table per data set, mean ± std over seeds, in percent."""
+    lines = ["# Margin-loss grid", "", "Mean ± std over seeds, in %. Closed set: test images of the known "
              "classes against their training-split images; open set: the same for classes never seen in "
              "training (their training-split images are the gallery).", ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
@@ -141,24 +158,31 @@ def finished(p: TrainParams) -> dict | None:
     except (OSError, ValueError):
         return None
     new = dataclasses.asdict(quick_debug_params(p))  # what run() writes to params.json
+    # a published folder is one complete run (utils/rundir.py): its params.json made its metrics.json
     same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED)
     if p.input_std > 0:
         same = same and old.get("input_mean") == p.input_mean and old.get("input_std") == p.input_std
     return metrics if same else None
 
 
-def run_benchmark(args: list[str]) -> Path:
+def run_grid(args: list[str]) -> Path:
     opts, overrides = parse_args(args)
     runs = plan(opts, overrides)
     root = Path(runs[0].results_dir).parent
     rows: list[dict] = []
     t0, reused = time.perf_counter(), 0
-    bar = tqdm(runs, desc="benchmark", unit="run")
-    for p in bar:
+    bar = tqdm(runs, desc="grid", unit="run", disable=not runs[0].use_tqdm)
+    for i, p in enumerate(bar):
         bar.set_postfix_str(p.model_name)
         m = finished(p) if opts["reuse"] else None
         if m is None:
-            m = run(p)
+            staged = rundir.staging(Path(p.ckpt_dir) / p.model_name) / "last.pt"
+            try:
+                m = run(dataclasses.replace(p, resume="auto") if opts["reuse"] and staged.is_file() else p)
+            except TrainingInterrupted as e:
+                raise TrainingInterrupted(e.path, e.signum, f"grid interrupted in run {p.model_name} ({i + 1}/"
+                                          f"{len(runs)}); run the same command with --reuse=true to keep the "
+                                          f"finished runs and resume this one from its checkpoint.") from None
         else:
             reused += 1
         row = {"dataset": p.dataset_name, "loss": p.loss_fuc_type, "seed": p.seed, "model_name": p.model_name,
@@ -169,19 +193,20 @@ def run_benchmark(args: list[str]) -> Path:
             o = m["open_set"]
             row["open"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "tar_1e-3": o["tar_at_far"]["1e-03"]}
         rows.append(row)
-        tqdm.write(f"[{len(rows)}/{len(runs)}] {p.model_name}: closed acc {row['closed']['acc_1nn']:.4f} "
+        say(f"[{len(rows)}/{len(runs)}] {p.model_name}: closed acc {row['closed']['acc_1nn']:.4f} "
                    f"EER {row['closed']['eer']:.4f}" + (f"; open acc {row['open']['acc_1nn']:.4f} EER "
-                                                         f"{row['open']['eer']:.4f}" if "open" in row else ""))
+                                                         f"{row['open']['eer']:.4f}" if "open" in row else ""),
+            p.use_tqdm)
     varying = ("model_name", "seed", "loss_fuc_type", "dataset_name")
     setup = {k: v for k, v in dataclasses.asdict(runs[0]).items() if k not in varying}
-    write_json(root / "benchmark.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
+    write_json(root / "grid.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
                                          "seeds": opts["seeds"], "wall_seconds": time.perf_counter() - t0,
                                          "reused_runs": reused,  # wall_seconds excludes these runs
                                          "run_seconds_total": round(sum(r["train_seconds"] + r["eval_seconds"]
                                                                         for r in rows), 1),
                                          "devices": sorted({r["device"] for r in rows}),
                                          "shared_params": setup, "runs": rows})
-    summarise(rows, root / "benchmark.md")
+    summarise(rows, root / "grid.md")
     draw(rows, root)
-    print((root / "benchmark.md").read_text())
+    print((root / "grid.md").read_text())
     return root

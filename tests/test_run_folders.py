@@ -1,0 +1,270 @@
+"""What a run may and may not do to the folders it writes: safe checkpoint loading, one run per model,
+published results always one complete run, leftovers cleaned, permissions, a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, SMALL, needs_mnist, quick, run_main
+
+from utils import rundir
+
+MODEL = "resnet18_arcface"
+
+
+def snapshot(tmp: Path) -> dict[str, bytes]:
+    """Every published file of the model (results and checkpoints), by relative path."""
+    out = {}
+    for sub in ("results", "ckp"):
+        for f in sorted((tmp / sub / MODEL).rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(tmp))] = f.read_bytes()
+    return out
+
+
+class Evil:
+    """Unpickling this runs `touch <marker>`: what a crafted checkpoint could do with weights_only=False."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@needs_mnist
+def test_a_malicious_checkpoint_runs_no_code(compared_copy: Path) -> None:
+    tmp = compared_copy
+    marker = tmp / "pwned"
+    best = tmp / "ckp" / MODEL / "best.pt"
+    state = torch.load(best, weights_only=True)
+    state["payload"] = Evil(marker)
+    torch.save(state, tmp / "evil.pt")
+    torch.save(state, best)
+    for args in (["test"], ["arcface", "--resume=evil.pt"]):
+        r = run_main(*args, *quick(tmp), *SMALL, cwd=tmp)
+        assert r.returncode == 2 and "holds objects other than weights (refused unrun)" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
+
+
+def start(tmp: Path, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "arcface", *quick(tmp), *SMALL, *args], cwd=tmp,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> str:
+    """Read proc's stdout until a line contains `text`; returns what was read."""
+    seen, deadline = "", time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if text in line:
+            return seen
+    raise AssertionError(f"never saw {text!r}; got {seen!r}")
+
+
+@needs_mnist
+def test_a_second_run_on_the_same_model_is_refused_and_a_killed_run_changes_nothing(compared_copy: Path) -> None:
+    tmp = compared_copy
+    before = snapshot(tmp)
+    first = start(tmp, "--lr=5e-3")
+    wait_for(first, "embed gallery")  # holding the folders, trained, evaluating
+    first.send_signal(signal.SIGSTOP)  # frozen there: the race is gone
+    r = run_main("arcface", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 2 and f"in use by pid {first.pid}" in r.stderr and "Traceback" not in r.stderr
+    first.kill()  # SIGKILL during evaluation
+    first.wait()
+    assert snapshot(tmp) == before  # the published run is whole and untouched
+    assert (tmp / "ckp" / f".{MODEL}.staging").is_dir()  # the killed run's work, for --resume=auto
+    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)  # the lock died with its process
+    assert r.returncode == 0, r.stderr
+
+
+@needs_mnist
+def test_a_run_that_fails_leaves_the_published_run_as_it_was(compared_copy: Path) -> None:
+    tmp = compared_copy
+    before = snapshot(tmp)
+    state = torch.load(tmp / "ckp" / MODEL / "last.pt", weights_only=True)
+    state["model"]["fc.weight"].fill_(float("nan"))  # a run that went wrong in epoch 0, step 1
+    state.update(epoch=0, partial={"step": 1, "loss_sum": 0.0, "lr": 1e-3}, history=[], best_epoch=-1,
+                 best_val_loss=float("inf"))
+    torch.save(state, tmp / "nan.pt")
+    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=nan.pt", cwd=tmp)
+    assert r.returncode == 1 and "loss became nan" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert snapshot(tmp) == before
+    # a model that learns nothing (no NaN either) is a failure too
+    r = run_main("softmax", *quick(tmp), "--lr=10", "--amp=off", "--device=cpu", cwd=tmp)
+    assert r.returncode == 1 and "chance level" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not any("softmax" in k for k in set(snapshot(tmp)) - set(before))
+
+
+@needs_mnist
+def test_resume_with_other_settings_is_refused_but_display_fields_may_change(compared_copy: Path) -> None:
+    tmp = compared_copy
+    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--lr=5e-3", "--batch_size=8", cwd=tmp)
+    assert r.returncode == 2, r.stderr
+    assert "lr: checkpoint 0.001, now 0.005" in r.stderr and "batch_size: checkpoint 16, now 8" in r.stderr
+    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--use_tqdm=true", "--eval_batch_size=128",
+                 cwd=tmp)
+    assert r.returncode == 0, r.stderr
+
+
+@needs_mnist
+def test_leftover_temporary_files_are_removed_live_ones_kept(compared_copy: Path) -> None:
+    tmp = compared_copy
+    dead = [tmp / "ckp" / MODEL / ".best.pt.99999999.x1.tmp", tmp / "results" / ".DET.png.99999999.x2.tmp"]
+    live = tmp / "results" / f".DET.png.{os.getpid()}.x3.tmp"  # another process still writing it
+    for f in (*dead, live):
+        f.write_bytes(b"x" * 1000)
+    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert not any(f.exists() for f in dead) and live.exists()
+
+
+@needs_mnist
+def test_files_follow_the_umask(compared: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in [compared / "results" / MODEL / "metrics.json", compared / "ckp" / MODEL / "best.pt"]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
+
+
+def limit_file_size() -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+
+
+@needs_mnist
+def test_a_full_disk_is_one_line_and_keeps_old_files(compared_copy: Path) -> None:
+    tmp = compared_copy
+    before = snapshot(tmp)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, str(ROOT / "main.py"), "arcface", *quick(tmp), *SMALL], cwd=tmp, env=env,
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Files already saved are unchanged" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert snapshot(tmp) == before
+    assert not list((tmp / "ckp" / f".{MODEL}.staging").glob(".*.tmp"))  # the failed write cleaned up
+
+
+@needs_mnist
+@pytest.mark.parametrize("damage", ["missing_keys", "params_none", "incomplete_weights"])
+def test_hand_edited_checkpoints(compared_copy: Path, damage: str) -> None:
+    tmp = compared_copy
+    best = tmp / "ckp" / MODEL / "best.pt"
+    state = torch.load(best, weights_only=True)
+    if damage == "missing_keys":
+        del state["optimizer"]
+    elif damage == "params_none":
+        state["params"] = None
+    else:
+        for part in (state, state.get("ema") or {}):
+            if "model" in part:
+                del part["model"]["fc.weight"]
+    torch.save(state, best)
+    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert {"missing_keys": "missing optimizer", "params_none": "damaged",
+            "incomplete_weights": "do not fit this model"}[damage] in r.stderr
+
+
+@needs_mnist
+def test_test_needs_no_last_checkpoint(compared_copy: Path) -> None:
+    tmp = compared_copy
+    (tmp / "ckp" / MODEL / "last.pt").write_bytes(b"garbage")  # only resuming would need it
+    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 0, r.stderr
+
+
+def test_chance_level_is_judged_on_validation_with_its_noise() -> None:
+    from trainArcFace import TrainArcFaceParams
+    from utils.data import Splits
+    from utils.errors import ChanceLevel
+    from utils.experiment import check_learned
+
+    y = torch.arange(1000) % 10
+    splits = Splits(*(torch.zeros(1) for _ in range(3)), y, torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ChanceLevel, match="chance level .* Lower --lr"):
+        check_learned(0.11, splits, TrainArcFaceParams())
+    check_learned(0.20, splits, TrainArcFaceParams())  # 10 % + 3 standard errors is 12.8 %: learned
+    tiny = Splits(*(torch.zeros(1) for _ in range(3)), y[:4], torch.zeros(1), torch.zeros(1))
+    check_learned(0.25, tiny, TrainArcFaceParams())  # 4 images cannot tell: no verdict
+
+
+def test_recover_finishes_a_swap_a_crash_cut_short(tmp_path: Path) -> None:
+    results, ckpt = tmp_path / "results" / "m", tmp_path / "ckp" / "m"
+    for folder, name in ((results, "metrics.json"), (ckpt, "best.pt")):
+        rundir.staging(folder).mkdir(parents=True)
+        (rundir.staging(folder) / name).write_text("new")
+        folder.mkdir(parents=True)
+        (folder / name).write_text("old")
+    # crash after the checkpoints were swapped in, before the results were
+    rundir._swap_in(rundir.staging(ckpt), ckpt)
+    rundir.recover(results, ckpt)
+    assert (results / "metrics.json").read_text() == (ckpt / "best.pt").read_text() == "new"
+    # crash between the two renames of a swap: the old folder is put back
+    os.rename(results, tmp_path / "results" / ".m.old")
+    rundir.recover(results, ckpt)
+    assert (results / "metrics.json").read_text() == "new"
+
+
+@needs_mnist
+@pytest.mark.parametrize("when", ["start-up", "evaluation", "twice in training"])
+def test_ctrl_c_is_a_short_message_and_exit_130(tmp_path: Path, when: str) -> None:
+    proc = start(tmp_path)
+    if when == "start-up":
+        time.sleep(1.0)
+    elif when == "evaluation":
+        wait_for(proc, "embed gallery")
+    else:
+        time.sleep(6.0)
+    proc.send_signal(signal.SIGINT)
+    if when == "twice in training":
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert "interrupted" in err
+    assert not (tmp_path / "results" / MODEL / "metrics.json").exists()
+
+
+def test_grid_options_are_checked(tmp_path: Path) -> None:
+    for args, match in ((["--datasets="], "--datasets: unknown empty list"),
+                        (["--model_name=x"], "--model_name is set by the grid"),
+                        (["--seeds=100000000"], "--seeds=100000000: expected the number of seeds, 1 .. 100")):
+        r = run_main("grid", *args, cwd=tmp_path)
+        assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_stale_metrics_are_never_reused(tmp_path: Path) -> None:
+    """A grid run interrupted with new settings leaves the published run (old settings) consistent."""
+    import dataclasses
+
+    from trainArcFace import TrainArcFaceParams
+    from utils.config import resolve
+    from utils.grid import finished
+
+    p = resolve(TrainArcFaceParams(), {"results_dir": str(tmp_path), "model_name": "g"})
+    pub = tmp_path / "g"
+    pub.mkdir()
+    (pub / "params.json").write_text(json.dumps(dataclasses.asdict(p)))
+    (pub / "metrics.json").write_text(json.dumps({"acc_1nn": 0.5}))
+    # the interrupted run with lr=5e-3 wrote only into staging
+    stage = rundir.staging(pub)
+    stage.mkdir()
+    (stage / "params.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(p, lr=5e-3))))
+    assert finished(p) == {"acc_1nn": 0.5}
+    assert finished(dataclasses.replace(p, lr=5e-3)) is None
