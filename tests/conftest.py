@@ -39,6 +39,21 @@ def run_main(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
+def call_main(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """main.main(args) in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+    import signal
+
+    import main
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        rc = main.main(list(args))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 def quick(tmp: Path) -> list[str]:
     return ["--quick_debug=true", "--use_tqdm=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}"]
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.config import TrainParams
+from utils.config import TrainParams, parse_classes
 from utils.errors import DataError, ImageError
 from utils.images import SUFFIXES, load_image, polarity_of
 
@@ -245,3 +245,21 @@ def input_card(params: TrainParams, splits: Splits) -> dict:
     return {"native_size": int(splits.train_x.shape[-1]), "img_size": params.img_size,
             "channels": 3 if params.pretrained else 1, "mean": params.input_mean, "std": params.input_std,
             "polarity": polarity_of(splits.train_x.numpy())}
+
+
+def load_splits(params: TrainParams) -> tuple[Splits, TrainParams]:
+    """Load the data set and split it; returns the splits and params with the pixel statistics set."""
+    data = load_dataset(params)
+    n_found = int(max(data["train_y"].max(), data["test_y"].max())) + 1
+    if n_found != params.n_class:
+        raise DataError(f"n_class={params.n_class} but {params.dataset_name} has {n_found} classes; "
+                        f"set --n_class={n_found}.")
+    if params.input_std <= 0:
+        mean, std = dataset_stats(params.dataset_name, data["train_x"])
+        params = replace(params, input_mean=mean, input_std=std)
+    val_size = 256 if params.quick_debug else params.val_size
+    if params.dataset_name == "folder":  # small folders: keep 4/5 of the images for training
+        val_size = min(val_size, len(data["train_x"]) // 5)
+    splits = make_splits(data, val_size, params.split_seed, params.quick_debug,
+                         parse_classes(params.known_classes, params.n_class))
+    return splits, params

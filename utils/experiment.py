@@ -22,13 +22,21 @@ from losses import build_head
 from models import get_model
 from utils import distributed, plots, rundir
 from utils.config import TrainParams, parse_classes
-from utils.data import Splits, dataset_stats, input_card, load_dataset, make_splits
+from utils.data import Splits, input_card, load_splits
 from utils.device import resolve_device, seed_everything, uses_channels_last
 from utils.distributed import DistContext, barrier
 from utils.engine import fit
-from utils.errors import ChanceLevel, CheckpointError, DataError
+from utils.errors import ChanceLevel, CheckpointError
 from utils.evaluate import draw_det, evaluate, write_results
-from utils.io import check_writable, load_checkpoint, save_checkpoint, save_figure, write_csv, write_json
+from utils.io import (
+    check_writable,
+    evaluation_weights,
+    load_checkpoint,
+    save_checkpoint,
+    save_figure,
+    write_csv,
+    write_json,
+)
 
 # params that must agree between a checkpoint and the run that loads it
 CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
@@ -51,24 +59,6 @@ def build_models(params: TrainParams, device: torch.device) -> tuple[torch.nn.Mo
     return model.to(device), head.to(device)
 
 
-def load_splits(params: TrainParams) -> tuple[Splits, TrainParams]:
-    """Load the data set and split it; returns the splits and params with the pixel statistics set."""
-    data = load_dataset(params)
-    n_found = int(max(data["train_y"].max(), data["test_y"].max())) + 1
-    if n_found != params.n_class:
-        raise DataError(f"n_class={params.n_class} but {params.dataset_name} has {n_found} classes; "
-                        f"set --n_class={n_found}.")
-    if params.input_std <= 0:
-        mean, std = dataset_stats(params.dataset_name, data["train_x"])
-        params = dataclasses.replace(params, input_mean=mean, input_std=std)
-    val_size = 256 if params.quick_debug else params.val_size
-    if params.dataset_name == "folder":  # small folders: keep 4/5 of the images for training
-        val_size = min(val_size, len(data["train_x"]) // 5)
-    splits = make_splits(data, val_size, params.split_seed, params.quick_debug,
-                         parse_classes(params.known_classes, params.n_class))
-    return splits, params
-
-
 def prepare_run(params: TrainParams, device: torch.device) -> tuple[Splits, TrainParams, torch.nn.Module,
                                                                    torch.nn.Module]:
     """Seed, load and split the data, build model and head: the start every training run shares.
@@ -85,7 +75,7 @@ def prepare_run(params: TrainParams, device: torch.device) -> tuple[Splits, Trai
 def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict, averaged: bool = True) -> None:
     """Put a checkpoint's model and head weights into `model` and `head`: the EMA weights when the
     run kept them and `averaged` (evaluation), else the raw training weights (resuming)."""
-    src = state["ema"] if averaged and state.get("ema") is not None else state
+    src = evaluation_weights(state) if averaged else state
     try:
         model.load_state_dict(src["model"])
         head.load_state_dict(src["head"])

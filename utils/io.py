@@ -1,4 +1,5 @@
-"""Atomic file writes and checkpoint loading with clear errors.
+"""Atomic file writes and checkpoint loading with clear errors (torch is imported only to (de)serialise
+checkpoints, so the ONNX inference path can use the rest).
 
 Every results file and checkpoint goes through `atomic_write`: written to a temporary file in the
 same folder (named `.<name>.<pid>.<random>.tmp`), flushed and fsync'ed, then renamed over the
@@ -20,8 +21,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-
-import torch
 
 from utils.errors import CheckpointError, WriteError
 
@@ -117,6 +116,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: the ONNX inference path writes files without torch
+
     # serialised in memory first: torch's zip writer turns a failed write (a full disk) into an opaque
     # RuntimeError, while a plain write raises the OSError that names the cause
     buf = io.BytesIO()
@@ -136,6 +137,8 @@ def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> d
     n_class, embedding_dim, loss_fuc_type, ...) to the values of the current run; a mismatch is an
     error, since loading would fail obscurely or, worse, silently evaluate another model.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found; train first (python main.py arcface) "
@@ -160,6 +163,12 @@ def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> d
             raise CheckpointError(f"checkpoint {path} has {key}={have!r} but this run has {key}={want!r}; "
                                   f"use the matching --{key} or another checkpoint.")
     return state
+
+
+def evaluation_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint is evaluated (and used) with: its EMA when the run kept one, else the raw
+    training weights; a dict with "model" and "head"."""
+    return state["ema"] if state.get("ema") is not None else state
 
 
 def check_writable(folder: str | Path) -> None:

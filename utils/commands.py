@@ -1,0 +1,148 @@
+"""The commands that use a trained model: embed, verify, enrol, search, export.
+
+    python main.py embed PATH... --out=FILE.npz
+    python main.py verify A B [--far=1e-3] [--json=true]
+    python main.py enrol DIR --gallery=FILE.npz
+    python main.py search PATH... --gallery=FILE.npz [--k=5] [--far=1e-3] [--json=true]
+    python main.py export --out=DIR
+
+The model: ckp/<model_name>/best.pt (--model_name, --ckpt_dir pick it; --device for torch), or an
+export with --onnx=DIR (onnxruntime only; torch is not imported). Images: --invert=auto|true|false.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import ConfigError
+from utils.images import INVERT_MODES, list_images
+from utils.io import atomic_write
+from utils.recognizer import Gallery, Recognizer
+
+# options of each command (name -> default text); None = required
+OPTIONS: dict[str, dict[str, str | None]] = {
+    "embed": {"out": None},
+    "verify": {"far": "1e-3", "json": "false"},
+    "enrol": {"gallery": None},
+    "search": {"gallery": None, "k": "5", "far": "1e-3", "json": "false"},
+    "export": {"out": None},
+}
+POSITIONAL = {"embed": (1, None), "verify": (2, 2), "enrol": (1, 1), "search": (1, None), "export": (0, 0)}
+MODEL_FIELDS = {"model_name": None, "ckpt_dir": "ckp", "device": "cpu", "onnx": "", "invert": "auto",
+                "data_root": None}
+
+
+def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], dict[str, str]]:
+    own = {**MODEL_FIELDS, "model_name": model_name, **OPTIONS[command]}
+    opts: dict[str, str | None] = dict(own)
+    paths = []
+    for a in args:
+        key, sep, value = a.removeprefix("--").partition("=")
+        if not a.startswith("--"):
+            paths.append(a)
+        elif not sep or key not in own:
+            allowed = ", ".join(f"--{k}" for k in own)
+            raise ConfigError(f"{command}: cannot use '{a}'; its options are {allowed}.")
+        else:
+            opts[key] = value
+    lo, hi = POSITIONAL[command]
+    if len(paths) < lo or (hi is not None and len(paths) > hi):
+        raise ConfigError(f"{command} takes {lo if lo == hi else f'{lo} or more'} image path(s), got {len(paths)} "
+                          f"(see python main.py --help).")
+    missing = [k for k, v in opts.items() if v is None and k != "data_root"]
+    if missing:
+        raise ConfigError(f"{command} needs --{missing[0]}=... (see python main.py --help).")
+    if opts["invert"] not in INVERT_MODES:
+        raise ConfigError(f"--invert={opts['invert']}: use auto, true or false.")
+    return paths, opts  # type: ignore[return-value]
+
+
+def number(opts: dict[str, str], name: str, typ: type = float, low: float = 0.0) -> float:
+    try:
+        v = typ(opts[name])
+    except ValueError:
+        raise ConfigError(f"--{name}={opts[name]}: expected a {typ.__name__}.") from None
+    if not math.isfinite(v) or v < low or (name == "far" and v >= 1):
+        raise ConfigError(f"--{name}={opts[name]}: out of range" + (" (0 <= far < 1; 0 = the EER threshold)."
+                                                                     if name == "far" else f" (>= {low:g})."))
+    return v
+
+
+def flag(opts: dict[str, str], name: str) -> bool:
+    if opts[name].lower() not in ("true", "false"):
+        raise ConfigError(f"--{name}={opts[name]}: expected true or false.")
+    return opts[name].lower() == "true"
+
+
+def recognizer(opts: dict[str, str]) -> Recognizer:
+    if opts["onnx"]:
+        return Recognizer.from_onnx(opts["onnx"])
+    return Recognizer.from_checkpoint(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", opts["device"])
+
+
+def gallery_path(opts: dict[str, str]) -> Path:
+    g = Path(opts["gallery"])
+    if g.suffix != ".npz":
+        raise ConfigError(f"--gallery={g}: use a .npz file name.")
+    return g
+
+
+def run_command(command: str, args: list[str], model_name: str) -> None:
+    paths, opts = parse(command, args, model_name)
+    if command == "export":
+        import os
+
+        from utils.export import export
+
+        data_root = opts["data_root"] or os.environ.get("DATA_ROOT", "./data")
+        r = export(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", Path(opts["out"]), data_root)
+        c = r["checks"]
+        print(f"exported to {opts['out']}/model.onnx; parity on {r['images']['queries']} + {r['images']['gallery']} "
+              f"images: min cosine {c['min_cosine']['value']:.7f}, EER torch {c['eer']['torch']:.6f} vs "
+              f"onnxruntime {c['eer']['onnxruntime']:.6f}, all checks passed ({opts['out']}/parity.json)")
+        return
+    far = number(opts, "far") if "far" in opts else 1e-3
+    if command == "search":
+        k = int(number(opts, "k", int, 1))
+    as_json = flag(opts, "json") if "json" in opts else False
+    if command in ("enrol", "search"):
+        gallery_path(opts)
+    rec = recognizer(opts)
+    if command == "verify":
+        r = rec.verify(paths[0], paths[1], far, opts["invert"])
+        print(json.dumps(r) if as_json else
+              f"{'match' if r['match'] else 'no match'}: cosine {r['score']:.4f} ({r['angle_deg']:.1f} deg), threshold "
+              f"{r['threshold']:.4f} for FAR {r['far']:g}; an impostor scores this high with probability "
+              f"{r['far_at_score']:.2e} (validation)")
+    elif command == "embed":
+        found = list_images(paths)
+        t0 = time.perf_counter()
+        emb = rec.embed([p for p, _ in found], opts["invert"])
+        dt = time.perf_counter() - t0
+        with atomic_write(opts["out"], "wb") as f:
+            np.savez(f, embeddings=emb, paths=np.array([str(p) for p, _ in found]),
+                     labels=np.array([label for _, label in found]), model_id=np.array(rec.model_id))
+        print(f"embedded {len(found)} images in {dt:.1f} s ({len(found) / max(dt, 1e-9):.0f} images/s) -> "
+              f"{opts['out']} ({emb.shape[1]}-d, L2-normalised)")
+    elif command == "enrol":
+        path = gallery_path(opts)
+        old = Gallery.load(path, rec.model_id) if path.exists() else None
+        n_old = 0 if old is None else len(old.embeddings)
+        g = rec.enrol(paths[0], old, opts["invert"])
+        g.save(path)
+        print(f"enrolled {len(g.embeddings) - n_old} images of {len(set(g.identities[n_old:].tolist()))} identities "
+              f"into {path} (now {len(g.embeddings)} images, {len(set(g.identities.tolist()))} identities)")
+    else:
+        g = Gallery.load(gallery_path(opts), rec.model_id)
+        found = [p for p, _ in list_images(paths)]
+        results = rec.search(found, g, k, far, opts["invert"])
+        if as_json:
+            print(json.dumps(results))
+        for r in [] if as_json else results:
+            print(f"{r['query']}: {r['identity']} (cosine {r['score']:.4f}); top: "
+                  + ", ".join(f"{i} {s:.3f}" for i, s in r["top"]))

@@ -1,0 +1,225 @@
+"""Use a trained model: embed images, verify a pair, enrol and search a gallery.
+
+    from utils.recognizer import Recognizer
+    rec = Recognizer.from_checkpoint("ckp/resnet18_arcface/best.pt")   # or Recognizer.from_onnx("export/")
+    rec.verify("a.png", "b.jpg")                 # {"score", "angle_deg", "threshold", "far", "match", ...}
+    gallery = rec.enrol("people/")               # one sub-folder per identity
+    rec.search(["who.png"], gallery, k=5)        # "unknown" below the calibrated threshold
+
+Thresholds are not constants: each model carries the ones chosen on its validation pairs for FAR
+1e-2, 1e-3, 1e-4 and the EER point (utils/metrics.calibrate), with the validation FAR curve, so a
+decision says how unusual its score would be for an impostor. Images from the wild go through
+utils/images.py, then exactly the training pipeline's resize and normalisation. This module imports
+no torch: a checkpoint needs torch (loaded when used), an ONNX export only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.errors import CheckpointError, ConfigError, ImageError
+from utils.images import list_images, load_image
+from utils.io import atomic_write
+
+Embedder = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, img_size, img_size] -> [N, D] unit rows
+GALLERY_FORMAT = "arcface-mnist-gallery-1"
+ImageInput = Sequence[str | Path] | np.ndarray
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resize_bilinear(x: np.ndarray, size: int) -> np.ndarray:
+    """[N, H, W] -> [N, size, size] as torch's F.interpolate(bilinear, align_corners=False, no antialias)."""
+    for axis in (1, 2):
+        n_in = x.shape[axis]
+        if n_in == size:
+            continue
+        src = np.maximum((np.arange(size) + 0.5) * n_in / size - 0.5, 0.0)
+        i0 = np.minimum(src.astype(np.int64), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w = (src - i0).astype(np.float32)
+        a, b = np.take(x, i0, axis=axis), np.take(x, i1, axis=axis)
+        shape = [1, 1, 1]
+        shape[axis] = size
+        x = a + (b - a) * w.reshape(shape)
+    return x
+
+
+def network_input(images: np.ndarray, card: dict) -> np.ndarray:
+    """uint8 [N, native, native] -> the float32 NCHW input of the network, as in training."""
+    x = resize_bilinear(images.astype(np.float32) / 255.0, card["img_size"])
+    x = (x - card["mean"]) / card["std"]
+    return np.ascontiguousarray(np.repeat(x[:, None], card["channels"], axis=1), dtype=np.float32)
+
+
+def lookup(thresholds: dict[str, dict], far: float) -> dict:
+    """The stored threshold entry for FAR target `far` (far <= 0: the EER point); ConfigError naming
+    the calibrated choices otherwise."""
+    key = "eer" if far <= 0 else f"{far:.0e}"
+    if key in thresholds:
+        return thresholds[key]
+    n_imp = thresholds["eer"]["n_impostor_val"]
+    have = ", ".join(k for k in thresholds if k != "eer")
+    why = (f"FAR {far:g} would rest on {far * n_imp:.0f} of this model's {n_imp} validation impostor pairs; at "
+           f"least 100 are needed" if far * n_imp < 100 else f"FAR {far:g} was not calibrated")
+    raise ConfigError(f"{why}. Use a calibrated target: --far={have or '0'} (--far=0: the EER threshold).")
+
+
+def far_at(curve: dict[str, list[float]], score: float) -> float:
+    """Validation FAR at the largest stored threshold <= score: how often an impostor pair scores this
+    high (exact at the stored points, an upper bound between them)."""
+    k = int(np.searchsorted(np.asarray(curve["threshold"]), score, side="right")) - 1
+    return 1.0 if k < 0 else float(curve["far"][k])
+
+
+@dataclass
+class Gallery:
+    """Enrolled embeddings with their identities, made by one model (model_id = its checkpoint's SHA-256)."""
+
+    model_id: str
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    identities: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U1"))
+    paths: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U1"))
+
+    def save(self, path: str | Path) -> None:
+        with atomic_write(path, "wb") as f:
+            np.savez(f, format=np.array(GALLERY_FORMAT), model_id=np.array(self.model_id),
+                     embeddings=self.embeddings, identities=self.identities.astype(str),
+                     paths=self.paths.astype(str))
+
+    @classmethod
+    def load(cls, path: str | Path, model_id: str) -> Gallery:
+        """Read a gallery (no pickles: nothing in the file can run) and refuse one of another model."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                fmt, mid = str(z["format"]), str(z["model_id"])
+                g = cls(mid, z["embeddings"].astype(np.float32), z["identities"], z["paths"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path} is not a gallery of this project ({type(e).__name__}); make one with "
+                                  f"python main.py enrol DIR --gallery={path.name}.") from None
+        if fmt != GALLERY_FORMAT or g.embeddings.ndim != 2 or not len(g.embeddings) == len(g.identities) == \
+                len(g.paths):
+            raise CheckpointError(f"{path} is not a gallery of this project (format {fmt!r}); make it anew with "
+                                  f"python main.py enrol.")
+        if mid != model_id:
+            raise CheckpointError(f"{path} was made by another model (checkpoint {mid[:12]}..., this one is "
+                                  f"{model_id[:12]}...); enrol its images again with this model.")
+        return g
+
+
+class Recognizer:
+    """One trained model with its input card and calibrated thresholds, behind any embedder."""
+
+    def __init__(self, embedder: Embedder, card: dict, thresholds: dict, curve: dict, model_id: str,
+                 batch_size: int = 256) -> None:
+        self.embedder, self.card, self.thresholds, self.curve = embedder, card, thresholds, curve
+        self.model_id, self.batch_size = model_id, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
+        from utils.torch_backend import load_torch_embedder  # torch only on this path
+
+        embedder, state = load_torch_embedder(Path(path), device)
+        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(Path(path)))
+
+    @classmethod
+    def from_onnx(cls, folder: str | Path) -> Recognizer:
+        folder = Path(folder)
+        try:
+            card = json.loads((folder / "model.json").read_text())
+            keys = ("input", "thresholds", "far_curve", "checkpoint_sha256")
+            if not all(k in card for k in keys) or not (folder / "model.onnx").is_file():
+                raise ValueError("incomplete")
+        except (OSError, ValueError):
+            raise CheckpointError(f"{folder} is not an export of this project (it needs model.onnx and model.json); "
+                                  f"make one with python main.py export --out={folder}.") from None
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types for damaged files
+            raise CheckpointError(f"{folder / 'model.onnx'} cannot be loaded ({type(e).__name__}); export it "
+                                  f"again.") from None
+        name = session.get_inputs()[0].name
+        return cls(lambda x: session.run(None, {name: x})[0], card["input"], card["thresholds"], card["far_curve"],
+                   card["checkpoint_sha256"])
+
+    # --------------------------------------------------------------------------------- images
+    def load(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
+        """Files -> uint8 [N, native, native] (see utils/images.py); arrays of that shape pass through."""
+        if isinstance(images, np.ndarray):
+            return images
+        size, polarity = self.card["native_size"], self.card["polarity"]
+        return np.stack([load_image(p, size, polarity, invert) for p in images]) if len(images) else \
+            np.zeros((0, size, size), np.uint8)
+
+    def embed(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
+        """L2-normalised float32 embeddings [N, D] of image files or uint8 arrays."""
+        x = self.load(images, invert)
+        out = [self.embedder(network_input(x[a:a + self.batch_size], self.card))
+               for a in range(0, len(x), self.batch_size)]
+        emb = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+    # --------------------------------------------------------------------------------- decisions
+    def decide(self, score: float, far: float) -> dict:
+        entry = lookup(self.thresholds, far)
+        score = float(min(1.0, max(-1.0, score)))
+        return {"score": score, "angle_deg": math.degrees(math.acos(score)), "threshold": entry["threshold"],
+                "far": far if far > 0 else entry["far_val"], "match": score >= entry["threshold"],
+                "far_at_score": far_at(self.curve, score)}
+
+    def verify(self, a: str | Path, b: str | Path, far: float = 1e-3, invert: str = "auto") -> dict:
+        """Do two images show the same identity? score = cosine of their embeddings."""
+        lookup(self.thresholds, far)  # refuse an uncalibrated target before any work
+        e = self.embed([a, b], invert)
+        return self.decide(float(e[0] @ e[1]), far)
+
+    def enrol(self, folder: str | Path, gallery: Gallery | None = None, invert: str = "auto") -> Gallery:
+        """Add every image of `folder`'s sub-folders (one per identity) to `gallery` (or a new one)."""
+        found = list_images([folder])
+        loose = [str(p) for p, label in found if not label]
+        if loose:
+            raise ImageError(f"enrol needs one sub-folder per identity in {folder}; {loose[0]} is not in one.")
+        g = gallery or Gallery(self.model_id)
+        emb = self.embed([p for p, _ in found], invert)
+        g.embeddings = np.concatenate([g.embeddings.reshape(-1, emb.shape[1]), emb]).astype(np.float32)
+        g.identities = np.concatenate([g.identities.astype(str), [label for _, label in found]])
+        g.paths = np.concatenate([g.paths.astype(str), [str(p) for p, _ in found]])
+        return g
+
+    def search(self, queries: Sequence[str | Path], gallery: Gallery, k: int = 5, far: float = 1e-3,
+               invert: str = "auto") -> list[dict]:
+        """Per query the k best identities (each by its nearest enrolled image); "unknown" when even the
+        best scores below the threshold for `far` (open-set rejection)."""
+        threshold = lookup(self.thresholds, far)["threshold"]
+        if len(gallery.embeddings) == 0:
+            raise CheckpointError("the gallery is empty; enrol identities first (python main.py enrol DIR).")
+        names, index = np.unique(gallery.identities, return_inverse=True)
+        order = np.argsort(index, kind="stable")
+        starts = np.searchsorted(index[order], np.arange(len(names)))
+        emb = self.embed(list(queries), invert)
+        out = []
+        for q, e in zip(queries, emb, strict=True):
+            per_identity = np.maximum.reduceat((gallery.embeddings @ e)[order], starts)
+            best = np.argsort(-per_identity, kind="stable")[:k]
+            top = [[str(names[i]), round(float(per_identity[i]), 6)] for i in best]
+            score = float(per_identity[best[0]])
+            out.append({"query": str(q), "identity": top[0][0] if score >= threshold else "unknown",
+                        "score": round(score, 6), "top": top})
+        return out
