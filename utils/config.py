@@ -10,6 +10,7 @@ has started when it is raised.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -84,6 +85,7 @@ class TrainParams:
     resume: str = ""  # "", "auto" (latest of this model) or a checkpoint path
     eval_batch_size: int = 1024
     log_steps: bool = False  # also write every step's training loss to results/<model>/train_steps.csv
+    tensorboard: bool = False  # also log to results/<model>/tensorboard/ (needs `pip install tensorboard`)
     # --- torchrun / DDP (ignored by a plain `python main.py`) ---
     sync_bn: bool = True  # BatchNorm statistics over the global batch, as in a single-process run
     scale_lr: bool = False  # multiply lr by the number of processes (linear scaling rule)
@@ -257,6 +259,9 @@ def validate(p: TrainParams) -> None:
     smallest = STEMS[p.stem]
     if p.img_size < smallest:
         raise ConfigError(f"img_size={p.img_size} is too small for stem '{p.stem}'; use >= {smallest}.")
+    if p.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard=true needs the tensorboard package: pip install tensorboard "
+                          "(or leave it off).")
     check_memory(p)
 
 

@@ -64,6 +64,7 @@ def evaluate(params: TrainParams, model: nn.Module, head: nn.Module, splits: Spl
                        "acc_head": acc_head, "val_acc_1nn": fraction(val["nn_labels"].cpu() == splits.val_y),
                        "n_pairs": m["n_genuine"] + m["n_impostor"]},
            "curve": m, "calibration": calibration, "failures": failures(test, splits),
+           "sample": emb["queries"][:2000].cpu(),  # for the optional TensorBoard projector
            "arrays": {"test_genuine": rebin(test["genuine_hist"], SAVED_BINS).numpy(),
                       "test_impostor": rebin(test["impostor_hist"], SAVED_BINS).numpy(),
                       "val_genuine": rebin(val["genuine_hist"], SAVED_BINS).numpy(),

@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -37,6 +38,9 @@ from utils.io import (
     write_csv,
     write_json,
 )
+
+if TYPE_CHECKING:
+    from utils.tensorboard_log import TensorBoardLog
 
 # params that must agree between a checkpoint and the run that loads it
 CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
@@ -153,6 +157,18 @@ def device_description(device: torch.device, ctx: DistContext = distributed.SING
     return desc if not ctx.enabled else f"{ctx.world} x {desc} (DDP)"
 
 
+PROJECTOR_POINTS = 2000
+
+
+def tensorboard_log(params: TrainParams, folder: Path) -> TensorBoardLog | None:
+    """The optional TensorBoard writer (its module, and tensorboard, are imported only when asked for)."""
+    if not params.tensorboard:
+        return None
+    from utils.tensorboard_log import TensorBoardLog
+
+    return TensorBoardLog(folder / "tensorboard")
+
+
 def check_learned(val_acc_1nn: float, splits: Splits, params: TrainParams) -> None:
     """Raise ChanceLevel when validation 1-NN is within 3 standard errors of always guessing the most
     common class (only where the validation split is large enough to tell)."""
@@ -230,8 +246,14 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
                                                  "world_size": ctx.world})
         if resume_state is not None:
             load_weights(model, head, resume_state, averaged=False)
-        summary = fit(params, model, head, splits, device, stage_c,
-                      lambda st: write_history(stage_r, params, st), resume_state, ctx)
+        tb = tensorboard_log(params, stage_r) if ctx.is_main else None
+
+        def on_epoch(st: dict) -> None:
+            write_history(stage_r, params, st)
+            if tb is not None:
+                tb.epochs(st["history"])
+
+        summary = fit(params, model, head, splits, device, stage_c, on_epoch, resume_state, ctx)
         best_state = load_checkpoint(stage_c / "best.pt", expect)
         summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
     else:
@@ -255,6 +277,10 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     if any(best_state.get(k) != v for k, v in card.items()):  # unchanged checkpoints keep their SHA-256
         save_checkpoint(stage_c / "best.pt", {**best_state, **card})
     write_results(stage_r, ev, metrics)
+    if params.tensorboard:
+        n = min(len(splits.test_y), PROJECTOR_POINTS)
+        (tb if train else tensorboard_log(params, stage_r)).projector(ev["sample"][:n], splits.test_y[:n],
+                                                                       splits.test_x[:n])
     rundir.publish(results, ckpt)
     draw_det(results.parent)
     return metrics

@@ -1,0 +1,120 @@
+"""The pictures of `python main.py figures`: their numbers on synthetic inputs, the command on the quick models,
+its bad inputs, and the optional TensorBoard log."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import call_main, needs_mnist, quick, run_main
+
+from utils.figures import angle_stats
+from utils.metrics import metrics_from_histograms, rebin, score_statistics
+
+
+def test_angles_of_known_vectors() -> None:
+    deg = math.radians
+    # two classes on the plane: centres at 0 and 90 degrees, weights at 10 and 80 degrees
+    centres = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    weights = torch.tensor([[math.cos(deg(10)), math.sin(deg(10))], [math.cos(deg(80)), math.sin(deg(80))]])
+    emb = torch.tensor([[math.cos(deg(20)), math.sin(deg(20))], [math.cos(deg(60)), math.sin(deg(60))]]) * 3
+    y = torch.tensor([0, 1])
+    s = angle_stats(emb, y, centres * 5, weights)
+    torch.testing.assert_close(s["own"], torch.tensor([20.0, 30.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(s["other"], torch.tensor([70.0, 60.0]), atol=1e-4, rtol=0)
+    t = s["table3"]
+    assert t["W-EC"] == pytest.approx((10 + 20) / 2, abs=1e-4)  # 20-10 and 80-60 degrees
+    assert t["W-Inter"] == pytest.approx(70, abs=1e-4) and t["Inter"] == pytest.approx(90, abs=1e-4)
+    assert t["Intra"] == pytest.approx(25, abs=1e-4)
+
+
+def test_failure_lists_match_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 8, generator=g)
+    qy, gy = torch.randint(0, 4, (70,), generator=g), torch.randint(0, 4, (150,), generator=g)
+    q = centres[qy] + 1.5 * torch.randn(70, 8, generator=g)
+    gal = centres[gy] + 1.5 * torch.randn(150, 8, generator=g)
+    k = 7
+    st = score_statistics(q, qy, gal, gy, bins=1 << 12, chunk=16, extremes=k)
+    s = F.normalize(q, dim=1) @ F.normalize(gal, dim=1).T
+    genuine = qy[:, None] == gy[None, :]
+    low = torch.sort(s[genuine])[0][:k]
+    high = torch.sort(s[~genuine], descending=True)[0][:k]
+    torch.testing.assert_close(st["low_genuine"][:, 0].float(), low, atol=1e-5, rtol=0)
+    torch.testing.assert_close(st["high_impostor"][:, 0].float(), high, atol=1e-5, rtol=0)
+    for row, want_genuine in ((st["low_genuine"][0], True), (st["high_impostor"][0], False)):
+        qi, gi = int(row[1]), int(row[2])  # indices point at the pair that has that score
+        assert float(s[qi, gi]) == pytest.approx(float(row[0]), abs=1e-5) and bool(genuine[qi, gi]) == want_genuine
+    nn = s.argmax(1)
+    assert torch.equal(st["nn_index"], nn) and torch.equal(st["nn_labels"], gy[nn])
+
+
+def test_saved_histograms_give_the_evaluation_eer() -> None:
+    g = torch.Generator().manual_seed(1)
+    gen = torch.bincount(torch.randint(600, 1024, (5000,), generator=g), minlength=1 << 10)
+    imp = torch.bincount(torch.randint(0, 700, (50000,), generator=g), minlength=1 << 10)
+    full, coarse = metrics_from_histograms(gen, imp), metrics_from_histograms(rebin(gen, 256), rebin(imp, 256))
+    assert int(rebin(gen, 256).sum()) == 5000 and int(rebin(imp, 256).sum()) == 50000
+    # coarse edges are fine edges: the EER moves by at most the pairs in one coarse bin around it
+    assert abs(full["eer"] - coarse["eer"]) <= 4 * (int(gen[600:704].max()) + int(imp[600:704].max())) / 5000
+
+
+@needs_mnist
+def test_figures_command_on_the_quick_models(compared_copy: Path) -> None:
+    tmp = compared_copy
+    r = run_main("figures", "--toy=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    out = tmp / "results" / "figures"
+    for name in ("scores", "angles", "failures", "embeddings_2d"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.json").is_file(), name
+    angles = json.loads((out / "angles.json").read_text())
+    assert set(angles) == {"resnet18_arcface", "resnet18_softmax"}
+    assert set(angles["resnet18_arcface"]["table3_deg"]) == {"W-EC", "W-Inter", "Intra", "Inter"}
+    metrics = json.loads((tmp / "results" / "resnet18_arcface" / "metrics.json").read_text())
+    with np.load(tmp / "results" / "resnet18_arcface" / "eval.npz", allow_pickle=False) as z:
+        saved = metrics_from_histograms(torch.from_numpy(z["test_genuine"]), torch.from_numpy(z["test_impostor"]))
+        assert int(z["test_genuine"].sum() + z["test_impostor"].sum()) == metrics["n_pairs"]
+    assert saved["eer"] == pytest.approx(metrics["eer"], abs=1e-12)  # quick runs keep all 2**16 bins
+    fails = json.loads((tmp / "results" / "resnet18_arcface" / "failures.json").read_text())
+    assert len(fails["misidentified"]) == round((1 - metrics["acc_1nn"]) * metrics["n_query"])
+
+
+@needs_mnist
+def test_figures_says_what_to_run_first(tmp_path: Path, compared_copy: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = call_main("figures", f"--results_dir={tmp_path / 'none'}", f"--ckpt_dir={tmp_path / 'none'}",
+                           capsys=capsys)
+    assert rc == 2 and "train it first (python main.py compare)" in err
+    (compared_copy / "results" / "resnet18_softmax" / "eval.npz").unlink()
+    rc, _, err = call_main("figures", f"--results_dir={compared_copy / 'results'}",
+                           f"--ckpt_dir={compared_copy / 'ckp'}", capsys=capsys)
+    assert rc == 2 and "lacks eval.npz" in err and "python main.py test --model_name=resnet18_softmax" in err
+    (compared_copy / "ckp" / "resnet18_arcface" / "best.pt").write_bytes(b"foreign")
+    rc, _, err = call_main("figures", f"--results_dir={compared_copy / 'results'}",
+                           f"--ckpt_dir={compared_copy / 'ckp'}", capsys=capsys)
+    assert rc == 2 and "unreadable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensorboard_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainArcFace import TrainArcFaceParams
+    from utils.config import ConfigError, resolve
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name))
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        resolve(TrainArcFaceParams(), {"tensorboard": True})
+
+
+@needs_mnist
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is optional")
+def test_tensorboard_log(tmp_path: Path) -> None:
+    r = run_main("arcface", *quick(tmp_path), "--tensorboard=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    tb = tmp_path / "results" / "resnet18_arcface" / "tensorboard"
+    assert list(tb.glob("events.out.tfevents.*")) and (tb / "projector_config.pbtxt").is_file()

@@ -1,0 +1,204 @@
+"""`python main.py figures`: the papers' pictures, drawn from this project's own runs -> results/figures/.
+
+    python main.py figures [--models=resnet18_arcface,resnet18_softmax] [--reuse=true] [--toy=false]
+
+features_2d.png, features_3d.png  the toy experiment of the ArcFace/CosFace/SphereFace papers: the same
+                                  ResNet18 with a 2-D and a 3-D embedding, one panel per loss (TOY below)
+scores.png       genuine/impostor score densities over all test x train pairs (from eval.npz: no second pass)
+angles.png       angle of each test embedding to its own and to the nearest other class centre, and the
+                 ArcFace paper's Table 3 statistics (W-EC, W-Inter, Intra, Inter) in angles.json
+failures.png     what 1-NN gets wrong, the lowest genuine and the highest impostor pairs (failures.json)
+embeddings_2d.png  t-SNE (cosine) of test embeddings: qualitative only
+Each PNG has a JSON of the numbers behind it. --reuse=true redraws the toy panels from saved runs
+(results/figures/toy/*.npz) instead of training them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainArcFace import TrainArcFaceParams
+from utils import paper_plots, plots
+from utils.config import TrainParams, comma_list, resolve, script_args
+from utils.data import Splits, load_splits
+from utils.device import resolve_device
+from utils.engine import embed, fit
+from utils.errors import CheckpointError, ConfigError
+from utils.experiment import prepare_run
+from utils.io import atomic_write, evaluation_weights, save_figure, write_json
+from utils.progress import say
+from utils.torch_backend import load_network
+
+# Toy runs: margins that can exist with 10 classes in 2-D, where neighbouring centres are 36 deg apart
+# (CosFace needs m < 1 - cos 36 deg = 0.19; SphereFace's m = 4 would need theta < 7.2 deg).
+TOY = {"softmax": {}, "normface": {"scale": 10.0}, "sphereface": {"scale": 10.0, "margin": 2.0},
+       "cosface": {"scale": 10.0, "margin": 0.1}, "arcface": {"scale": 10.0, "margin": 0.2}}
+TOY_TRAIN, TOY_VAL, TOY_POINTS, TOY_EPOCHS = 10_000, 1_000, 2_000, 1
+TSNE_POINTS = 3_000
+
+
+def toy_caption(loss: str) -> str:
+    o = TOY[loss]
+    return loss + (f" (s={o['scale']:g}" + (f", m={o['margin']:g})" if "margin" in o else ")") if o else " (raw)")
+
+
+def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
+    """One toy run: TOY_TRAIN training images, TOY_EPOCHS epoch(s); saves and returns its points and weights."""
+    params = resolve(TrainArcFaceParams(), {**dataclasses.asdict(base), "loss_fuc_type": loss, "embedding_dim": dim,
+                                            "total_epochs": TOY_EPOCHS, "ema_decay": 0.0,
+                                            "model_name": f"toy_{dim}d_{loss}", **TOY[loss]})
+    device = resolve_device(params.device)
+    splits, params, model, head = prepare_run(params, device)
+    splits = dataclasses.replace(splits, train_x=splits.train_x[:TOY_TRAIN], train_y=splits.train_y[:TOY_TRAIN],
+                                 val_x=splits.val_x[:TOY_VAL], val_y=splits.val_y[:TOY_VAL])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(params, model, head, splits, device, Path(tmp), lambda st: None)
+    x = embed(model, splits.test_x[:TOY_POINTS], params, device, line=False).cpu().numpy()
+    normalised = loss != "softmax"
+    run = {"x": x / np.linalg.norm(x, axis=1, keepdims=True) if normalised else x,
+           "y": splits.test_y[:TOY_POINTS].numpy(), "weights": head.weight.detach().cpu().numpy(),
+           "normalised": np.array(normalised), "seconds": np.array(time.perf_counter() - t0)}
+    with atomic_write(out / f"{dim}d_{loss}.npz", "wb") as f:
+        np.savez(f, **run)
+    say(f"toy {dim}-D {loss}: {float(run['seconds']):.0f} s", params.use_tqdm)
+    return run
+
+
+def toy_figures(base: TrainParams, out: Path, reuse: bool) -> dict:
+    summary = {"train_images": TOY_TRAIN, "epochs": TOY_EPOCHS, "points": TOY_POINTS, "margins": TOY, "runs": {}}
+    for dim in (2, 3):
+        panels = []
+        for loss in TOY:
+            f = out / "toy" / f"{dim}d_{loss}.npz"
+            if reuse and f.is_file():
+                with np.load(f, allow_pickle=False) as z:
+                    run = {k: z[k] for k in z.files}
+            else:
+                run = train_toy(loss, dim, base, out / "toy")
+            panels.append({"title": toy_caption(loss), **run, "normalised": bool(run["normalised"])})
+            summary["runs"][f"{dim}d_{loss}"] = {"seconds": round(float(run["seconds"]), 1)}
+        save(paper_plots.features(panels, dim), out / f"features_{dim}d.png")
+    write_json(out / "features.json", summary)
+    return summary
+
+
+def save(fig: plots.Figure, path: Path) -> None:
+    save_figure(fig, path)
+    plots.close(fig)
+
+
+def model_inputs(name: str, base: TrainParams) -> dict:
+    """A model's checkpoint and saved evaluation, refused with the command to run when something is missing."""
+    ckpt = Path(base.ckpt_dir) / name / "best.pt"
+    res = Path(base.results_dir) / name
+    need = [res / f for f in ("metrics.json", "eval.npz", "failures.json")]
+    if not ckpt.is_file():
+        raise CheckpointError(f"{ckpt} not found: train it first (python main.py compare) or choose --models=...")
+    if not all(f.is_file() for f in need):
+        raise CheckpointError(f"{res} lacks {', '.join(f.name for f in need if not f.is_file())} (saved by the "
+                              f"evaluation): run python main.py test --model_name={name} first.")
+    import json
+
+    net, state = load_network(ckpt)
+    with np.load(res / "eval.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return {"name": name, "net": net, "state": state, "metrics": json.loads((res / "metrics.json").read_text()),
+            "arrays": arrays, "failures": json.loads((res / "failures.json").read_text())}
+
+
+def angle_stats(emb: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, weights: torch.Tensor) -> dict:
+    """Angles (degrees) of unit embeddings to their class centre / nearest other centre, and Table 3's
+    W-EC (to the class weight), W-Inter (weights' nearest neighbour), Intra (to the feature centre),
+    Inter (feature centres' nearest neighbour), all means over images or classes."""
+    def deg(cos: torch.Tensor) -> torch.Tensor:
+        return torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+
+    e, c, w = F.normalize(emb, dim=1), F.normalize(centres, dim=1), F.normalize(weights, dim=1)
+    to_c = e @ c.T
+    own = deg(to_c.gather(1, y.view(-1, 1)).squeeze(1))
+    other = deg(to_c.scatter(1, y.view(-1, 1), -2.0).amax(1))
+    eye = torch.eye(len(c), dtype=torch.bool)
+    return {"own": own, "other": other,
+            "table3": {"W-EC": float(deg((e * w[y]).sum(1)).mean()),
+                       "W-Inter": float(deg((w @ w.T).masked_fill(eye, -2).amax(1)).mean()),
+                       "Intra": float(own.mean()), "Inter": float(deg((c @ c.T).masked_fill(eye, -2).amax(1)).mean())}}
+
+
+def run_figures(args: list[str]) -> None:
+    opts, overrides = script_args(args, {"reuse": "false", "models": "resnet18_arcface,resnet18_softmax",
+                                         "toy": "true"})
+    for key in ("reuse", "toy"):
+        if opts[key] not in ("true", "false"):
+            raise ConfigError(f"--{key}={opts[key]}: expected true or false.")
+    base = resolve(TrainArcFaceParams(), {"use_tqdm": False, **overrides})
+    out = Path(base.results_dir) / "figures"
+    models = [model_inputs(m, base) for m in comma_list("models", opts["models"])]  # refuse before any work
+    t0 = time.perf_counter()
+    if opts["toy"] == "true":
+        toy_figures(base, out, opts["reuse"] == "true")
+    t1 = time.perf_counter()
+    draw_model_figures(models, base, out)
+    say(f"figures in {out}: toy panels {t1 - t0:.0f} s, model figures {time.perf_counter() - t1:.0f} s", False)
+
+
+def draw_model_figures(models: list[dict], base: TrainParams, out: Path) -> None:
+    """scores, angles, failures and embedding maps of trained models."""
+    from sklearn.manifold import TSNE
+
+    device = torch.device("cpu")
+    score_rows, angle_rows, fail_rows, maps, numbers = [], [], [], [], {}
+    for m in models:
+        p = m["state"]["params"]
+        params = resolve(TrainArcFaceParams(), {**{k: v for k, v in p.items() if k in vars(base)},
+                                                "data_root": base.data_root, "use_tqdm": False})
+        splits, params = load_splits(params)
+        a, met, loss = m["arrays"], m["metrics"], p["loss_fuc_type"]
+        score_rows.append({"label": m["name"], "loss": loss, "genuine": a["test_genuine"],
+                           "impostor": a["test_impostor"], "eer_threshold": met["eer_threshold"],
+                           "far_threshold": met["thresholds"]["1e-03"]["threshold"]})
+        emb = embed(m["net"].net, splits.test_x, params, device, desc=f"embed {m['name']} test")
+        weights = evaluation_weights(m["state"])["head"]
+        w = weights["weight"] if "weight" in weights else weights["fc.weight"]
+        ang = angle_stats(emb, splits.test_y, torch.from_numpy(a["centre_sums"]), w[: len(a["centre_sums"])])
+        angle_rows.append({"label": m["name"], "loss": loss, "own": ang["own"].numpy(), "other": ang["other"].numpy()})
+        fail_rows += failure_rows(m["name"], m["failures"], splits)
+        pick = np.random.default_rng(0).choice(len(emb), size=min(TSNE_POINTS, len(emb)), replace=False)
+        xy = TSNE(metric="cosine", init="pca", random_state=0).fit_transform(F.normalize(emb[pick], dim=1).numpy())
+        maps.append({"label": m["name"], "xy": xy, "y": splits.test_y[pick].numpy()})
+        numbers[m["name"]] = {"table3_deg": {k: round(v, 2) for k, v in ang["table3"].items()},
+                              "own_quantiles_deg": np.percentile(ang["own"], [10, 50, 90]).round(2).tolist(),
+                              "other_quantiles_deg": np.percentile(ang["other"], [10, 50, 90]).round(2).tolist(),
+                              "eer_threshold": met["eer_threshold"], "thresholds": met["thresholds"],
+                              "tsne_points": len(pick)}
+    save(paper_plots.scores(score_rows), out / "scores.png")
+    save(paper_plots.angles(angle_rows), out / "angles.png")
+    save(paper_plots.failures(fail_rows), out / "failures.png")
+    save(paper_plots.embedding_map(maps), out / "embeddings_2d.png")
+    write_json(out / "angles.json", {k: {"table3_deg": v["table3_deg"], "own_quantiles_deg": v["own_quantiles_deg"],
+                                         "other_quantiles_deg": v["other_quantiles_deg"]} for k, v in numbers.items()})
+    write_json(out / "embeddings_2d.json", {m["label"]: {"method": "sklearn TSNE(metric='cosine', init='pca', "
+                                                                  "random_state=0)", "xy": m["xy"].round(2).tolist(),
+                                                        "label": m["y"].tolist()} for m in maps})
+    write_json(out / "scores.json", {k: {"eer_threshold": v["eer_threshold"], "thresholds": v["thresholds"]}
+                                     for k, v in numbers.items()})
+    write_json(out / "failures.json", {m["name"]: {k: v[:8] for k, v in m["failures"].items()} | {
+        "n_misidentified": len(m["failures"]["misidentified"])} for m in models})
+
+
+def failure_rows(name: str, fails: dict, splits: Splits) -> list[dict]:
+    """Three rows per model: misidentified test digits beside their nearest gallery image, the lowest genuine
+    and the highest impostor pairs; captions 'query label -> gallery label, cosine'."""
+    def pair(f: dict) -> tuple:
+        return (splits.test_x[f["query"]].numpy(), splits.train_x[f["gallery"]].numpy(),
+                f"{f['query_label']}>{f['gallery_label']} {f['score']:.2f}")
+
+    titles = {"misidentified": "1-NN wrong", "low_genuine": "low genuine", "high_impostor": "high impostor"}
+    return [{"title": f"{name}\n{titles[k]}", "pairs": [pair(f) for f in fails[k][:8]]} for k in titles]
