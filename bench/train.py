@@ -37,12 +37,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import input_channels
 from trainArcFace import TrainArcFaceParams
-from utils.config import resolve
+from utils.config import TrainParams, resolve
 from utils.data import dataset_stats, load_idx_dataset
-from utils.device import amp_dtype, cpu_has_native_bf16
+from utils.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
 from utils.engine import TrainNet, make_optimizer, make_scheduler
 from utils.engine import train_one_epoch as engine_epoch
-from utils.experiment import build_models
+from utils.experiment import build_models, cpu_model
 from utils.io import write_json
 
 
@@ -55,7 +55,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def flops_per_image(params, device: torch.device) -> float:
+def flops_per_image(params: TrainParams, device: torch.device) -> float:
     model, head = build_models(params, device)
     x = torch.zeros(8, input_channels(params.pretrained), params.img_size, params.img_size)
     y = torch.zeros(8, dtype=torch.long)
@@ -64,11 +64,11 @@ def flops_per_image(params, device: torch.device) -> float:
     return fc.get_total_flops() / 8
 
 
-def time_engine(params, data: dict, steps: int, compile_net: bool = False) -> float:
+def time_engine(params: TrainParams, data: dict, steps: int, compile_net: bool = False) -> float:
     """images/s of the engine's training loop over `steps` batches (after 2 warm-up batches)."""
     device = torch.device("cpu")
     model, head = build_models(params, device)
-    if params.channels_last:
+    if uses_channels_last(params.channels_last, device, params.amp):
         model = model.to(memory_format=torch.channels_last)
     net = TrainNet(model, head)
     if compile_net:
@@ -84,7 +84,7 @@ def time_engine(params, data: dict, steps: int, compile_net: bool = False) -> fl
     return n / (time.perf_counter() - t0)
 
 
-def time_naive(params, steps: int) -> float:
+def time_naive(params: TrainParams, steps: int) -> float:
     """The textbook pipeline: PIL transforms per sample, DataLoader, fp32, NCHW."""
     import torchvision.transforms as T
     from torchvision.datasets import MNIST
@@ -200,12 +200,17 @@ def main() -> None:
           f"(native bf16: {native_bf16}); default amp resolves to {amp_dtype(device, base.amp)}")
 
     configs = [("naive: PIL + DataLoader, fp32, NCHW", dataclasses.replace(base, amp="off"), "naive")]
+    # bf16 rows only where the CPU computes bf16 natively: emulated bf16 is several times slower than fp32
+    amps = ("fp32", "bf16") if native_bf16 else ("fp32",)
     configs += [(f"engine default preset, {amp}, {'NHWC' if cl else 'NCHW'}",
-                 dataclasses.replace(base, amp="bf16" if amp == "bf16" else "off", channels_last=cl), "engine")
-                for amp in ("fp32", "bf16") for cl in (False, True)]
+                 dataclasses.replace(base, amp="bf16" if amp == "bf16" else "off", channels_last=str(cl).lower()),
+                 "engine") for amp in amps for cl in (False, True)]
+    if not native_bf16:
+        print("no native bf16 on this CPU: bf16 rows skipped (amp=auto trains in fp32 here)")
     if not a.no_compile:
-        configs.append(("engine default preset, bf16, NCHW, torch.compile",
-                        dataclasses.replace(base, amp="bf16"), "compile"))
+        configs.append((f"engine default preset, {amps[-1]}, NCHW, torch.compile",
+                        dataclasses.replace(base, amp="bf16" if native_bf16 else "off", channels_last="false"),
+                        "compile"))
     # ImageNet weights cannot be fetched offline: random init, 1-channel stem (conv1 is <1% of the FLOPs)
     orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False,
                                           "input_mean": mean, "input_std": std})
@@ -232,7 +237,8 @@ def main() -> None:
                      "fraction_of_peak": gflops / peak})
         print(f"{name:55s} {ips:8.0f} img/s  x{ips / baseline:5.2f}  {gflops:7.0f} GFLOP/s = {gflops / peak:5.1%} "
               f"of {'bf16' if p.amp == 'bf16' else 'fp32'} peak", flush=True)
-    write_json(out, {"threads": torch.get_num_threads(), "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
+    write_json(out, {"cpu": cpu_model(), "threads": torch.get_num_threads(),
+                     "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
                              "native_bf16": native_bf16, "rows": rows})
     print(f"wrote {out}")
 

@@ -107,11 +107,9 @@ def test_pretrained_offline_message(monkeypatch: pytest.MonkeyPatch) -> None:
     from models import PretrainedUnavailable, get_model
 
     def no_network(*a, **k):
-        if k.get("weights") is not None:
-            raise OSError("urlopen error [Errno -3] Temporary failure in name resolution")
-        return torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2])
+        raise OSError("urlopen error [Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torchvision.models, "resnet18", no_network)
+    monkeypatch.setattr(type(torchvision.models.ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", no_network)
     with pytest.raises(PretrainedUnavailable, match="--pretrained=false"):
         get_model("resnet18", pretrained=True)
     assert get_model("resnet18", pretrained=False) is not None

@@ -1,0 +1,126 @@
+"""Inference benchmark: a trained model used as the README shows, torch checkpoint against ONNX export.
+
+    python -m bench.infer [--model_name=resnet18_arcface] [--ckpt_dir=ckp] [--onnx=exports/arcface]
+                          [--repeats=3] [--out=results/bench/infer.json]
+
+Side by side in one run, on this machine:
+  * cold start: wall time of `python main.py verify A B` as a new process (interpreter, imports, model
+    load, two images, decision), with the checkpoint and with --onnx;
+  * embedding throughput in images/s from uint8 arrays (batch 256), torch fp32 and onnxruntime;
+  * search: ms per query against a gallery of 50,000 embeddings (10 identities, the original's
+    gallery size), matching only (query embeddings given) and from an image file; and exact search
+    at 1,000,000 gallery vectors, one query and 64 queries at a time, to judge whether an index
+    library (FAISS) would pay.
+Images are real test digits when DATA_ROOT holds MNIST. Writes results/bench/infer.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from utils.data import load_idx_dataset
+from utils.experiment import cpu_model
+from utils.io import write_json
+from utils.recognizer import Gallery, Recognizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cold_verify(a: Path, b: Path, extra: list[str], repeats: int) -> float:
+    """Median wall seconds of `python main.py verify a b` in a fresh process."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, str(ROOT / "main.py"), "verify", str(a), str(b), *extra],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        times.append(time.perf_counter() - t0)
+        if r.returncode != 0:
+            raise SystemExit(f"verify failed: {r.stderr.strip()}")
+    return statistics.median(times)
+
+
+def throughput(rec: Recognizer, images: np.ndarray) -> float:
+    rec.embed(images[:256])  # warm-up
+    t0 = time.perf_counter()
+    rec.embed(images)
+    return len(images) / (time.perf_counter() - t0)
+
+
+def search_ms(rec: Recognizer, n: int, dim: int, image: Path, repeats: int = 50) -> dict:
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((n, dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    g = Gallery(rec.model_id, emb, np.array([str(i % 10) for i in range(n)]), np.array([""] * n))
+    query = rec.embed([image])
+    rec_embed = rec.embed
+    rec.embed = lambda images, invert="auto": query  # matching only: the query's embedding is given
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        rec.search([image], g, k=5)
+    matching = (time.perf_counter() - t0) / repeats * 1e3
+    rec.embed = rec_embed
+    t0 = time.perf_counter()
+    for _ in range(repeats // 5):
+        rec.search([image], g, k=5)
+    return {"gallery": n, "matching_ms": matching, "with_image_ms": (time.perf_counter() - t0) / (repeats // 5) * 1e3}
+
+
+def exact_search_1m(dim: int) -> dict:
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((1_000_000, dim), dtype=np.float32)
+    q = rng.standard_normal((64, dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    np.argmax(g @ q[0])
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    np.argmax(g @ q.T, axis=0)
+    batch = (time.perf_counter() - t0) / 64
+    return {"gallery": 1_000_000, "one_query_ms": one * 1e3, "per_query_in_64_ms": batch * 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model_name", default="resnet18_arcface")
+    ap.add_argument("--ckpt_dir", default="ckp")
+    ap.add_argument("--onnx", default="", help="an export of the same checkpoint (python main.py export)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="results/bench/infer.json")
+    a = ap.parse_args()
+    ckpt = Path(a.ckpt_dir) / a.model_name / "best.pt"
+    rec = Recognizer.from_checkpoint(ckpt)
+    data = load_idx_dataset(os.environ.get("DATA_ROOT", "./data"), "mnist")
+    images = data["test_x"][:2048].numpy()
+    tmp = Path(tempfile.mkdtemp())
+    for i in (0, 1):
+        Image.fromarray(images[i]).save(tmp / f"{i}.png")
+    pair = (tmp / "0.png", tmp / "1.png")
+    common = [f"--model_name={a.model_name}", f"--ckpt_dir={a.ckpt_dir}"]
+    rows = {"cold_verify_seconds": {"checkpoint": cold_verify(*pair, common, a.repeats)},
+            "embed_images_per_s": {"torch": throughput(rec, images)},
+            "search": search_ms(rec, 50_000, rec.embed(images[:1]).shape[1], pair[0]),
+            "exact_search_1m": exact_search_1m(rec.embed(images[:1]).shape[1])}
+    if a.onnx:
+        ort = Recognizer.from_onnx(a.onnx)
+        rows["cold_verify_seconds"]["onnx"] = cold_verify(*pair, [*common, f"--onnx={a.onnx}"], a.repeats)
+        rows["embed_images_per_s"]["onnxruntime"] = throughput(ort, images)
+    for k, v in rows.items():
+        print(f"{k}: " + ", ".join(f"{n} {x:.3g}" for n, x in v.items()))
+    if "onnxruntime" in rows["embed_images_per_s"]:
+        e = rows["embed_images_per_s"]
+        print(f"onnxruntime / torch embedding throughput: {e['onnxruntime'] / e['torch']:.2f}x")
+    write_json(Path(a.out), {"cpu": cpu_model(), "model": a.model_name, **rows})
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
