@@ -61,7 +61,7 @@ def quick(tmp: Path) -> list[str]:
 # 32 steps of 16 images in the quick_debug epoch: room to interrupt mid-epoch (test_reliability).
 # On the CPU even where a GPU exists: these runs are compared bit for bit (resume, re-evaluation),
 # which CUDA's autotuned, non-deterministic kernels do not promise (seen on an H200).
-SMALL = ["--batch_size=16", "--seed=3", "--device=cpu"]
+SMALL = ["--batch_size=16", "--seed=3", "--device=cpu", "--log_steps=true"]
 
 
 @pytest.fixture(scope="session")
