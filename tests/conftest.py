@@ -81,3 +81,23 @@ def compared_copy(compared: Path, tmp_path: Path) -> Path:
     for sub in ("results", "ckp"):
         shutil.copytree(compared / sub, tmp_path / sub)
     return tmp_path
+
+
+def tiny_run(size: int, n: int, n_train: int, **over: object) -> tuple:
+    """(params, splits, model, head) of a seconds-long in-process run on random size x size images."""
+    import torch
+
+    from trainArcFace import TrainArcFaceParams
+    from utils.config import resolve
+    from utils.data import Splits
+    from utils.experiment import build_models
+
+    params = resolve(TrainArcFaceParams(), {"img_size": size, "batch_size": 8, "total_epochs": 2, "use_tqdm": False,
+                                            "augment": False, "input_std": 1.0, "device": "cpu", "ema_decay": 0.0,
+                                            "warmup_epochs": 0.0, **over})
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 255, (n, size, size), dtype=torch.uint8, generator=g), torch.arange(n) % 10
+    splits = Splits(x[:n_train], y[:n_train], x[n_train:], y[n_train:], x[n_train:], y[n_train:])
+    torch.manual_seed(0)
+    model, head = build_models(params, torch.device("cpu"))
+    return params, splits, model, head

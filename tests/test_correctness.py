@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_run
 
 from losses import SphereFace
 from trainArcFace import TrainArcFaceParams
 from utils import engine
 from utils.config import resolve
-from utils.data import Splits
 from utils.distributed import DistContext
-from utils.experiment import build_models
 from utils.metrics import score_statistics
 
 
@@ -47,16 +46,8 @@ def test_sphereface_without_a_known_length_counts_absolute_steps() -> None:
     assert head.lam == pytest.approx(5.0, rel=1e-3)
 
 
-def tiny(**over) -> tuple:
-    params = resolve(TrainArcFaceParams(), {"img_size": 8, "batch_size": 8, "total_epochs": 2, "use_tqdm": False,
-                                            "augment": False, "input_std": 1.0, "device": "cpu", "ema_decay": 0.0,
-                                            "warmup_epochs": 0.0, **over})
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randint(0, 255, (40, 8, 8), dtype=torch.uint8, generator=g), torch.arange(40) % 10
-    splits = Splits(x[:24], y[:24], x[24:], y[24:], x[24:], y[24:])
-    torch.manual_seed(0)
-    model, head = build_models(params, torch.device("cpu"))
-    return params, splits, model, head
+def tiny(**over: object) -> tuple:
+    return tiny_run(8, 40, 24, **over)
 
 
 def test_fp16_scaler_is_one_per_run_saved_and_resumed(tmp_path: Path) -> None:

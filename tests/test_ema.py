@@ -7,13 +7,13 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from trainArcFace import TrainArcFaceParams
 from utils import engine
 from utils.config import ConfigError, resolve
-from utils.data import Splits
 from utils.ema import WeightEMA
-from utils.experiment import build_models, load_weights
+from utils.experiment import load_weights
 
 
 def test_update_matches_a_float64_recursion_with_warmup() -> None:
@@ -44,16 +44,8 @@ def test_bad_decay_is_refused() -> None:
         resolve(TrainArcFaceParams(), {"ema_decay": 1.0})
 
 
-def _tiny(ema_decay: float):
-    params = resolve(TrainArcFaceParams(), {"img_size": 16, "batch_size": 8, "total_epochs": 2, "use_tqdm": False,
-                                            "amp": "off", "augment": False, "input_std": 1.0, "device": "cpu",
-                                            "ema_decay": ema_decay, "warmup_epochs": 0.0})
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randint(0, 255, (48, 16, 16), dtype=torch.uint8, generator=g), torch.arange(48) % 10
-    splits = Splits(x[:32], y[:32], x[32:], y[32:], x[32:], y[32:])
-    torch.manual_seed(0)
-    model, head = build_models(params, torch.device("cpu"))
-    return params, splits, model, head
+def _tiny(ema_decay: float) -> tuple:
+    return tiny_run(16, 48, 32, amp="off", ema_decay=ema_decay)
 
 
 def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None:

@@ -239,7 +239,7 @@ def calibrate(val_genuine: torch.Tensor, val_impostor: torch.Tensor, test_genuin
     For FAR target f: the lowest bin edge whose validation FAR is <= f; for "eer": the first edge at
     which the validation FRR reaches the FAR. Each entry: threshold, far_val, tar_val, far_test, tar_test
     (drift between the two shows how well validation predicts test), n_impostor_val. Targets that fewer
-    than MIN_IMPOSTORS validation impostor pairs would support are left out (`lookup` explains why).
+    than MIN_IMPOSTORS validation impostor pairs would support are left out (recognizer.lookup says why).
     Both histogram pairs must have the same bins, so the test rates are exact at each threshold.
     """
     far_v, frr_v, thr = rates_from_histograms(val_genuine, val_impostor)
@@ -255,32 +255,11 @@ def calibrate(val_genuine: torch.Tensor, val_impostor: torch.Tensor, test_genuin
     return out
 
 
-def lookup(thresholds: dict[str, dict], far: float) -> dict:
-    """The stored entry for FAR target `far` (or 'eer' when far <= 0); ValueError naming the choices."""
-    key = "eer" if far <= 0 else f"{far:.0e}"
-    if key in thresholds:
-        return thresholds[key]
-    n_imp = thresholds["eer"]["n_impostor_val"]
-    have = ", ".join(k for k in thresholds if k != "eer")
-    why = (f"FAR {far:g} would rest on {far * n_imp:.0f} accepted validation impostor pairs (of {n_imp}); "
-           f"at least {MIN_IMPOSTORS} are needed" if far * n_imp < MIN_IMPOSTORS else
-           f"FAR {far:g} was not calibrated")
-    raise ValueError(f"{why}. Use one of the calibrated targets: --far={have or '0 (EER)'} (0 = the EER point).")
-
-
 def far_curve(val_genuine: torch.Tensor, val_impostor: torch.Tensor) -> dict[str, list[float]]:
-    """A thinned (threshold, validation FAR) curve, log-spaced in FAR: `far_at` reads it."""
+    """A thinned (threshold, validation FAR) curve, log-spaced in FAR: recognizer.far_at reads it."""
     far, frr, thr = rates_from_histograms(val_genuine, val_impostor)
     keep = _thin_curve(far, frr, points=600)
     return {"threshold": [float(t) for t in thr[keep]], "far": [float(f) for f in far[keep]]}
-
-
-def far_at(curve: dict[str, list[float]], score: float) -> float:
-    """Validation FAR at the largest stored threshold <= score: how often an impostor scores this high
-    (an upper bound between stored points, exact at them)."""
-    t = np.asarray(curve["threshold"])
-    k = int(np.searchsorted(t, score, side="right")) - 1
-    return 1.0 if k < 0 else float(curve["far"][k])
 
 
 def rebin(hist: torch.Tensor, bins: int) -> torch.Tensor:
