@@ -13,7 +13,6 @@ Writes results/bench/ema_<loss>.json (ema_<loss>_<TAG>.json with --name, to keep
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, comma_list, file_tag, resolve, run_script, script_args
+from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, fit, validate
@@ -82,7 +81,7 @@ def main(argv: list[str]) -> None:
     out = Path(params.results_dir) / "bench" / f"ema_{loss}{'_' + name if name else ''}.json"
     write_json(out, {"loss": loss, "name": name, "decays": decays, "rows": rows,
                      "wall_seconds": time.perf_counter() - t0, "device": device_description(device),
-                     "torch": torch.__version__, "params": dataclasses.asdict(params)})
+                     "torch": torch.__version__, "params": recorded(params)})
     print(f"wrote {out}")
 
 

@@ -25,7 +25,7 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, comma_list, file_tag, resolve, run_script, script_args
+from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.engine import embed, fit
 from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
     out = Path(overrides.get("results_dir", "results")) / "bench" / "recipe" / f"{tag}.json"
     # the resolved params too: "defaults" change over time (ArcFace's scale did), overrides alone do not say
     write_json(out, {"name": name, "overrides": overrides, "seeds": seeds, "mean": mean, "runs": runs,
-                     "torch": torch.__version__, "params": {p.loss_fuc_type: dataclasses.asdict(p) for p in plans}})
+                     "torch": torch.__version__, "params": {p.loss_fuc_type: recorded(p) for p in plans}})
     print(f"wrote {out}")
 
 

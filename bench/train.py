@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import input_channels
 from trainArcFace import TrainArcFaceParams
-from utils.config import TrainParams, resolve
+from utils.config import TrainParams, recorded, resolve
 from utils.data import dataset_stats, load_idx_dataset
 from utils.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
 from utils.engine import TrainNet, make_optimizer, make_scheduler
@@ -167,7 +167,7 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
     print(msg)
     write_json(Path(out), {"target": target, "threads": torch.get_num_threads(), "reached": hit is not None,
                            "seconds": hit["train_seconds"] if hit else None, "max_minutes": max_minutes,
-                           "evals_per_epoch": evals_per_epoch, "log": log, "params": dataclasses.asdict(params)})
+                           "evals_per_epoch": evals_per_epoch, "log": log, "params": recorded(params)})
     print(f"wrote {out}")
 
 

@@ -1,7 +1,7 @@
 """ArcFace: additive angular margin loss.
 
 Deng, Guo, Xue, Zafeiriou, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition",
-CVPR 2019. Paper values: s = 64, m = 0.5 (the trainers here default to s = 30 for 10 classes).
+CVPR 2019. Paper values: s = 64, m = 0.5 (trainArcFace.py defaults to s = 16, chosen on validation).
 
     L = -log( exp(s cos(theta_y + m)) / (exp(s cos(theta_y + m)) + sum_{j != y} exp(s cos theta_j)) )
 

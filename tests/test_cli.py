@@ -31,7 +31,15 @@ def test_softmax_alone(tmp_path: Path) -> None:
     """`main.py softmax` on its own (arcface alone runs in test_reliability's resume test)."""
     r = run_main("softmax", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    check_model_outputs(tmp_path / "results", "resnet18_softmax")
+    m = check_model_outputs(tmp_path / "results", "resnet18_softmax")
+    # without the bar (logs, nohup): one line per epoch with rate and ETA, one per evaluation stage
+    assert "epoch 1/1: train" in r.stdout and "img/s" in r.stdout and "ETA" in r.stdout
+    assert "embed gallery: 512 img in" in r.stdout and "embed queries: 500 img in" in r.stdout
+    # accuracies are exact fractions of counts, not float32 means
+    for key, n in (("acc_1nn", m["n_query"]), ("acc_head", m["n_query"])):
+        assert m[key] == round(m[key] * n) / n
+    params = json.loads((tmp_path / "results" / "resnet18_softmax" / "params.json").read_text())
+    assert not Path(params["data_root"]).is_absolute()
     assert (tmp_path / "results" / "DET.png").is_file()
     assert (tmp_path / "ckp" / "resnet18_softmax" / "best.pt").is_file()
     assert not (tmp_path / "results" / "resnet18_arcface").exists()
@@ -75,3 +83,32 @@ def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[s
     r = run_main(*args, cwd=tmp_path)
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_committed_results_hold_no_absolute_paths() -> None:
+    """Results files in git must not carry the layout of the machine that made them."""
+    from conftest import ROOT
+
+    def strings(obj: object) -> list[str]:
+        if isinstance(obj, dict):
+            return [s for v in obj.values() for s in strings(v)]
+        if isinstance(obj, list):
+            return [s for v in obj for s in strings(v)]
+        return [obj] if isinstance(obj, str) else []
+
+    found = [(f.relative_to(ROOT), s) for f in sorted((ROOT / "results").rglob("*.json"))
+             for s in strings(json.loads(f.read_text())) if s.startswith(("/", "~"))]
+    assert not found, found[:5]
+
+
+def test_production_code_has_no_test_hooks() -> None:
+    """No environment switches or functions that exist only for the tests."""
+    import re
+
+    from conftest import ROOT
+
+    files = [f for d in ("utils", "losses", "models", "bench") for f in (ROOT / d).glob("*.py")]
+    files += [ROOT / "main.py", ROOT / "trainArcFace.py", ROOT / "trainResnet.py"]
+    pattern = re.compile(r"for_test|_TEST_|TEST_[A-Z]+|if .*pytest")
+    hits = [(f.name, line) for f in files for line in f.read_text().splitlines() if pattern.search(line)]
+    assert not hits, hits

@@ -325,6 +325,15 @@ def parse_classes(spec: str, n_class: int) -> list[int]:
     return sorted(out)
 
 
+def recorded(params: TrainParams) -> dict[str, Any]:
+    """The params as results files record them: data_root relative to the working folder, so that no
+    machine's folder layout ends up in committed results."""
+    values = dataclasses.asdict(params)
+    if os.path.isabs(params.data_root):
+        values["data_root"] = os.path.relpath(params.data_root)
+    return values
+
+
 def describe_fields(params: TrainParams) -> str:
     """One line per field with its default, for --help."""
     return "\n".join(f"  --{f.name}={getattr(params, f.name)!r}" for f in fields(params))

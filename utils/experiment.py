@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import platform
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from losses import build_head
 from models import get_model
 from utils import distributed, plots, rundir
-from utils.config import TrainParams, parse_classes
+from utils.config import TrainParams, parse_classes, recorded
 from utils.data import Splits, input_card, load_splits
 from utils.device import resolve_device, seed_everything, uses_channels_last
 from utils.distributed import DistContext, barrier
@@ -135,11 +134,6 @@ def write_history(out: Path, params: TrainParams, state: dict) -> None:
     plots.close(fig)
 
 
-def portable(path: str) -> str:
-    """A path as results files record it: relative to the working folder, so no machine's layout leaks in."""
-    return os.path.relpath(path) if os.path.isabs(path) else path
-
-
 def cpu_model() -> str:
     """The processor's name from /proc/cpuinfo (platform.processor() is empty on most Linux)."""
     with contextlib.suppress(OSError):
@@ -242,8 +236,7 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     splits, params, model, head = prepare_run(params, device)
     if train:
         if ctx.is_main:
-            write_json(stage_r / "params.json", {**dataclasses.asdict(params), "data_root": portable(params.data_root),
-                                                 "world_size": ctx.world})
+            write_json(stage_r / "params.json", {**recorded(params), "world_size": ctx.world})
         if resume_state is not None:
             load_weights(model, head, resume_state, averaged=False)
         tb = tensorboard_log(params, stage_r) if ctx.is_main else None

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from losses import paper_defaults
 from utils import plots, rundir
-from utils.config import DATASETS, LOSSES, ConfigError, TrainParams, parse_overrides, resolve
+from utils.config import DATASETS, LOSSES, ConfigError, TrainParams, parse_overrides, recorded, resolve
 from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import quick_debug_params, run
@@ -198,7 +198,7 @@ def run_grid(args: list[str]) -> Path:
                                                          f"{row['open']['eer']:.4f}" if "open" in row else ""),
             p.use_tqdm)
     varying = ("model_name", "seed", "loss_fuc_type", "dataset_name")
-    setup = {k: v for k, v in dataclasses.asdict(runs[0]).items() if k not in varying}
+    setup = {k: v for k, v in recorded(runs[0]).items() if k not in varying}
     write_json(root / "grid.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
                                          "seeds": opts["seeds"], "wall_seconds": time.perf_counter() - t0,
                                          "reused_runs": reused,  # wall_seconds excludes these runs
