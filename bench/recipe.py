@@ -25,7 +25,7 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, run_script, script_args
+from utils.config import ConfigError, TrainParams, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.engine import embed, fit
 from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
@@ -45,18 +45,13 @@ def parse_args(argv: list[str]) -> tuple[str, list[str], list[int], dict]:
     return name, losses, seeds, overrides
 
 
-def train_and_score(params) -> dict:
+def train_and_score(params: TrainParams) -> dict:
     """Train one model from scratch, then score the best checkpoint on validation vs train gallery."""
     params = quick_debug_params(params)
     device = resolve_device(params.device)
     splits, params, model, head = prepare_run(params, device)
     ckpt_dir = Path(params.ckpt_dir) / params.model_name
-    def log_epoch(hist: list[dict]) -> None:  # progress in the log even if the run is cut short
-        h = hist[-1]
-        print(f"  {params.model_name} epoch {h['epoch']}: val loss {h['val_loss']:.4f}  val acc {h['val_acc']:.4%}  "
-              f"{h['seconds']:.1f} s", flush=True)
-
-    summary = fit(params, model, head, splits, device, ckpt_dir, log_epoch)
+    summary = fit(params, model, head, splits, device, ckpt_dir, lambda st: None)  # fit prints a line per epoch
     load_weights(model, head, load_checkpoint(ckpt_dir / "best.pt"))
     t0 = time.perf_counter()
     query = embed(model, splits.val_x, params, device)

@@ -39,19 +39,49 @@ def run_main(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=timeout)
 
 
-def call_main(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """main.main(args) in this process (no interpreter start-up): (exit status, stdout, stderr)."""
+def call_main(*args: str, cwd: Path | None = None, **_: object) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in this process: what run_main returns, without the 5-10 s of start-up
+    (interpreter, torch, torch._dynamo) that every subprocess pays. For everything but signals, resource
+    limits, torchrun and checks of what a fresh interpreter imports."""
+    import contextlib
+    import io
     import signal
 
     import main
 
-    handler = signal.getsignal(signal.SIGINT)
+    handler, here = signal.getsignal(signal.SIGINT), os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
     try:
-        rc = main.main(list(args))
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main.main(list(args))
     finally:
+        os.chdir(here)
         signal.signal(signal.SIGINT, handler)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return subprocess.CompletedProcess(["main.py", *args], rc, out.getvalue(), err.getvalue())
+
+
+def call_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in this process (see call_main)."""
+    import contextlib
+    import io
+    import runpy
+
+    argv, here = sys.argv, os.getcwd()
+    out, err = io.StringIO(), io.StringIO()
+    rc = 0
+    try:
+        os.chdir(cwd)
+        sys.argv = [module, *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_module(module, run_name="__main__")
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return subprocess.CompletedProcess([module, *args], rc, out.getvalue(), err.getvalue())
 
 
 def quick(tmp: Path) -> list[str]:
@@ -70,7 +100,7 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if mnist_root() is None:
         pytest.skip("real MNIST not found: set DATA_ROOT to a folder with MNIST/raw/")
     tmp = tmp_path_factory.mktemp("compare")
-    r = run_main("compare", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("compare", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 0, r.stderr
     return tmp
 

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, needs_mnist, quick
+from conftest import call_module, needs_mnist, quick
 
 
 def recipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "bench.recipe", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=240)
+    return call_module("bench.recipe", *args, cwd=cwd)
 
 
 def test_bad_arguments_are_refused_before_training(tmp_path: Path) -> None:
     r = recipe("--lr=1e-3", cwd=tmp_path)
-    assert r.returncode == 1 and "--name=: required" in r.stderr
+    assert r.returncode == 2 and "--name=: required" in r.stderr
     r = recipe("--name=x", "--losses=triplet", cwd=tmp_path)
-    assert r.returncode == 1 and "--losses" in r.stderr
+    assert r.returncode == 2 and "--losses" in r.stderr
     r = recipe("--name=x", "--seeds=a", cwd=tmp_path)
-    assert r.returncode == 1 and "--seeds=a" in r.stderr
+    assert r.returncode == 2 and "--seeds=a" in r.stderr
 
 
 @needs_mnist
@@ -70,19 +66,16 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
 
 @needs_mnist
 def test_ema_probe_scores_raw_and_averaged_weights_on_validation(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-m", "bench.ema", "--loss=softmax", "--decays=0.9,0.99", "--knn_epochs=0",
-                        "--name=probe", *quick(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=240)
+    r = call_module("bench.ema", "--loss=softmax", "--decays=0.9,0.99", "--knn_epochs=0", "--name=probe",
+                    *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     d = json.loads((tmp_path / "results" / "bench" / "ema_softmax_probe.json").read_text())
     assert [row["decay"] for row in d["rows"]] == [0.0, 0.9, 0.99]
     assert all(0 <= row["val_acc_1nn"] <= 1 and row["val_loss"] > 0 for row in d["rows"])
     assert d["rows"][1]["val_loss"] != d["rows"][0]["val_loss"]  # the averaged weights differ from the raw ones
     for bad in ("--decays=1.5", "--name=../x"):
-        r = subprocess.run([sys.executable, "-m", "bench.ema", bad], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 1 and bad.split("=")[0] in r.stderr
+        r = call_module("bench.ema", bad, cwd=tmp_path)
+        assert r.returncode == 2 and bad.split("=")[0] in r.stderr
 
 
 @needs_mnist

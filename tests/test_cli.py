@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SMALL, needs_mnist, quick, run_main
+from conftest import SMALL, call_main, needs_mnist, quick, run_main
 
 METRIC_KEYS = {"acc_1nn", "acc_head", "eer", "eer_threshold", "tar_at_far", "auc", "best_epoch", "epochs_trained",
                "train_seconds", "eval_seconds", "device", "n_query", "n_gallery", "n_pairs"}
@@ -29,7 +29,7 @@ def check_model_outputs(results: Path, name: str) -> dict:
 @needs_mnist
 def test_softmax_alone(tmp_path: Path) -> None:
     """`main.py softmax` on its own (arcface alone runs in test_reliability's resume test)."""
-    r = run_main("softmax", *quick(tmp_path), cwd=tmp_path)
+    r = call_main("softmax", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = check_model_outputs(tmp_path / "results", "resnet18_softmax")
     # without the bar (logs, nohup): one line per epoch with rate and ETA, one per evaluation stage
@@ -58,7 +58,7 @@ def test_test_command_reevaluates_saved_checkpoints(compared_copy: Path) -> None
               for n in ("resnet18_arcface", "resnet18_softmax")}
     det = tmp / "results" / "DET.png"
     det.unlink()
-    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("test", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 0, r.stderr
     assert det.is_file() and "resnet18_arcface: 1-NN acc" in r.stdout and "resnet18_softmax" in r.stdout
     for n, m in before.items():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, needs_mnist, run_main
+from conftest import ROOT, call_main, needs_mnist
 
 COMMON = ["arcface", "--quick_debug=true", "--use_tqdm=false", "--amp=off", "--log_steps=true"]
 OPEN = ["--known_classes=0-5"]  # every rank must take part in the open-set embedding too
@@ -39,7 +39,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     single.mkdir()
     r = torchrun(ddp, *COMMON, *OPEN, "--batch_size=32")  # 2 x 32 = the single run's 64
     assert r.returncode == 0, r.stderr[-3000:]
-    r1 = run_main(*COMMON, *OPEN, "--batch_size=64", cwd=single)
+    r1 = call_main(*COMMON, *OPEN, "--batch_size=64", cwd=single)
     assert r1.returncode == 0, r1.stderr
     # one set of results, written once (by rank 0), open set included
     files = sorted(p.relative_to(ddp).as_posix() for p in (ddp / "results").rglob("[!.]*") if p.is_file())

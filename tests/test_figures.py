@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import call_main, needs_mnist, quick, run_main
+from conftest import call_main, needs_mnist, quick
 
 from utils.figures import angle_stats
 from utils.metrics import metrics_from_histograms, rebin, score_statistics
@@ -68,7 +68,7 @@ def test_saved_histograms_give_the_evaluation_eer() -> None:
 @needs_mnist
 def test_figures_command_on_the_quick_models(compared_copy: Path) -> None:
     tmp = compared_copy
-    r = run_main("figures", "--toy=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
+    r = call_main("figures", "--toy=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
     assert r.returncode == 0, r.stderr
     out = tmp / "results" / "figures"
     for name in ("scores", "angles", "failures", "embeddings_2d"):
@@ -86,19 +86,16 @@ def test_figures_command_on_the_quick_models(compared_copy: Path) -> None:
 
 
 @needs_mnist
-def test_figures_says_what_to_run_first(tmp_path: Path, compared_copy: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = call_main("figures", f"--results_dir={tmp_path / 'none'}", f"--ckpt_dir={tmp_path / 'none'}",
-                           capsys=capsys)
-    assert rc == 2 and "train it first (python main.py compare)" in err
+def test_figures_says_what_to_run_first(tmp_path: Path, compared_copy: Path) -> None:
+    r = call_main("figures", f"--results_dir={tmp_path / 'none'}", f"--ckpt_dir={tmp_path / 'none'}")
+    assert r.returncode == 2 and "train it first (python main.py compare)" in r.stderr
     (compared_copy / "results" / "resnet18_softmax" / "eval.npz").unlink()
-    rc, _, err = call_main("figures", f"--results_dir={compared_copy / 'results'}",
-                           f"--ckpt_dir={compared_copy / 'ckp'}", capsys=capsys)
-    assert rc == 2 and "lacks eval.npz" in err and "python main.py test --model_name=resnet18_softmax" in err
+    r = call_main("figures", f"--results_dir={compared_copy / 'results'}", f"--ckpt_dir={compared_copy / 'ckp'}")
+    assert r.returncode == 2 and "lacks eval.npz" in r.stderr
+    assert "python main.py test --model_name=resnet18_softmax" in r.stderr
     (compared_copy / "ckp" / "resnet18_arcface" / "best.pt").write_bytes(b"foreign")
-    rc, _, err = call_main("figures", f"--results_dir={compared_copy / 'results'}",
-                           f"--ckpt_dir={compared_copy / 'ckp'}", capsys=capsys)
-    assert rc == 2 and "unreadable" in err and len(err.strip().splitlines()) == 1
+    r = call_main("figures", f"--results_dir={compared_copy / 'results'}", f"--ckpt_dir={compared_copy / 'ckp'}")
+    assert r.returncode == 2 and "unreadable" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_tensorboard_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +111,7 @@ def test_tensorboard_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
 @needs_mnist
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is optional")
 def test_tensorboard_log(tmp_path: Path) -> None:
-    r = run_main("arcface", *quick(tmp_path), "--tensorboard=true", cwd=tmp_path)
+    r = call_main("arcface", *quick(tmp_path), "--tensorboard=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     tb = tmp_path / "results" / "resnet18_arcface" / "tensorboard"
     assert list(tb.glob("events.out.tfevents.*")) and (tb / "projector_config.pbtxt").is_file()

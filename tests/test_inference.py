@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, call_main, needs_mnist, run_main
+from conftest import ROOT, call_main, needs_mnist
 from PIL import Image
 
 from utils.metrics import calibrate
@@ -92,13 +92,13 @@ def test_commands_end_to_end_on_checkpoint_and_onnx(compared: Path, tmp_path: Pa
     digits = write_digits(tmp_path / "digits")
     common = [f"--ckpt_dir={compared / 'ckp'}"]
     a, b = digits / "test" / "3" / "0.png", digits / "test" / "5" / "0.png"
-    r = run_main("verify", str(a), str(b), "--json=true", *common, cwd=tmp_path)
+    r = call_main("verify", str(a), str(b), "--json=true", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     v = json.loads(r.stdout)
     assert set(v) == VERIFY_KEYS and v["match"] == (v["score"] >= v["threshold"]) and v["far"] == 1e-3
     metrics = json.loads((compared / "results" / "resnet18_arcface" / "metrics.json").read_text())
     assert v["threshold"] == metrics["thresholds"]["1e-03"]["threshold"]  # the calibrated one, stored
-    r = run_main("embed", str(digits / "test"), f"--out={tmp_path / 'e.npz'}", *common, cwd=tmp_path)
+    r = call_main("embed", str(digits / "test"), f"--out={tmp_path / 'e.npz'}", *common, cwd=tmp_path)
     assert r.returncode == 0 and "images/s" in r.stdout, r.stderr
     with np.load(tmp_path / "e.npz", allow_pickle=False) as z:
         assert z["embeddings"].shape == (20, 512) and z["embeddings"].dtype == np.float32
@@ -106,14 +106,14 @@ def test_commands_end_to_end_on_checkpoint_and_onnx(compared: Path, tmp_path: Pa
         assert sorted(set(z["labels"].tolist())) == [str(c) for c in range(10)]
     gal = tmp_path / "g.npz"
     for half in ("train_a", "train_b"):  # enrol adds to an existing gallery
-        r = run_main("enrol", str(digits / half), f"--gallery={gal}", *common, cwd=tmp_path)
+        r = call_main("enrol", str(digits / half), f"--gallery={gal}", *common, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     assert "now 40 images, 10 identities" in r.stdout
-    r = run_main("search", str(digits / "test"), f"--gallery={gal}", "--k=3", "--json=true", *common, cwd=tmp_path)
+    r = call_main("search", str(digits / "test"), f"--gallery={gal}", "--k=3", "--json=true", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     found = json.loads(r.stdout)
     assert len(found) == 20 and all(len(x["top"]) == 3 for x in found)
-    r = run_main("export", f"--out={tmp_path / 'exp'}", *common, cwd=tmp_path)
+    r = call_main("export", f"--out={tmp_path / 'exp'}", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     parity = json.loads((tmp_path / "exp" / "parity.json").read_text())
     assert parity["pass"] and parity["checks"]["min_cosine"]["value"] >= 0.99999
@@ -173,7 +173,7 @@ def test_the_same_digit_from_the_wild_embeds_alike(compared: Path, tmp_path: Pat
 
 
 @needs_mnist
-def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path) -> None:
     common = [f"--ckpt_dir={compared / 'ckp'}"]
     good = tmp_path / "good.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(good)
@@ -197,7 +197,7 @@ def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path, capsys: pyte
         (["verify", str(good), str(good), "--model_name=nothing"], "nothing/best.pt not found"),
     ]
     for args, match in cases:
-        rc, _, err = call_main(*args, *common, capsys=capsys)
-        assert rc == 2 and match in err, (args, err)
-        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        r = call_main(*args, *common)
+        assert r.returncode == 2 and match in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "other.npz").read_bytes() == other and not (tmp_path / "x.npz").exists()

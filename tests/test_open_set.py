@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import mnist_root, quick, run_main
+from conftest import call_main, mnist_root, quick
 from PIL import Image
 
 from utils.config import ConfigError, parse_classes, parse_overrides
@@ -84,20 +84,20 @@ def test_parse_classes() -> None:
 
 def test_folder_run_with_open_set_end_to_end(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "faces", identities=4, per=10)
-    r = run_main("arcface", *quick(tmp_path), "--dataset_name=folder", f"--data_root={root}", "--n_class=4",
+    r = call_main("arcface", *quick(tmp_path), "--dataset_name=folder", f"--data_root={root}", "--n_class=4",
                  "--known_classes=0-1", "--batch_size=8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_text())
     assert m["known_classes"] == "0-1" and m["open_set"]["n_query"] == 4 and m["open_set"]["n_gallery"] > 0
     assert (tmp_path / "results" / "DET_open.png").is_file()
     assert (tmp_path / "results" / "resnet18_arcface" / "far_frr_open.csv").is_file()
-    r = run_main("arcface", *quick(tmp_path), "--dataset_name=folder", f"--data_root={root}", cwd=tmp_path)
+    r = call_main("arcface", *quick(tmp_path), "--dataset_name=folder", f"--data_root={root}", cwd=tmp_path)
     assert r.returncode == 2 and "set --n_class=4" in r.stderr
 
 
 def test_grid_command_on_a_folder(tmp_path: Path) -> None:
     root = write_tree(tmp_path / "faces", identities=4, per=10)
-    r = run_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
+    r = call_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=8", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = tmp_path / "results" / "grid"
@@ -112,7 +112,7 @@ def test_grid_command_on_a_folder(tmp_path: Path) -> None:
     assert (out / "DET_folder_closed.png").is_file() and (out / "DET_folder_open.png").is_file()
     # --reuse: the same grid is read back, not retrained; a run whose params differ is retrained
     stamp = {x["model_name"]: (Path(x["folder"]) / "metrics.json").stat().st_mtime_ns for x in bench["runs"]}
-    r = run_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
+    r = call_main("grid", "--losses=softmax,cosface", "--datasets=folder", "--seeds=2", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=8", "--reuse=true",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -120,19 +120,19 @@ def test_grid_command_on_a_folder(tmp_path: Path) -> None:
     assert again["reused_runs"] == 4 and again["runs"] == bench["runs"]
     assert all((Path(x["folder"]) / "metrics.json").stat().st_mtime_ns == stamp[x["model_name"]]
                for x in again["runs"])
-    r = run_main("grid", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path),
+    r = call_main("grid", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path),
                  f"--data_root={root}", "--n_class=4", "--known_classes=0-1", "--batch_size=4", "--reuse=true",
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "grid.json").read_text())["reused_runs"] == 0
-    r = run_main("grid", "--losses=triplet", cwd=tmp_path)
+    r = call_main("grid", "--losses=triplet", cwd=tmp_path)
     assert r.returncode == 2 and "--losses: unknown ['triplet']" in r.stderr
 
 
 @pytest.mark.skipif(mnist_root() is None or not (mnist_root() / "FashionMNIST" / "raw").is_dir(),
                     reason="Fashion-MNIST not found under DATA_ROOT")
 def test_fashion_mnist_quick(tmp_path: Path) -> None:
-    r = run_main("softmax", *quick(tmp_path), "--dataset_name=fashion_mnist", cwd=tmp_path)
+    r = call_main("softmax", *quick(tmp_path), "--dataset_name=fashion_mnist", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "results" / "resnet18_softmax" / "params.json").read_text())
     assert (p["input_mean"], p["input_std"]) == (0.286, 0.353)

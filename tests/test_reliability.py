@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, needs_mnist, quick, run_main
+from conftest import ROOT, SMALL, call_main, needs_mnist, quick
 
 
 def start(tmp: Path, *args: str) -> subprocess.Popen:
@@ -52,7 +52,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(compared: Path, tmp_
     state = torch.load(last, weights_only=True)
     assert state["partial"] is not None and 0 < state["partial"]["step"] < 32
 
-    r = run_main("arcface", *quick(cut), *SMALL, "--resume=auto", cwd=cut)
+    r = call_main("arcface", *quick(cut), *SMALL, "--resume=auto", cwd=cut)
     assert r.returncode == 0, r.stderr
     a = torch.load(ref / "ckp" / "resnet18_arcface" / "best.pt", weights_only=True)
     b = torch.load(cut / "ckp" / "resnet18_arcface" / "best.pt", weights_only=True)
@@ -81,10 +81,10 @@ def test_bad_checkpoints_for_test_and_resume(tmp_path: Path) -> None:
     ck = tmp_path / "ckp" / "resnet18_arcface"
     ck.mkdir(parents=True)
     (ck / "best.pt").write_bytes(b"not a checkpoint at all")
-    r = run_main("test", *quick(tmp_path), cwd=tmp_path)
+    r = call_main("test", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "unreadable" in r.stderr and "Traceback" not in r.stderr
     assert (ck / "best.pt").read_bytes() == b"not a checkpoint at all"  # untouched
-    r = run_main("arcface", *quick(tmp_path), "--resume=missing.pt", cwd=tmp_path)
+    r = call_main("arcface", *quick(tmp_path), "--resume=missing.pt", cwd=tmp_path)
     assert r.returncode == 2 and "missing.pt not found" in r.stderr
 
 
@@ -92,7 +92,7 @@ def test_bad_checkpoints_for_test_and_resume(tmp_path: Path) -> None:
 def test_checkpoint_of_another_model_is_refused(compared_copy: Path) -> None:
     tmp_path = compared_copy
     metrics = (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes()
-    r = run_main("test", *quick(tmp_path), *SMALL, "--embedding_dim=128", cwd=tmp_path)
+    r = call_main("test", *quick(tmp_path), *SMALL, "--embedding_dim=128", cwd=tmp_path)
     assert r.returncode == 2 and "embedding_dim=512 but this run has embedding_dim=128" in r.stderr
     assert (tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_bytes() == metrics
 
@@ -100,7 +100,7 @@ def test_checkpoint_of_another_model_is_refused(compared_copy: Path) -> None:
 def test_unwritable_results_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    r = run_main("arcface", "--quick_debug=true", f"--results_dir={blocker}/sub", cwd=tmp_path)
+    r = call_main("arcface", "--quick_debug=true", f"--results_dir={blocker}/sub", cwd=tmp_path)
     assert r.returncode == 2 and "cannot write to" in r.stderr and "--results_dir" in r.stderr
 
 
@@ -128,5 +128,5 @@ def test_corrupt_idx_is_reported(tmp_path: Path) -> None:
         (raw / f.name.removesuffix(".gz")).write_bytes(data)
     lab = raw / "t10k-labels-idx1-ubyte"
     lab.write_bytes(lab.read_bytes()[:-5])
-    r = run_main("arcface", *quick(tmp_path), f"--data_root={tmp_path / 'data'}", cwd=tmp_path)
+    r = call_main("arcface", *quick(tmp_path), f"--data_root={tmp_path / 'data'}", cwd=tmp_path)
     assert r.returncode == 2 and "truncated or corrupt" in r.stderr and "t10k-labels" in r.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, SMALL, needs_mnist, quick, run_main
+from conftest import ROOT, SMALL, call_main, needs_mnist, quick
 
 from utils import rundir
 
@@ -52,7 +52,7 @@ def test_a_malicious_checkpoint_runs_no_code(compared_copy: Path) -> None:
     torch.save(state, tmp / "evil.pt")
     torch.save(state, best)
     for args in (["test"], ["arcface", "--resume=evil.pt"]):
-        r = run_main(*args, *quick(tmp), *SMALL, cwd=tmp)
+        r = call_main(*args, *quick(tmp), *SMALL, cwd=tmp)
         assert r.returncode == 2 and "holds objects other than weights (refused unrun)" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and not marker.exists()
 
@@ -83,13 +83,13 @@ def test_a_second_run_on_the_same_model_is_refused_and_a_killed_run_changes_noth
     first = start(tmp, "--lr=5e-3")
     wait_for(first, "embed gallery")  # holding the folders, trained, evaluating
     first.send_signal(signal.SIGSTOP)  # frozen there: the race is gone
-    r = run_main("arcface", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("arcface", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 2 and f"in use by pid {first.pid}" in r.stderr and "Traceback" not in r.stderr
     first.kill()  # SIGKILL during evaluation
     first.wait()
     assert snapshot(tmp) == before  # the published run is whole and untouched
     assert (tmp / "ckp" / f".{MODEL}.staging").is_dir()  # the killed run's work, for --resume=auto
-    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)  # the lock died with its process
+    r = call_main("test", *quick(tmp), *SMALL, cwd=tmp)  # the lock died with its process
     assert r.returncode == 0, r.stderr
 
 
@@ -102,12 +102,12 @@ def test_a_run_that_fails_leaves_the_published_run_as_it_was(compared_copy: Path
     state.update(epoch=0, partial={"step": 1, "loss_sum": 0.0, "lr": 1e-3}, history=[], best_epoch=-1,
                  best_val_loss=float("inf"))
     torch.save(state, tmp / "nan.pt")
-    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=nan.pt", cwd=tmp)
+    r = call_main("arcface", *quick(tmp), *SMALL, "--resume=nan.pt", cwd=tmp)
     assert r.returncode == 1 and "loss became nan at epoch 0, step 1; lower --lr" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert snapshot(tmp) == before
     # a model that learns nothing (no NaN either) is a failure too
-    r = run_main("softmax", *quick(tmp), "--lr=10", "--amp=off", "--device=cpu", cwd=tmp)
+    r = call_main("softmax", *quick(tmp), "--lr=10", "--amp=off", "--device=cpu", cwd=tmp)
     assert r.returncode == 1 and "chance level" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not any("softmax" in k for k in set(snapshot(tmp)) - set(before))
 
@@ -115,10 +115,10 @@ def test_a_run_that_fails_leaves_the_published_run_as_it_was(compared_copy: Path
 @needs_mnist
 def test_resume_with_other_settings_is_refused_but_display_fields_may_change(compared_copy: Path) -> None:
     tmp = compared_copy
-    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--lr=5e-3", "--batch_size=8", cwd=tmp)
+    r = call_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--lr=5e-3", "--batch_size=8", cwd=tmp)
     assert r.returncode == 2, r.stderr
     assert "lr: checkpoint 0.001, now 0.005" in r.stderr and "batch_size: checkpoint 16, now 8" in r.stderr
-    r = run_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--use_tqdm=true", "--eval_batch_size=128",
+    r = call_main("arcface", *quick(tmp), *SMALL, "--resume=auto", "--use_tqdm=true", "--eval_batch_size=128",
                  cwd=tmp)
     assert r.returncode == 0, r.stderr
 
@@ -130,7 +130,7 @@ def test_leftover_temporary_files_are_removed_live_ones_kept(compared_copy: Path
     live = tmp / "results" / f".DET.png.{os.getpid()}.x3.tmp"  # another process still writing it
     for f in (*dead, live):
         f.write_bytes(b"x" * 1000)
-    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("test", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 0, r.stderr
     assert not any(f.exists() for f in dead) and live.exists()
 
@@ -176,7 +176,7 @@ def test_hand_edited_checkpoints(compared_copy: Path, damage: str) -> None:
             if "model" in part:
                 del part["model"]["fc.weight"]
     torch.save(state, best)
-    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("test", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert {"missing_keys": "missing optimizer", "params_none": "damaged",
             "incomplete_weights": "do not fit this model"}[damage] in r.stderr
@@ -186,7 +186,7 @@ def test_hand_edited_checkpoints(compared_copy: Path, damage: str) -> None:
 def test_test_needs_no_last_checkpoint(compared_copy: Path) -> None:
     tmp = compared_copy
     (tmp / "ckp" / MODEL / "last.pt").write_bytes(b"garbage")  # only resuming would need it
-    r = run_main("test", *quick(tmp), *SMALL, cwd=tmp)
+    r = call_main("test", *quick(tmp), *SMALL, cwd=tmp)
     assert r.returncode == 0, r.stderr
 
 
@@ -246,7 +246,7 @@ def test_grid_options_are_checked(tmp_path: Path) -> None:
     for args, match in ((["--datasets="], "--datasets: unknown empty list"),
                         (["--model_name=x"], "--model_name is set by the grid"),
                         (["--seeds=100000000"], "--seeds=100000000: expected the number of seeds, 1 .. 100")):
-        r = run_main("grid", *args, cwd=tmp_path)
+        r = call_main("grid", *args, cwd=tmp_path)
         assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

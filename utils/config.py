@@ -162,11 +162,12 @@ def comma_list(name: str, text: str, typ: type = str) -> list:
 
 
 def run_script(main: Callable[[list[str]], None]) -> None:
-    """Run a `python -m` entry point with sys.argv; a ConfigError ends it with a one-line message."""
+    """Run a `python -m` entry point with sys.argv; a ConfigError ends it with a one-line message, exit 2."""
     try:
         main(sys.argv[1:])
     except ConfigError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> TrainParams:

@@ -165,11 +165,11 @@ def tensorboard_log(params: TrainParams, folder: Path) -> TensorBoardLog | None:
 
 def check_learned(val_acc_1nn: float, splits: Splits, params: TrainParams) -> None:
     """Raise ChanceLevel when validation 1-NN is within 3 standard errors of always guessing the most
-    common class (only where the validation split is large enough to tell)."""
+    common class (only with >= 100 validation images: fewer cannot tell)."""
     n = len(splits.val_y)
     chance = int(torch.bincount(splits.val_y).max()) / n
     bound = chance + 3 * math.sqrt(chance * (1 - chance) / n)
-    if bound < 0.95 and val_acc_1nn <= bound:
+    if n >= 100 and val_acc_1nn <= bound:
         scale = f" or --scale (now {params.scale:g})" if params.loss_fuc_type != "softmax" else ""
         raise ChanceLevel(f"the model ended at chance level (validation 1-NN {val_acc_1nn:.1%}, guessing "
                           f"{chance:.1%}): training diverged without a NaN. Lower --lr (now {params.lr:g}){scale} "
