@@ -193,10 +193,13 @@ def run_grid(args: list[str]) -> Path:
             o = m["open_set"]
             row["open"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "tar_1e-3": o["tar_at_far"]["1e-03"]}
         rows.append(row)
+        spent = time.perf_counter() - t0
+        trained = len(rows) - reused
+        eta = spent / trained * (len(runs) - len(rows)) if trained else 0.0  # reused runs cost nothing
         say(f"[{len(rows)}/{len(runs)}] {p.model_name}: closed acc {row['closed']['acc_1nn']:.4f} "
-                   f"EER {row['closed']['eer']:.4f}" + (f"; open acc {row['open']['acc_1nn']:.4f} EER "
-                                                         f"{row['open']['eer']:.4f}" if "open" in row else ""),
-            p.use_tqdm)
+            f"EER {row['closed']['eer']:.4f}" + (f"; open acc {row['open']['acc_1nn']:.4f} EER "
+                                                 f"{row['open']['eer']:.4f}" if "open" in row else "")
+            + f"  ({spent / 60:.1f} min so far, ETA {eta / 60:.0f} min)", p.use_tqdm)
     varying = ("model_name", "seed", "loss_fuc_type", "dataset_name")
     setup = {k: v for k, v in recorded(runs[0]).items() if k not in varying}
     write_json(root / "grid.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
