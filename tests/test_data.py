@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from utils import data as D
-from utils.engine import augmentation_table
+from utils.data import augmentation_table
 
 
 def write_idx(path: Path, arr: torch.Tensor, magic_type: int = 0x08, truncate: int = 0) -> None:

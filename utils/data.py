@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.config import TrainParams, parse_classes
+from utils.device import epoch_rng
 from utils.errors import DataError, ImageError
 from utils.images import SUFFIXES, load_image, polarity_of
 
@@ -198,6 +199,14 @@ def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
     kt, kv, ks = remap[ty] >= 0, remap[vy] >= 0, remap[test_y] >= 0
     return Splits(tx[kt], remap[ty[kt]], vx[kv], remap[vy[kv]], test_x[ks], remap[test_y[ks]],
                   tx[~kt], ty[~kt], test_x[~ks], test_y[~ks])
+
+
+def augmentation_table(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample.
+
+    Drawn per sample (not per batch), they make an image's augmentation independent of how the epoch
+    is cut into batches or shared among DDP ranks, and of where a resumed run restarts."""
+    return torch.from_numpy(epoch_rng(seed, epoch, "augment").random((n, 4), dtype="float32"))
 
 
 def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models import input_channels
 from utils.config import TrainParams
-from utils.data import Splits, prepare_batch
+from utils.data import Splits, augmentation_table, prepare_batch
 from utils.device import (
     amp_dtype,
     autocast,
@@ -47,6 +47,7 @@ from utils.distributed import (
 from utils.ema import WeightEMA
 from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted
 from utils.io import save_checkpoint
+from utils.metrics import class_centres
 from utils.progress import Progress, say
 
 StepHook = Callable[[int, int, float], None]
@@ -123,14 +124,6 @@ def epoch_indices(n: int, params: TrainParams, epoch: int, ctx: DistContext) -> 
     return perm[: per * ctx.world][ctx.rank::ctx.world]
 
 
-def augmentation_table(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample.
-
-    Drawn per sample (not per batch), they make an image's augmentation independent of how the epoch
-    is cut into batches or shared among DDP ranks, and of where a resumed run restarts."""
-    return torch.from_numpy(epoch_rng(seed, epoch, "augment").random((n, 4), dtype="float32"))
-
-
 def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
                     x: torch.Tensor, y: torch.Tensor, params: TrainParams, device: torch.device, epoch: int,
                     ctx: DistContext = SINGLE, resume: dict | None = None, stop: list[int] | None = None,
@@ -205,11 +198,6 @@ def embed(model: nn.Module, x: torch.Tensor, params: TrainParams, device: torch.
     bar.close()
     local = torch.cat(out) if out else torch.empty(0, params.embedding_dim, device=device)
     return gather_rows(local, len(x), ctx)
-
-
-def class_centres(emb: torch.Tensor, y: torch.Tensor, n_class: int) -> torch.Tensor:
-    """Sum of the unit embeddings of each class [n_class, D] (normalise it for the centre direction)."""
-    return torch.zeros(n_class, emb.shape[1], device=emb.device).index_add_(0, y, F.normalize(emb, dim=1))
 
 
 @torch.inference_mode()

@@ -21,10 +21,11 @@ from utils import plots
 from utils.config import TrainParams
 from utils.data import Splits
 from utils.distributed import SINGLE, DistContext
-from utils.engine import class_centres, embed
+from utils.engine import embed
 from utils.io import atomic_write, save_figure, write_csv, write_json
 from utils.metrics import (
     calibrate,
+    class_centres,
     evaluate_embeddings,
     far_curve,
     fraction,

@@ -125,6 +125,11 @@ def _keep(parts: list[torch.Tensor], block: torch.Tensor, k: int, largest: bool,
         parts[:] = [rows[torch.argsort(rows[:, 0], descending=largest, stable=True)][:k]]
 
 
+def class_centres(emb: torch.Tensor, y: torch.Tensor, n_class: int) -> torch.Tensor:
+    """Sum of the unit embeddings of each class [n_class, D] (normalise it for the centre direction)."""
+    return torch.zeros(n_class, emb.shape[1], device=emb.device).index_add_(0, y, F.normalize(emb, dim=1))
+
+
 def identification_accuracy(query_emb: torch.Tensor, query_labels: torch.Tensor,
                             gallery_emb: torch.Tensor, gallery_labels: torch.Tensor,
                             chunk: int = 1024) -> float:
