@@ -37,6 +37,7 @@ from utils.io import (
     write_csv,
     write_json,
 )
+from utils.progress import say
 
 if TYPE_CHECKING:
     from utils.tensorboard_log import TensorBoardLog
@@ -163,6 +164,17 @@ def tensorboard_log(params: TrainParams, folder: Path) -> TensorBoardLog | None:
     return TensorBoardLog(folder / "tensorboard")
 
 
+def run_summary(ckpt: Path, best: dict, expect: dict) -> dict:
+    """Epochs and training time of a checkpoint saved before best.pt carried them: from the run's last.pt
+    when it is readable (only a warning when not: evaluation does not need it), else from best.pt."""
+    try:
+        last = load_checkpoint(ckpt / "last.pt", expect)
+    except CheckpointError as e:
+        say(f"warning: {e} Epoch count and training time are taken from best.pt instead.", False)
+        last = best
+    return {"best_epoch": best["best_epoch"], "epochs_trained": last["epoch"], "train_seconds": last["train_seconds"]}
+
+
 def check_learned(val_acc_1nn: float, splits: Splits, params: TrainParams) -> None:
     """Raise ChanceLevel when validation 1-NN is within 3 standard errors of always guessing the most
     common class (only with >= 100 validation images: fewer cannot tell)."""
@@ -250,9 +262,7 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
         best_state = load_checkpoint(stage_c / "best.pt", expect)
         summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
     else:
-        summary = best_state.get("summary") or {"best_epoch": best_state["best_epoch"],
-                                                "epochs_trained": best_state["epoch"],
-                                                "train_seconds": best_state["train_seconds"]}
+        summary = best_state.get("summary") or run_summary(ckpt, best_state, expect)
     load_weights(model, head, best_state)
     ev = evaluate(params, model, head, splits, device, ctx)
     if ev is None:
