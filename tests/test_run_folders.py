@@ -162,6 +162,34 @@ def test_a_full_disk_is_one_line_and_keeps_old_files(compared_copy: Path) -> Non
 
 
 @needs_mnist
+def test_a_full_tmpfs_keeps_the_published_checkpoints(compared_copy: Path) -> None:
+    """The real thing: checkpoints on a small tmpfs that holds the published run but not a second one."""
+    import hashlib
+    import shutil
+
+    tmp = compared_copy
+    disk = tmp / "small"
+    disk.mkdir()
+    need = sum(f.stat().st_size for f in (tmp / "ckp" / MODEL).iterdir())
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={need + (8 << 20)}", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); the file-size-limit test covers the code path")
+    try:
+        shutil.copytree(tmp / "ckp" / MODEL, disk / MODEL)
+        digest = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (disk / MODEL).iterdir()}
+        before = snapshot(tmp)
+        r = call_main("arcface", *quick(tmp), *SMALL, f"--ckpt_dir={disk}", cwd=tmp)
+        assert r.returncode == 2 and "No space left on device" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (disk / MODEL).iterdir()} == digest
+        assert snapshot(tmp) == before
+        assert not list((disk / f".{MODEL}.staging").glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+@needs_mnist
 @pytest.mark.parametrize("damage", ["missing_keys", "params_none", "incomplete_weights"])
 def test_hand_edited_checkpoints(compared_copy: Path, damage: str) -> None:
     tmp = compared_copy
@@ -240,6 +268,26 @@ def test_ctrl_c_is_a_short_message_and_exit_130(tmp_path: Path, when: str) -> No
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert "interrupted" in err
     assert not (tmp_path / "results" / MODEL / "metrics.json").exists()
+
+
+def test_an_interrupted_grid_says_how_to_go_on_and_goes_on(tmp_path: Path) -> None:
+    from test_open_set import write_tree
+
+    root = write_tree(tmp_path / "faces", identities=4, per=40)
+    args = ["grid", "--losses=softmax", "--datasets=folder", "--seeds=1", *quick(tmp_path), f"--data_root={root}",
+            "--n_class=4", "--known_classes=0-1", "--batch_size=2", "--use_tqdm=true"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.time() + 120
+    while "epoch 0:" not in seen and time.time() < deadline:  # the bar of the grid run's epoch
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "with --reuse=true" in err, err[-1500:]
+    r = call_main(*args[:-1], "--reuse=true", cwd=tmp_path)  # resumes the interrupted run, then summarises
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "results" / "grid" / "grid.json").is_file()
 
 
 def test_grid_options_are_checked(tmp_path: Path) -> None:
