@@ -2,8 +2,10 @@
 # Everything one short GPU lease should check, as one command (device time is scarce):
 #   1. the test suite with CUDA visible (quick_debug runs then train and evaluate on the GPU);
 #   2. recipe candidates for the CPU preset, scored on validation only (python -m bench.recipe);
-#   3. the default benchmark grid (python main.py benchmark), one process per data set x loss,
-#      merged afterwards with --reuse=true.
+#   3. the margin-loss grid (python main.py grid), one process per data set x loss, merged afterwards
+#      with --reuse=true (rerun in full: batch orders and SphereFace's annealing changed since the last);
+#   4. the default compare on the GPU, and the original recipe (--preset=original --pretrained=false,
+#      128 px) in its own results folder, capped by the time limit like every other job.
 # All run side by side as separate processes on the one GPU: each is launch-bound, so they share it well.
 #   usage: DATA_ROOT=... bash bench/gpu_checks.sh OUTDIR [quick]     (quick = quick_debug dry run)
 set -u
@@ -36,14 +38,18 @@ s16|arcface|--scale=16
 CANDIDATES
 for ds in mnist fashion_mnist; do
   for loss in softmax normface sphereface cosface arcface; do
-    echo "python3 main.py benchmark --datasets=$ds --losses=$loss $Q > $OUT/logs/bench_${ds}_$loss.log 2>&1" >> "$jobs"
+    echo "python3 main.py grid --datasets=$ds --losses=$loss $Q > $OUT/logs/grid_${ds}_$loss.log 2>&1" >> "$jobs"
   done
 done
+echo "python3 main.py compare --use_tqdm=false $Q > $OUT/logs/compare.log 2>&1" >> "$jobs"
+echo "python3 main.py compare --preset=original --pretrained=false --use_tqdm=false --results_dir=results/original \
+--ckpt_dir=ckp/original $Q > $OUT/logs/original.log 2>&1" >> "$jobs"
 t0=$(date +%s)
 timeout "$LIMIT" xargs -P "$PAR" -I{} sh -c "{}" < "$jobs"
 echo "jobs: rc $? after $(( $(date +%s) - t0 )) s" >> "$OUT/logs/env.txt"
-timeout 60 python3 main.py benchmark --reuse=true $Q > "$OUT/logs/bench_merge.log" 2>&1
+timeout 60 python3 main.py grid --reuse=true $Q > "$OUT/logs/grid_merge.log" 2>&1
 python3 -m bench.recipe --summary=true > "$OUT/logs/recipe_summary.log" 2>&1
 nvidia-smi >> "$OUT/logs/env.txt" 2>&1
-tar czf "$OUT/results.tgz" results/bench/recipe results/benchmark 2>/dev/null
+tar czf "$OUT/results.tgz" results/bench/recipe results/grid results/original results/resnet18_* results/DET.png \
+    2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$OUT" logs

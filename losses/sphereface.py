@@ -9,7 +9,7 @@ CVPR 2017. Paper values: m = 4; lambda annealed from 1000 down to 5.
              (base 1000, gamma 0.12, power 1, lambda_min 5 as in the authors' code)
 
 The authors count t in absolute iterations: lambda reaches lambda_min after 1,658 of their 28,000
-(5.9 % of training). Counted the same way, a short run (the benchmark's 466 steps) would end at
+(5.9 % of training). Counted the same way, a short run (the grid's 466 steps) would end at
 lambda = 17.6 and train mostly NormFace. Here t' is training *progress* mapped onto that schedule,
 t' = 1658 * t / (anneal_fraction * total_steps) with anneal_fraction = 0.059, so every budget has the
 paper's shape: lambda_min from 5.9 % of training on. Outside training (validation, evaluation)

@@ -24,7 +24,7 @@ from utils.metrics import score_statistics
 
 def test_sphereface_lambda_follows_progress_and_validation_uses_the_final_objective() -> None:
     head = SphereFace(8, 4)
-    head.set_total_steps(466)  # the benchmark grid's 2 epochs
+    head.set_total_steps(466)  # the margin-loss grid's 2 epochs
     head.train()
     cos = torch.zeros(3, 1)
     lams = []
