@@ -1,0 +1,76 @@
+"""The READMEs and docs: short, links that resolve, headline numbers equal to the committed results, the
+old tool names gone."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READMES = [ROOT / "readme_en.md", ROOT / "readme.md"]
+DOCS = sorted((ROOT / "docs").rglob("*.md"))
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+def test_readme_fits_on_a_screen_and_has_the_setup_near_the_top(readme: Path) -> None:
+    lines = readme.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200
+    first_pip = next(i for i, line in enumerate(lines) if line.startswith("pip install torch=="))
+    assert first_pip < 30
+    assert "python -m pytest -q tests" in "\n".join(lines)
+
+
+def anchors(md: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped (letters of any script kept), spaces -> '-'."""
+    heads = re.findall(r"^#+ (.+)$", md.read_text(encoding="utf-8"), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("md", READMES + DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_images_and_anchors_resolve(md: Path) -> None:
+    text = md.read_text(encoding="utf-8")
+    missing = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        name, _, anchor = target.partition("#")
+        path = (md.parent / name).resolve() if name else md
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+            missing.append(target)
+    assert not missing, f"{md.name}: links to missing files or headings {missing}"
+
+
+def test_docs_exist_in_both_languages() -> None:
+    en = {p.name for p in (ROOT / "docs" / "en").glob("*.md")}
+    zh = {p.name for p in (ROOT / "docs" / "zh").glob("*.md")}
+    assert en == zh and {"evaluation.md", "defaults.md", "performance.md", "grid.md", "reliability.md",
+                         "multi_gpu.md", "inference.md", "figures.md"} <= en
+
+
+def pct(x: float, digits: int) -> str:
+    return f"{x * 100:.{digits}f} %"
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+def test_headline_numbers_are_the_committed_ones(readme: Path) -> None:
+    text = readme.read_text(encoding="utf-8")
+    for folder in ("results/resnet18_arcface", "results/resnet18_softmax",
+                   "results/ablation/resnet18_arcface_avx512"):
+        m = json.loads((ROOT / folder / "metrics.json").read_text())
+        assert pct(m["acc_1nn"], 2) in text and pct(m["eer"], 3) in text, folder
+
+
+def test_no_old_tool_names_in_the_tree() -> None:
+    # the margin-loss grid was once called "benchmark", which clashed with bench/ (speed studies)
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    old = re.compile(r"main\.py benchmark|utils/benchmark|results/benchmark|benchmark\.(json|md)\b")
+    hits = []
+    for name in files.split():
+        p = ROOT / name
+        if p.suffix in (".py", ".md", ".sh", ".toml", ".txt") and p.is_file() and p.name != "test_docs.py":
+            hits += [f"{name}: {m.group(0)}" for m in old.finditer(p.read_text(encoding="utf-8", errors="replace"))]
+    assert not hits, hits
