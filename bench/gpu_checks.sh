@@ -49,7 +49,10 @@ timeout "$LIMIT" xargs -P "$PAR" -I{} sh -c "{}" < "$jobs"
 echo "jobs: rc $? after $(( $(date +%s) - t0 )) s" >> "$OUT/logs/env.txt"
 timeout 60 python3 main.py grid --reuse=true $Q > "$OUT/logs/grid_merge.log" 2>&1
 python3 -m bench.recipe --summary=true > "$OUT/logs/recipe_summary.log" 2>&1
+# fp32 against bf16 evaluation embeddings of the models compare just trained (bench.eval_precision runs on
+# the CPU: minutes on 16 cores with native bf16, about 65 min per model on 2 AVX2 cores where bf16 is emulated)
+timeout 300 python3 -m bench.eval_precision > "$OUT/logs/eval_precision.log" 2>&1
 nvidia-smi >> "$OUT/logs/env.txt" 2>&1
-tar czf "$OUT/results.tgz" results/bench/recipe results/grid results/original results/resnet18_* results/DET.png \
+tar czf "$OUT/results.tgz" results/bench/recipe results/bench/eval_precision.json results/grid results/original results/resnet18_* results/DET.png \
     2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$OUT" logs
