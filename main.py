@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             dispatch(command, rest)
             return 0
         except TrainingInterrupted as e:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: a further Ctrl+C changes nothing
             print(f"\n{e}", file=sys.stderr)
             return 128 + e.signum
         except RunFailed as e:
@@ -106,7 +107,14 @@ def _stop_during_start_up(signum: int, frame: object) -> None:
 
 def started() -> None:
     """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """Raise KeyboardInterrupt once, then ignore Ctrl+C while the process unwinds: a second press landing after
+    main() has returned would otherwise kill the interpreter by SIGINT (status -2 instead of 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def dispatch(command: str, args: list[str]) -> None:

@@ -89,3 +89,35 @@ def test_a_signal_during_validation_stops_at_the_epoch_boundary(tmp_path, monkey
         engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path, lambda hist: None)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["partial"] is None
+
+
+def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
+    """The race behind a flaky exit status -2: a second Ctrl+C must raise exactly once, and a later one must
+    find SIGINT ignored (not the default handler) however the process is unwinding."""
+    import os
+    import signal
+
+    import main
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        main.started()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # main's handler after start-up
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing raised
+
+        main.started()
+        with pytest.raises(KeyboardInterrupt), engine.stop_on_signals() as hit:
+            os.kill(os.getpid(), signal.SIGINT)  # first press: only flags the stop
+            assert hit == [signal.SIGINT]
+            os.kill(os.getpid(), signal.SIGINT)  # second press: out
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # not re-armed by the context's exit
+        os.kill(os.getpid(), signal.SIGINT)
+
+        main.started()
+        with engine.stop_on_signals() as hit:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert hit == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is main._interrupt  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -83,6 +83,7 @@ def stop_on_signals() -> Iterator[list[int]]:
 
     def handler(signum: int, frame: object) -> None:
         if hit:  # second Ctrl+C: the user really wants out (main.py reports it without a traceback)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: a third press must not land outside main()
             raise KeyboardInterrupt
         hit.append(signum)
 
@@ -92,7 +93,8 @@ def stop_on_signals() -> Iterator[list[int]]:
         yield hit
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            if signal.getsignal(s) is handler:  # not after a second Ctrl+C switched to leaving (SIG_IGN)
+                signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------- train / eval
