@@ -111,10 +111,9 @@ def started() -> None:
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    """Raise KeyboardInterrupt once, then ignore Ctrl+C while the process unwinds: a second press landing after
-    main() has returned would otherwise kill the interpreter by SIGINT (status -2 instead of 130)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    from utils.errors import leave_on_ctrl_c
+
+    leave_on_ctrl_c()
 
 
 def dispatch(command: str, args: list[str]) -> None:

@@ -45,7 +45,7 @@ from utils.distributed import (
     shard,
 )
 from utils.ema import WeightEMA
-from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted
+from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
 from utils.io import save_checkpoint
 from utils.metrics import class_centres
 from utils.progress import Progress, say
@@ -83,8 +83,7 @@ def stop_on_signals() -> Iterator[list[int]]:
 
     def handler(signum: int, frame: object) -> None:
         if hit:  # second Ctrl+C: the user really wants out (main.py reports it without a traceback)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # once: a third press must not land outside main()
-            raise KeyboardInterrupt
+            leave_on_ctrl_c()
         hit.append(signum)
 
     for s in old:

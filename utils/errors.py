@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -63,3 +64,10 @@ class TrainingInterrupted(Exception):
         super().__init__(advice or f"interrupted by {signal.Signals(signum).name}; resumable checkpoint saved to "
                                    f"{path}. Continue with --resume={path} (or --resume=auto).")
         self.path, self.signum = path, signum
+
+
+def leave_on_ctrl_c() -> NoReturn:
+    """Raise KeyboardInterrupt once and ignore Ctrl+C from then on: the process is leaving, and a later press
+    landing after main() has returned would kill the interpreter by SIGINT (status -2 instead of 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
