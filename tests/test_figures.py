@@ -115,3 +115,52 @@ def test_tensorboard_log(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     tb = tmp_path / "results" / "resnet18_arcface" / "tensorboard"
     assert list(tb.glob("events.out.tfevents.*")) and (tb / "projector_config.pbtxt").is_file()
+
+
+@needs_mnist
+def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_matching_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import utils.figures as figs
+    from trainArcFace import TrainArcFaceParams
+    from utils.config import resolve
+
+    # one loss on a few images: the same code path as the committed ten runs, in seconds
+    monkeypatch.setattr(figs, "TOY", {"arcface": {"scale": 10.0, "margin": 0.2}})
+    monkeypatch.setattr(figs, "TOY_TRAIN", 128)
+    monkeypatch.setattr(figs, "TOY_VAL", 64)
+    monkeypatch.setattr(figs, "TOY_POINTS", 32)
+    seen, real_fit = [], figs.fit
+
+    def spy_fit(params, *a, **k):  # noqa: ANN001, ANN202 - records what each toy run trained with
+        seen.append((params.lr, params.batch_size, params.warmup_epochs, params.total_epochs, params.ema_decay))
+        return real_fit(params, *a, **k)
+
+    monkeypatch.setattr(figs, "fit", spy_fit)
+    base = resolve(TrainArcFaceParams(), {"data_root": os.environ["DATA_ROOT"], "device": "cpu", "use_tqdm": False})
+    out = tmp_path / "figures"
+    summary = figs.toy_figures(base, out, reuse=False)
+    fit_opts = figs.TOY_FIT
+    assert seen == [(fit_opts["lr"], fit_opts["batch_size"], fit_opts["warmup_epochs"], 1, 0.0)] * 2
+    saved = json.loads((out / "features.json").read_text())
+    assert saved == json.loads(json.dumps(summary)) and saved["fit"] == fit_opts
+    for key in ("2d_arcface", "3d_arcface"):
+        with np.load(out / "toy" / f"{key}.npz", allow_pickle=False) as z:
+            assert saved["runs"][key]["val_acc"] == round(float(z["val_acc"]), 4)
+            # 64 validation images: the accuracy is a multiple of 1/64
+            assert float(z["val_acc"]) * 64 == pytest.approx(round(float(z["val_acc"]) * 64), abs=1e-6)
+    assert (out / "features_2d.png").is_file() and (out / "features_3d.png").is_file()
+
+    retrained = []
+
+    def spy_train(loss: str, dim: int, *a: object) -> dict:  # the saved run stands in for a new one
+        retrained.append((loss, dim))
+        with np.load(out / "toy" / f"{dim}d_{loss}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    monkeypatch.setattr(figs, "train_toy", spy_train)
+    assert figs.toy_figures(base, out, reuse=True) == summary and retrained == []  # redrawn without training
+    monkeypatch.setattr(figs, "TOY_FIT", {**fit_opts, "lr": fit_opts["lr"] / 2})
+    figs.toy_figures(base, out, reuse=True)  # saved under another recipe: trained again, not passed off as new
+    assert retrained == [("arcface", 2), ("arcface", 3)]

@@ -10,12 +10,13 @@ angles.png       angle of each test embedding to its own and to the nearest othe
 failures.png     what 1-NN gets wrong, the lowest genuine and the highest impostor pairs (failures.json)
 embeddings_2d.png  t-SNE (cosine) of test embeddings: qualitative only
 Each PNG has a JSON of the numbers behind it. --reuse=true redraws the toy panels from saved runs
-(results/figures/toy/*.npz) instead of training them again.
+(results/figures/toy/*.npz, those trained with the current toy recipe) instead of training them again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,9 @@ from utils.torch_backend import load_network
 TOY = {"softmax": {}, "normface": {"scale": 10.0}, "sphereface": {"scale": 10.0, "margin": 2.0},
        "cosface": {"scale": 10.0, "margin": 0.1}, "arcface": {"scale": 10.0, "margin": 0.2}}
 TOY_TRAIN, TOY_VAL, TOY_POINTS, TOY_EPOCHS = 10_000, 1_000, 2_000, 1
+# One epoch needs a faster recipe than the default run's: with lr 1e-3, batch 128 and half the epoch spent
+# warming up, 2-D ArcFace reached 29-34 % validation accuracy; with these, 53.6 % (chosen on validation only).
+TOY_FIT = {"lr": 5e-3, "batch_size": 64, "warmup_epochs": 0.1}
 TSNE_POINTS = 3_000
 
 
@@ -49,10 +53,16 @@ def toy_caption(loss: str) -> str:
     return loss + (f" (s={o['scale']:g}" + (f", m={o['margin']:g})" if "margin" in o else ")") if o else " (raw)")
 
 
+def toy_recipe(loss: str) -> str:
+    """What a saved toy run must have been trained with for --reuse=true to take it."""
+    return json.dumps({"train": TOY_TRAIN, "val": TOY_VAL, "points": TOY_POINTS, "epochs": TOY_EPOCHS, **TOY_FIT,
+                       **TOY[loss]}, sort_keys=True)
+
+
 def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
     """One toy run: TOY_TRAIN training images, TOY_EPOCHS epoch(s); saves and returns its points and weights."""
     params = resolve(TrainArcFaceParams(), {**dataclasses.asdict(base), "loss_fuc_type": loss, "embedding_dim": dim,
-                                            "total_epochs": TOY_EPOCHS, "ema_decay": 0.0,
+                                            "total_epochs": TOY_EPOCHS, "ema_decay": 0.0, **TOY_FIT,
                                             "model_name": f"toy_{dim}d_{loss}", **TOY[loss]})
     device = resolve_device(params.device)
     splits, params, model, head = prepare_run(params, device)
@@ -60,31 +70,41 @@ def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
                                  val_x=splits.val_x[:TOY_VAL], val_y=splits.val_y[:TOY_VAL])
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        fit(params, model, head, splits, device, Path(tmp), lambda st: None)
+        history = fit(params, model, head, splits, device, Path(tmp), lambda st: None)["history"]
     x = embed(model, splits.test_x[:TOY_POINTS], params, device, line=False).cpu().numpy()
     normalised = loss != "softmax"
     run = {"x": x / np.linalg.norm(x, axis=1, keepdims=True) if normalised else x,
            "y": splits.test_y[:TOY_POINTS].numpy(), "weights": head.weight.detach().cpu().numpy(),
-           "normalised": np.array(normalised), "seconds": np.array(time.perf_counter() - t0)}
+           "normalised": np.array(normalised), "seconds": np.array(time.perf_counter() - t0),
+           "val_acc": np.array(history[-1]["val_acc"]),  # the head's accuracy on the TOY_VAL validation images
+           "recipe": np.array(toy_recipe(loss))}
     with atomic_write(out / f"{dim}d_{loss}.npz", "wb") as f:
         np.savez(f, **run)
-    say(f"toy {dim}-D {loss}: {float(run['seconds']):.0f} s", params.use_tqdm)
+    say(f"toy {dim}-D {loss}: validation accuracy {float(run['val_acc']):.1%}, {float(run['seconds']):.0f} s",
+        params.use_tqdm)
     return run
 
 
 def toy_figures(base: TrainParams, out: Path, reuse: bool) -> dict:
-    summary = {"train_images": TOY_TRAIN, "epochs": TOY_EPOCHS, "points": TOY_POINTS, "margins": TOY, "runs": {}}
+    summary = {"train_images": TOY_TRAIN, "val_images": TOY_VAL, "epochs": TOY_EPOCHS, "points": TOY_POINTS,
+               "fit": TOY_FIT, "margins": TOY, "runs": {}}
     for dim in (2, 3):
         panels = []
         for loss in TOY:
             f = out / "toy" / f"{dim}d_{loss}.npz"
+            run = None
             if reuse and f.is_file():
                 with np.load(f, allow_pickle=False) as z:
                     run = {k: z[k] for k in z.files}
-            else:
+                if str(run.get("recipe", "")) != toy_recipe(loss):
+                    say(f"{f} was trained with another toy recipe: training it again", False)
+                    run = None
+            if run is None:
                 run = train_toy(loss, dim, base, out / "toy")
-            panels.append({"title": toy_caption(loss), **run, "normalised": bool(run["normalised"])})
-            summary["runs"][f"{dim}d_{loss}"] = {"seconds": round(float(run["seconds"]), 1)}
+            acc = float(run["val_acc"])
+            panels.append({"title": f"{toy_caption(loss)}\nval acc {acc:.1%}", **run,
+                           "normalised": bool(run["normalised"])})
+            summary["runs"][f"{dim}d_{loss}"] = {"seconds": round(float(run["seconds"]), 1), "val_acc": round(acc, 4)}
         save(paper_plots.features(panels, dim), out / f"features_{dim}d.png")
     write_json(out / "features.json", summary)
     return summary
