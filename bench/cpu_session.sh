@@ -15,7 +15,7 @@ mkdir -p "$LOGS"
 export PYTHONUNBUFFERED=1
 
 MODELS=${MODELS:-resnet18_arcface,resnet18_softmax}
-WANT=" ${*:-softmax_train test figures figures_redraw export infer eval grid_sphereface grid eval_precision train} "
+WANT=" ${*:-softmax_train test figures figures_redraw export infer eval grid_sphereface grid_sphereface3 grid eval_precision train} "
 
 step() {  # step NAME COMMAND...: run it (when asked for), keep its log and its wall time / peak memory
     local name=$1; shift
@@ -38,6 +38,9 @@ step eval python -m bench.eval
 # (2 runs, about 30 min on 2 AVX2 cores; the full 6-run rerun below needs about 3 h there)
 step grid_sphereface python main.py grid --losses=sphereface --seeds=1 --results_dir=results/sphereface_rerun \
     --use_tqdm=false
+# seeds 1 and 2 of the same (4 more runs, about 1 h there); seed 0 is read back from the step above
+step grid_sphereface3 python main.py grid --losses=sphereface --seeds=3 --reuse=true \
+    --results_dir=results/sphereface_rerun --use_tqdm=false
 # the SphereFace rows again (annealing by progress, new batch orders); every other row is reused as committed
 [[ $WANT == *" grid "* ]] && rm -rf results/grid/runs/*_sphereface_s*
 step grid python main.py grid --reuse=true --eval_amp=true --use_tqdm=false
