@@ -41,10 +41,10 @@ from utils.torch_backend import load_network
 # (CosFace needs m < 1 - cos 36 deg = 0.19; SphereFace's m = 4 would need theta < 7.2 deg).
 TOY = {"softmax": {}, "normface": {"scale": 10.0}, "sphereface": {"scale": 10.0, "margin": 2.0},
        "cosface": {"scale": 10.0, "margin": 0.1}, "arcface": {"scale": 10.0, "margin": 0.2}}
-# 9,000 images: the ten runs then fit the 25 minutes on a 2-core AVX2 CPU (10,000 took 26 min at batch 64)
+# 9,000 images: the ten runs then fit a 25-minute budget on a 2-core AVX2 CPU (10,000 took 26 min at batch 64)
 TOY_TRAIN, TOY_VAL, TOY_POINTS, TOY_EPOCHS = 9_000, 1_000, 2_000, 1
-# One epoch needs a faster recipe than the default run's: with lr 1e-3, batch 128 and half the epoch spent
-# warming up, 2-D ArcFace reached 29-34 % validation accuracy; with these, 53.6 % (chosen on validation only).
+# One epoch needs a faster recipe than the default run's: on 10,000 images, with lr 1e-3, batch 128 and half the
+# epoch spent warming up, 2-D ArcFace reached 29-34 % validation accuracy; with these, 53.6 % (validation only).
 TOY_FIT = {"lr": 5e-3, "batch_size": 64, "warmup_epochs": 0.1}
 TSNE_POINTS = 3_000
 
