@@ -106,14 +106,10 @@ def _stop_during_start_up(signum: int, frame: object) -> None:
 
 
 def started() -> None:
-    """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again."""
-    signal.signal(signal.SIGINT, _interrupt)
-
-
-def _interrupt(signum: int, frame: object) -> None:
+    """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again, once."""
     from utils.errors import leave_on_ctrl_c
 
-    leave_on_ctrl_c()
+    signal.signal(signal.SIGINT, leave_on_ctrl_c)
 
 
 def dispatch(command: str, args: list[str]) -> None:

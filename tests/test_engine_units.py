@@ -98,6 +98,7 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
     import signal
 
     import main
+    from utils.errors import leave_on_ctrl_c
 
     before = signal.getsignal(signal.SIGINT)
     try:
@@ -118,6 +119,6 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
         main.started()
         with engine.stop_on_signals() as hit:
             os.kill(os.getpid(), signal.SIGTERM)
-        assert hit == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is main._interrupt  # restored
+        assert hit == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is leave_on_ctrl_c  # restored
     finally:
         signal.signal(signal.SIGINT, before)

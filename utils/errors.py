@@ -66,8 +66,9 @@ class TrainingInterrupted(Exception):
         self.path, self.signum = path, signum
 
 
-def leave_on_ctrl_c() -> NoReturn:
-    """Raise KeyboardInterrupt once and ignore Ctrl+C from then on: the process is leaving, and a later press
-    landing after main() has returned would kill the interpreter by SIGINT (status -2 instead of 130)."""
+def leave_on_ctrl_c(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
+    """SIGINT handler (main's after start-up; training's on the second press): raise KeyboardInterrupt once and
+    ignore Ctrl+C from then on: the process is leaving, and a later press landing after main() has returned
+    would kill the interpreter by SIGINT (status -2 instead of 130)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
