@@ -96,3 +96,17 @@ def test_grid_page_quotes_the_committed_sphereface_rerun(lang: str) -> None:
     text = (ROOT / "docs" / lang / "grid.md").read_text(encoding="utf-8").replace("**", "")  # bold cells
     for cells in rows:
         assert "|".join(cells) in text, cells
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_evaluation_page_quotes_the_committed_precision_measurement(lang: str) -> None:
+    report = json.loads((ROOT / "results/bench/eval_precision.json").read_text())
+    text = (ROOT / "docs" / lang / "evaluation.md").read_text(encoding="utf-8")
+    assert set(report["models"]) == {"resnet18_arcface", "resnet18_softmax"}  # the default pair, both halves
+    for name, out in report["models"].items():
+        for label in ("fp32", "bf16"):
+            m = out[label]
+            row = f"| {pct(m['acc_1nn'], 2)} | {pct(m['eer'], 4)} | {pct(m['tar_at_far']['1e-03'], 2)} |"
+            assert row in text, (lang, name, label, row)
+        err = out["cosine_fp32_vs_bf16"]
+        assert f"{err['mean_error']:.1e} / {err['max_error']:.1e} | {out['nn_decisions_differ']} |" in text, name
