@@ -32,6 +32,7 @@ def usage() -> str:
             f"  arcface  train + evaluate ResNet18 + ArcFace (trainArcFace.py)\n"
             f"  softmax  train + evaluate ResNet18 + softmax (trainResnet.py)\n"
             f"  compare  both, then one DET figure (results/DET.png)\n"
+            f"           [--seeds=3|0,1,2] [--reuse=true]  the pair over seeds, fp32 (results/seeds/seeds.json)\n"
             f"  test     evaluate the saved best checkpoint(s) in ckp/ without training\n"
             f"  grid     [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
             f"           the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)\n"
@@ -148,6 +149,11 @@ def train(command: str, args: list[str]) -> None:
     from utils.experiment import run  # noqa: F401 -- the heavy imports, before Ctrl+C may raise again
 
     started()
+    if command == "compare" and any(a.startswith("--seeds=") for a in args):
+        from utils.seeds import study
+
+        study(args)
+        return
     overrides = parse_overrides(args)
     jobs = []
     if command in ("arcface", "compare", "test"):

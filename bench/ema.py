@@ -24,9 +24,10 @@ from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, r
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, fit, validate
-from utils.experiment import device_description, prepare_run, quick_debug_params
+from utils.experiment import prepare_run, quick_debug_params
 from utils.io import write_json
 from utils.metrics import evaluate_embeddings
+from utils.provenance import device_description
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], str, dict]:

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from utils.experiment import cpu_model
 from utils.io import write_json
 from utils.metrics import evaluate_embeddings, exact_eer, verification_metrics
+from utils.provenance import cpu_model
 
 
 def rss_bytes() -> int:

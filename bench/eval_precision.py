@@ -22,9 +22,9 @@ from trainArcFace import TrainArcFaceParams
 from utils.config import comma_list, resolve, run_script, script_args
 from utils.data import load_splits
 from utils.engine import embed
-from utils.experiment import cpu_model
 from utils.io import write_json
 from utils.metrics import fraction, metrics_from_histograms, score_statistics
+from utils.provenance import cpu_model
 from utils.torch_backend import load_network
 
 

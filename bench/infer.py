@@ -29,8 +29,8 @@ import numpy as np
 from PIL import Image
 
 from utils.data import load_idx_dataset
-from utils.experiment import cpu_model
 from utils.io import write_json
+from utils.provenance import cpu_model
 from utils.recognizer import Gallery, Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]

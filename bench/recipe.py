@@ -28,9 +28,10 @@ from trainResnet import TrainResnetParams
 from utils.config import ConfigError, TrainParams, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.engine import embed, fit
-from utils.experiment import device_description, load_weights, prepare_run, quick_debug_params
+from utils.experiment import load_weights, prepare_run, quick_debug_params
 from utils.io import atomic_write, load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
+from utils.provenance import device_description
 
 DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
 

@@ -42,8 +42,9 @@ from utils.data import dataset_stats, load_idx_dataset
 from utils.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
 from utils.engine import TrainNet, make_optimizer, make_scheduler
 from utils.engine import train_one_epoch as engine_epoch
-from utils.experiment import build_models, cpu_model
+from utils.experiment import build_models
 from utils.io import write_json
+from utils.provenance import cpu_model
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

@@ -7,6 +7,8 @@ AVX-512 and AVX2 kernels round differently and training amplifies that:
     python tests/golden.py --record          # this machine's native path, into tests/fixtures/
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tests/golden.py --record   # the AVX2 path
     python tests/golden.py                   # compare with the fixture, print what differs
+    python tests/golden.py --vouch           # compare on every kernel path here; if identical, record this
+                                             # clean commit in results/numerics.json (utils/seeds.py reads it)
 
 tests/test_golden.py runs the comparison for every kernel path this machine can run.
 """
@@ -89,8 +91,44 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def vouch() -> int:
+    """Record HEAD in results/numerics.json when every kernel path this machine runs gives the golden numbers."""
+    sys.path.insert(0, str(ROOT))
+    from utils.provenance import code_identity
+
+    code = code_identity()
+    if code["git_commit"] is None or code["git_dirty"]:
+        print("vouch needs a clean checkout of a commit (commit or stash your changes first)")
+        return 2
+    fixture, checked = json.loads(FIXTURE.read_text()), []
+    envs = [{}] + ([FORCED_AVX2] if kernel_path() != "avx2" else [])
+    for env in envs:
+        path, numbers = in_subprocess(env)
+        if path in checked or path not in fixture:
+            continue
+        diff = differences(fixture[path]["numbers"], numbers)
+        if diff:
+            print(f"{path} kernel path differs from the golden numbers; not vouched:\n" + "\n".join(diff[:20]))
+            return 1
+        checked.append(path)
+    if not checked:
+        print("no kernel path of this machine has golden numbers; nothing vouched")
+        return 2
+    out = ROOT / "results" / "numerics.json"
+    record = json.loads(out.read_text()) if out.is_file() else {
+        "about": "commits whose training numerics were checked identical to the golden quick_debug numbers "
+                 "(tests/fixtures/golden_quick_debug.json) by `python tests/golden.py --vouch`; runs of these "
+                 "commits may share one seeds-study summary", "commits": {}}
+    record["commits"][code["git_commit"]] = {"kernel_paths": checked}
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"vouched {code['git_commit'][:10]} ({', '.join(checked)}) in {out.relative_to(ROOT)}")
+    return 0
+
+
 def cli() -> int:
     os.environ.setdefault("DATA_ROOT", str(ROOT.parent / "shared" / "data"))
+    if "--vouch" in sys.argv:
+        return vouch()
     path, numbers = kernel_path(), measure()
     fixture = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
     if "--record" in sys.argv:

@@ -226,7 +226,8 @@ def validate(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
         ckpt_dir: Path, on_epoch: Callable[[dict], None], resume_state: dict | None = None,
-        ctx: DistContext = SINGLE, on_step: StepHook | None = None, ema: WeightEMA | None = None) -> dict:
+        ctx: DistContext = SINGLE, on_step: StepHook | None = None, ema: WeightEMA | None = None,
+        code: dict | None = None) -> dict:
     """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
 
     With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
@@ -235,6 +236,8 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
     (model, head) instead, so the average is updated once per step, not twice.
     `on_epoch` gets the run state after each epoch: "history" (one dict per epoch) and "steps"
     ([epoch, step, loss] per step when params.log_steps), both carried through resumes.
+    `code` (utils/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
+    trained the epochs before it.
     """
     net: nn.Module = TrainNet(model, head)
     if ctx.enabled:
@@ -280,7 +283,7 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
         return {"model": inner.model.state_dict(), "head": inner.head.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "params": vars(params).copy(), "rng": rng_state(),
+                "params": vars(params).copy(), "rng": rng_state(), "code": code,
                 **{k: v for k, v in st.items() if k != "partial"}, "partial": partial}
 
     def save(name: str, state: dict) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import platform
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +37,7 @@ from utils.io import (
     write_json,
 )
 from utils.progress import say
+from utils.provenance import code_identity, device_description, machine, precision
 
 if TYPE_CHECKING:
     from utils.tensorboard_log import TensorBoardLog
@@ -135,23 +135,6 @@ def write_history(out: Path, params: TrainParams, state: dict) -> None:
     plots.close(fig)
 
 
-def cpu_model() -> str:
-    """The processor's name from /proc/cpuinfo (platform.processor() is empty on most Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
-def device_description(device: torch.device, ctx: DistContext = distributed.SINGLE) -> str:
-    if device.type == "cuda":
-        desc = f"cuda ({torch.cuda.get_device_name(device)})"
-    else:
-        desc = f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
-    return desc if not ctx.enabled else f"{ctx.world} x {desc} (DDP)"
-
-
 PROJECTOR_POINTS = 2000
 
 
@@ -235,6 +218,7 @@ def _stage(train: bool, ckpt: Path, results: Path, src: Path | None, resumed: di
 def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, results: Path,
          ckpt: Path) -> dict:
     expect = {k: getattr(params, k) for k in CKPT_KEYS}
+    code = code_identity()  # taken before anything trains
     stage_r, stage_c = rundir.staging(results), rundir.staging(ckpt)
     if params.scale_lr and ctx.enabled:
         params = dataclasses.replace(params, lr=params.lr * ctx.world)
@@ -258,11 +242,16 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
             if tb is not None:
                 tb.epochs(st["history"])
 
-        summary = fit(params, model, head, splits, device, stage_c, on_epoch, resume_state, ctx)
+        summary = fit(params, model, head, splits, device, stage_c, on_epoch, resume_state, ctx, code=code)
         best_state = load_checkpoint(stage_c / "best.pt", expect)
         summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
+        provenance = {**code, "machine": machine(device), "amp": precision(device, params.amp)}
+        if resume_state is not None and resume_state.get("code") != code:  # earlier epochs ran other code
+            provenance["code_before_resume"] = resume_state.get("code") or "unknown (saved before runs recorded it)"
     else:
         summary = best_state.get("summary") or run_summary(ckpt, best_state, expect)
+        provenance = best_state.get("provenance") or {"git_commit": None,
+                                                      "git_note": "trained before runs recorded their code"}
     load_weights(model, head, best_state)
     ev = evaluate(params, model, head, splits, device, ctx)
     if ev is None:
@@ -273,10 +262,12 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
                **summary, "train_seconds": round(summary["train_seconds"], 1),
                "device": device_description(device, ctx), "n_query": len(splits.test_y),
                "n_gallery": len(splits.train_y), "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
-               "thresholds": ev["calibration"]["thresholds"]}
+               "thresholds": ev["calibration"]["thresholds"], **provenance}
     if params.known_classes:
         metrics["known_classes"] = params.known_classes
     card = {"summary": summary, **ev["calibration"], "input": input_card(params, splits)}
+    if train:
+        card["provenance"] = provenance
     if any(best_state.get(k) != v for k, v in card.items()):  # unchanged checkpoints keep their SHA-256
         save_checkpoint(stage_c / "best.pt", {**best_state, **card})
     write_results(stage_r, ev, metrics)

@@ -32,7 +32,8 @@ def _label(p: float) -> str:
 
 
 def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
-    """Each curve: {'label', 'far', 'frr', 'eer', optional 'color'}; FRR against FAR, probit axes.
+    """Each curve: {'label' (None: not in the legend), 'far', 'frr', 'eer', optional 'color', 'lw', 'alpha',
+    'ls' and 'legend_eer' (False: the label already says the EER)}; FRR against FAR, probit axes.
 
     The axes span from the smallest non-zero rate any curve reaches (at least 1e-8) up to 50 %,
     or 95 % when some EER is above 20 %.
@@ -47,8 +48,10 @@ def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
             if len(nz):
                 lo = min(lo, float(nz.min()))
         n = seen[c.get("color")] = seen.get(c.get("color"), -1) + 1
-        ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=1.6, ls=("-", "--", "-.", ":")[n % 4],
-                label=f"{c['label']} (EER {c['eer'] * 100:.3f}%)")
+        label = None if c["label"] is None else c["label"] + (f" (EER {c['eer'] * 100:.3f}%)"
+                                                             if c.get("legend_eer", True) else "")
+        ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=c.get("lw", 1.6), alpha=c.get("alpha", 1.0),
+                ls=c.get("ls") or ("-", "--", "-.", ":")[n % 4], label=label)
     lo = max(lo, 1e-8)
     hi = 0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95
     ticks = [t for t in TICKS if lo * 0.5 <= t <= hi]

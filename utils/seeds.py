@@ -1,0 +1,258 @@
+"""`python main.py compare --seeds=...`: the default pair (ArcFace, softmax) over seeds, compared pair by pair.
+
+    python main.py compare --seeds=3 [--reuse=true] [--field=value ...]    # seeds 0, 1, 2
+    python main.py compare --seeds=0,1,2,3,4 --reuse=true
+
+Each run is an ordinary run (staged, locked, resumable) published in results/seeds/<model>_s<seed>/
+(checkpoints in ckp/seeds/). The study trains in fp32 unless --amp is given, so that CPUs with and
+without native bf16 can add runs to one summary. --reuse=true keeps a finished run whose params and
+training code match (same commit, or commits that results/numerics.json records as computing the
+golden quick_debug numbers identically: `python tests/golden.py --vouch`), and resumes an
+interrupted one; a run of other code or params is trained again. After every run the summary of the
+finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainArcFace import TrainArcFaceParams
+from trainResnet import TrainResnetParams
+from utils import plots, rundir
+from utils.config import ConfigError, TrainParams, comma_list, parse_overrides, resolve
+from utils.errors import TrainingInterrupted
+from utils.evaluate import read_curve
+from utils.experiment import run
+from utils.grid import finished
+from utils.io import atomic_write, save_figure, write_json
+from utils.progress import say
+from utils.provenance import ROOT, code_identity
+from utils.stats import mcnemar, paired, spread
+
+PAIR = (TrainArcFaceParams, TrainResnetParams)
+LOSSES = ("arcface", "softmax")
+VOUCHED = ROOT / "results" / "numerics.json"  # commits checked to compute the golden numbers identically
+STUDY_DEFAULTS = {"amp": "off"}
+TARS = ("1e-03", "1e-04")
+MAX_SEED = 2**31 - 1
+
+
+def parse_args(args: list[str]) -> tuple[list[int], bool, dict]:
+    """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse=true|false; the rest are field overrides."""
+    seeds, reuse, rest = None, False, []
+    for a in args:
+        name, _, value = a.removeprefix("--").partition("=")
+        if a.startswith("--") and name == "seeds":
+            vals = comma_list("seeds", value, int)
+            if "," not in value and len(vals) == 1:
+                if not 1 <= vals[0] <= 100:
+                    raise ConfigError(f"--seeds={value}: give a count 1 .. 100 or a list such as 0,1,2.")
+                vals = list(range(vals[0]))
+            if not vals or len(set(vals)) != len(vals) or not all(0 <= v <= MAX_SEED for v in vals):
+                raise ConfigError(f"--seeds={value}: give distinct seeds 0 .. {MAX_SEED}, e.g. 0,1,2 (or a count).")
+            seeds = vals
+        elif a.startswith("--") and name == "reuse":
+            reuse = parse_overrides([f"--quick_debug={value}"])["quick_debug"]  # the one boolean syntax
+        else:
+            rest.append(a)
+    overrides = parse_overrides(rest)
+    own = [k for k in ("model_name", "seed", "loss_fuc_type", "resume") if k in overrides]
+    if own:
+        raise ConfigError(f"--{own[0]} is set by the seeds study for each run; choose seeds with --seeds.")
+    return seeds or [], reuse, overrides
+
+
+def plan(seeds: list[int], overrides: dict) -> list[TrainParams]:
+    """Both models for every seed (seed-major, so that pairs finish early); resolved before anything trains."""
+    results = Path(overrides.get("results_dir", "results")) / "seeds"
+    ckpt = Path(overrides.get("ckpt_dir", "ckp")) / "seeds"
+    runs = []
+    for seed in seeds:
+        for cls in PAIR:
+            values = {**STUDY_DEFAULTS, **overrides, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
+                      "results_dir": str(results), "ckpt_dir": str(ckpt)}
+            runs.append(resolve(cls(), values))
+    return runs
+
+
+def vouched() -> set[str]:
+    try:
+        return set(json.loads(VOUCHED.read_text())["commits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def code_mismatch(m: dict, now: dict, equal: set[str]) -> str | None:
+    """Why the run of metrics `m` was not trained by code that computes what `now` computes; None if it was."""
+    old = m.get("git_commit")
+    if old is None:
+        return "it records no commit"
+    if m.get("git_dirty") or m.get("code_before_resume"):
+        return f"it was trained from a tree with uncommitted changes or by two versions of the code ({old[:10]})"
+    if now.get("git_commit") is None or now.get("git_dirty"):
+        return "this tree's code is not a clean commit (commit or stash your changes)"
+    if old == now["git_commit"] or {old, now["git_commit"]} <= equal:
+        return None
+    return (f"it was trained by commit {old[:10]}, this is {now['git_commit'][:10]}, and {VOUCHED.relative_to(ROOT)} "
+            f"does not record both as computing the golden numbers (python tests/golden.py --vouch at each)")
+
+
+def reusable(p: TrainParams, now: dict, equal: set[str]) -> dict | None:
+    m = finished(p)
+    if m is None:
+        return None
+    why = code_mismatch(m, now, equal)
+    if why:
+        say(f"{p.model_name}: not reused: {why}; training it again.", False)
+        return None
+    return m
+
+
+def study(args: list[str]) -> Path:
+    seeds, reuse, overrides = parse_args(args)
+    runs = plan(seeds, overrides)
+    root = Path(runs[0].results_dir)
+    now, equal = code_identity(), vouched()
+    done: list[TrainParams] = []
+    t0, reused = time.perf_counter(), 0
+    for i, p in enumerate(runs):
+        m = reusable(p, now, equal) if reuse else None
+        if m is None:
+            staged = rundir.staging(Path(p.ckpt_dir) / p.model_name) / "last.pt"
+            again = {"resume": "auto"} if reuse and staged.is_file() else {}
+            try:
+                m = run(dataclasses.replace(p, **again))
+            except TrainingInterrupted as e:
+                raise TrainingInterrupted(e.path, e.signum, f"seeds study interrupted in {p.model_name} ({i + 1}/"
+                                          f"{len(runs)}); run the same command with --reuse=true to keep the "
+                                          f"finished runs and resume this one from its checkpoint.") from None
+        else:
+            reused += 1
+        done.append(p)
+        spent, trained = time.perf_counter() - t0, len(done) - reused
+        eta = spent / trained * (len(runs) - len(done)) if trained else 0.0
+        say(f"[{len(done)}/{len(runs)}] {p.model_name}: 1-NN {m['acc_1nn']:.4%}  EER {m['eer']:.4%}  "
+            f"({spent / 60:.1f} min so far, ETA {eta / 60:.0f} min)", False)
+        write_summary(root, [q for q in done if any(r.seed == q.seed and r is not q for r in done)])
+    print((root / "seeds.md").read_text() if (root / "seeds.md").is_file() else "no complete pair yet")
+    return root
+
+
+def load_run(p: TrainParams) -> dict:
+    folder = Path(p.results_dir) / p.model_name
+    m = json.loads((folder / "metrics.json").read_text())
+    wrong = {f["query"] for f in json.loads((folder / "failures.json").read_text())["misidentified"]}
+    return {"folder": folder.as_posix(), "loss_fuc_type": p.loss_fuc_type, "seed": p.seed, "acc_1nn": m["acc_1nn"],
+            "eer": m["eer"], "tar_at_far": m["tar_at_far"], "best_epoch": m["best_epoch"],
+            "train_seconds": m["train_seconds"], "git_commit": m.get("git_commit"), "amp": m.get("amp"),
+            "machine": m.get("machine"), "n_query": m["n_query"], "_wrong": wrong}
+
+
+def check_combinable(rows: list[dict], equal: set[str]) -> None:
+    """One summary = one precision and training code that computes the same numbers."""
+    amps = {r["amp"] for r in rows}
+    if len(amps) > 1 or None in amps:
+        raise ConfigError(f"the study's runs used different precisions ({sorted(map(str, amps))}); retrain them "
+                          f"with one --amp (the study's default is off, fp32).")
+    commits = {r["git_commit"] for r in rows}
+    if None in commits or (len(commits) > 1 and not commits <= equal):
+        raise ConfigError(f"the study's runs come from commits {sorted(map(str, commits))}, not all recorded as "
+                          f"computing the same numbers; run python tests/golden.py --vouch at each, or retrain.")
+
+
+def summarise(rows: list[dict]) -> dict:
+    """seeds.json's "summary": per loss mean/std, and ArcFace - softmax paired by seed with McNemar per seed."""
+    by = {loss: {r["seed"]: r for r in rows if r["loss_fuc_type"] == loss} for loss in LOSSES}
+    seeds = sorted(set(by["arcface"]) & set(by["softmax"]))
+    metric = {"acc_1nn": lambda r: r["acc_1nn"], "eer": lambda r: r["eer"],
+              **{f"tar_at_far_{t}": (lambda r, t=t: r["tar_at_far"][t]) for t in TARS}}
+    out: dict = {loss: {k: spread([f(by[loss][s]) for s in seeds]) for k, f in metric.items()} for loss in LOSSES}
+    out["difference"] = {k: paired([f(by["arcface"][s]) for s in seeds], [f(by["softmax"][s]) for s in seeds])
+                         for k, f in metric.items()}
+    out["difference"]["mcnemar"] = []
+    for s in seeds:  # discordant test images: right by one model, wrong by the other
+        t = mcnemar(len(by["softmax"][s]["_wrong"] - by["arcface"][s]["_wrong"]),
+                    len(by["arcface"][s]["_wrong"] - by["softmax"][s]["_wrong"]))
+        out["difference"]["mcnemar"].append({"seed": s, "arcface_only_right": t.pop("only_a"),
+                                             "softmax_only_right": t.pop("only_b"), **t})
+    out["seeds"] = seeds
+    return out
+
+
+def write_summary(root: Path, done: list[TrainParams]) -> None:
+    if not done:
+        return
+    rows = [load_run(p) for p in done]
+    check_combinable(rows, vouched())
+    summary = summarise(rows)
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    write_json(root / "seeds.json", {"runs": public, "summary": summary,
+                                     "commits": sorted({r["git_commit"] for r in rows}),
+                                     "machines": sorted({json.dumps(r["machine"], sort_keys=True) for r in rows}),
+                                     "amp": rows[0]["amp"]})
+    with atomic_write(root / "seeds.md") as f:
+        f.write(markdown(public, summary))
+    draw(rows, root / "DET_seeds.png")
+
+
+def _pm(s: dict, scale: float = 100, digits: int = 3) -> str:
+    sd = "-" if s["std"] is None else f"{s['std'] * scale:.{digits}f}"
+    return f"{s['mean'] * scale:.{digits}f} ± {sd} ({s['n']})"
+
+
+def markdown(rows: list[dict], summary: dict) -> str:
+    """seeds.md: per-seed rows, mean ± std (n), paired differences and McNemar per seed; in %."""
+    lines = ["| loss | seed | 1-NN acc % | EER % | TAR@FAR=1e-3 % | TAR@FAR=1e-4 % | best epoch | commit |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["loss_fuc_type"], r["seed"])):
+        lines.append(f"| {r['loss_fuc_type']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | "
+                     f"{r['tar_at_far']['1e-03'] * 100:.2f} | {r['tar_at_far']['1e-04'] * 100:.2f} | "
+                     f"{r['best_epoch'] + 1} | {str(r['git_commit'])[:10]} |")
+    keys = ("acc_1nn", "eer", *(f"tar_at_far_{t}" for t in TARS))
+    lines += ["", "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for loss in LOSSES:
+        lines.append(f"| {loss}, mean ± std (n) | " + " | ".join(_pm(summary[loss][k]) for k in keys) + " |")
+    d = summary["difference"]
+    ci = [("-" if d[k]["ci95"] is None else f"[{d[k]['ci95'][0] * 100:.3f}, {d[k]['ci95'][1] * 100:.3f}]")
+          for k in keys]
+    lines.append("| ArcFace - softmax, paired | " + " | ".join(_pm(d[k]) for k in keys) + " |")
+    lines.append("| 95 % t-interval | " + " | ".join(ci) + " |")
+    lines += ["", "| seed | test images only ArcFace gets right | only softmax | McNemar p | test |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {m['seed']} | {m['arcface_only_right']} | {m['softmax_only_right']} | {m['p_value']:.3g} | "
+              f"{m['method']} |" for m in d["mcnemar"]]
+    return "\n".join(lines) + "\n"
+
+
+def median_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The pointwise median FRR of several DET curves on one log-spaced FAR grid."""
+    lo = max(min(float(far[far > 0].min()) for far, _ in curves), 1e-8)
+    grid = np.logspace(np.log10(lo), 0, 400)
+    frrs = []
+    for far, frr in curves:
+        order = np.argsort(far, kind="stable")
+        frrs.append(np.interp(grid, far[order], frr[order]))
+    return grid, np.median(np.stack(frrs), axis=0)
+
+
+def draw(rows: list[dict], out: Path) -> None:
+    """DET_seeds.png: every seed's curve thin, each loss's pointwise median bold."""
+    curves = []
+    for loss in LOSSES:
+        mine = [r for r in rows if r["loss_fuc_type"] == loss]
+        got = [read_curve(Path(r["folder"]) / "far_frr.csv") for r in mine]
+        color = plots.COLORS.get(loss)
+        curves += [{"label": None, "far": far, "frr": frr, "eer": r["eer"], "color": color, "lw": 0.7, "alpha": 0.5,
+                    "ls": "-"} for r, (far, frr) in zip(mine, got, strict=True)]
+        far, frr = median_curve(got)
+        eer = spread([r["eer"] for r in mine])
+        curves.append({"label": f"{loss}, median of {len(mine)} seeds; EER {_pm(eer)} %", "far": far, "frr": frr,
+                       "eer": eer["mean"], "color": color, "lw": 2.2, "ls": "-", "legend_eer": False})
+    fig = plots.det_figure(curves, "DET over seeds (thin: one seed each)")
+    save_figure(fig, out)
+    plots.close(fig)
