@@ -66,7 +66,7 @@ def device_description(device: torch.device, ctx: DistContext = distributed.SING
 def machine(device: torch.device) -> dict:
     """The hardware facts that move numbers: CPU kernels (AVX-512 and AVX2 round differently) and bf16."""
     out = {"cpu": cpu_model(), "kernels": torch.backends.cpu.get_cpu_capability().lower(),
-           "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__}
+           "native_bf16": cpu_has_native_bf16(), "torch": str(torch.__version__)}  # str: no class in checkpoints
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     return out

@@ -98,7 +98,7 @@ def code_mismatch(m: dict, now: dict, equal: set[str]) -> str | None:
         return "this tree's code is not a clean commit (commit or stash your changes)"
     if old == now["git_commit"] or {old, now["git_commit"]} <= equal:
         return None
-    return (f"it was trained by commit {old[:10]}, this is {now['git_commit'][:10]}, and {VOUCHED.relative_to(ROOT)} "
+    return (f"it was trained by commit {old[:10]}, this is {now['git_commit'][:10]}, and results/numerics.json "
             f"does not record both as computing the golden numbers (python tests/golden.py --vouch at each)")
 
 

@@ -1,0 +1,170 @@
+"""The seeds study (`compare --seeds`): its statistics by hand, McNemar against known tables, which runs
+it reuses, what every run records, and a two-seed study end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, call_main, needs_mnist, quick
+
+from utils import seeds as study
+from utils.stats import mcnemar, paired, spread
+
+A, B = "a" * 40, "b" * 40
+
+
+def test_spread_and_paired_difference_by_hand() -> None:
+    s = spread([0.99, 0.995, 0.992])
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.992333333333)
+    # sample std: deviations -0.002333, 0.002667, -0.000333 -> sum of squares 1.26667e-5 / (n - 1)
+    assert s["std"] == pytest.approx(math.sqrt(1.266666667e-5 / 2))
+    d = paired([0.99, 0.995, 0.992], [0.991, 0.993, 0.990])  # differences -0.001, 0.002, 0.002
+    assert d["mean"] == pytest.approx(0.001) and d["std"] == pytest.approx(math.sqrt(3e-6))
+    half = 4.302652729911275 * math.sqrt(3e-6) / math.sqrt(3)  # t(0.975, 2 dof) * s / sqrt(n)
+    assert d["ci95"] == pytest.approx([0.001 - half, 0.001 + half])
+    one = paired([0.5], [0.25])
+    assert one["mean"] == 0.25 and one["std"] is None and one["ci95"] is None
+    with pytest.raises(ValueError):
+        paired([1.0, 2.0], [1.0])
+
+
+def test_mcnemar_against_known_tables() -> None:
+    exact = mcnemar(1, 9)  # two-sided binomial: 2 * (C(10,0) + C(10,1)) / 2^10
+    assert exact["method"] == "exact binomial" and exact["p_value"] == pytest.approx(22 / 1024)
+    assert mcnemar(3, 3)["p_value"] == 1.0 and mcnemar(0, 0)["p_value"] == 1.0
+    big = mcnemar(25, 5)  # (|25 - 5| - 1)^2 / 30, chi-square with 1 dof: p = erfc(sqrt(x / 2))
+    assert big["statistic"] == pytest.approx(361 / 30)
+    assert big["p_value"] == pytest.approx(math.erfc(math.sqrt(361 / 60)))
+    assert mcnemar(5, 25)["p_value"] == big["p_value"]
+
+
+def test_code_mismatch_names_why_a_run_is_not_reused() -> None:
+    clean_a = {"git_commit": A, "git_dirty": False}
+    assert study.code_mismatch({"git_commit": A, "git_dirty": False}, clean_a, set()) is None
+    assert "records no commit" in study.code_mismatch({"acc_1nn": 0.9}, clean_a, set())
+    assert "uncommitted" in study.code_mismatch({"git_commit": A, "git_dirty": True}, clean_a, set())
+    assert "not a clean commit" in study.code_mismatch({"git_commit": A}, {"git_commit": A, "git_dirty": True}, set())
+    other = study.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A})
+    assert "trained by commit bbbbbbbbbb" in other and "--vouch" in other
+    assert study.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A, B}) is None
+
+
+def test_seeds_option_is_checked_before_anything_trains(tmp_path: Path) -> None:
+    for bad in ("--seeds=0", "--seeds=abc", "--seeds=1,1", "--seeds=-1,2", "--seeds=101"):
+        r = call_main("compare", bad, cwd=tmp_path)
+        assert r.returncode == 2 and "--seeds=" in r.stderr, (bad, r.stderr)
+    r = call_main("compare", "--seeds=2", "--seed=4", cwd=tmp_path)
+    assert r.returncode == 2 and "set by the seeds study" in r.stderr
+    r = call_main("compare", "--seeds=2", "--reuse=maybe", cwd=tmp_path)
+    assert r.returncode == 2 and "boolean" in r.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture
+def fake_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The code identity runs record, set by the test (the working tree may have edits); no vouched commits."""
+    current = {"git_commit": A, "git_dirty": False}
+    monkeypatch.setattr(study, "code_identity", lambda: dict(current))
+    monkeypatch.setattr("utils.experiment.code_identity", lambda: dict(current))
+    monkeypatch.setattr(study, "VOUCHED", tmp_path / "numerics.json")
+    return current
+
+
+def _metrics(tmp: Path) -> dict[str, dict]:
+    files = sorted((tmp / "results" / "seeds").glob("*/metrics.json"))
+    return {f.parent.name: json.loads(f.read_text()) for f in files}
+
+
+@needs_mnist
+def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict) -> None:
+    tmp = tmp_path
+    r = call_main("compare", "--seeds=2", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    runs = _metrics(tmp)
+    assert sorted(runs) == ["resnet18_arcface_s0", "resnet18_arcface_s1", "resnet18_softmax_s0", "resnet18_softmax_s1"]
+    for name, m in runs.items():  # every run names its code, machine and the precision that ran
+        assert m["git_commit"] == A and m["git_dirty"] is False and m["amp"] == "fp32", name
+        assert m["machine"]["kernels"] and m["machine"]["cpu"]
+        ck = torch.load(tmp / "ckp" / "seeds" / name / "best.pt", weights_only=True)
+        assert ck["code"]["git_commit"] == A and ck["provenance"]["amp"] == "fp32"
+        params = json.loads((tmp / "results" / "seeds" / name / "params.json").read_text())
+        assert params["seed"] == int(name[-1]) and params["amp"] == "off"
+    out = json.loads((tmp / "results" / "seeds" / "seeds.json").read_text())
+    assert {(r["loss_fuc_type"], r["seed"]) for r in out["runs"]} == {(l, s) for l in ("arcface", "softmax")
+                                                                       for s in (0, 1)}
+    for loss in ("arcface", "softmax"):  # the summary recomputes from the runs' own metrics.json
+        accs = [runs[f"resnet18_{loss}_s{s}"]["acc_1nn"] for s in (0, 1)]
+        assert out["summary"][loss]["acc_1nn"]["mean"] == pytest.approx(sum(accs) / 2)
+        assert out["summary"][loss]["acc_1nn"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    for s, mc in zip((0, 1), out["summary"]["difference"]["mcnemar"], strict=True):
+        wrong = {loss: {f["query"] for f in json.loads((tmp / "results" / "seeds" / f"resnet18_{loss}_s{s}" /
+                                                         "failures.json").read_text())["misidentified"]}
+                 for loss in ("arcface", "softmax")}
+        assert mc["seed"] == s and mc["arcface_only_right"] == len(wrong["softmax"] - wrong["arcface"])
+        assert mc["softmax_only_right"] == len(wrong["arcface"] - wrong["softmax"])
+    eer_diff = [runs[f"resnet18_arcface_s{s}"]["eer"] - runs[f"resnet18_softmax_s{s}"]["eer"] for s in (0, 1)]
+    assert out["summary"]["difference"]["eer"]["mean"] == pytest.approx(sum(eer_diff) / 2)
+    assert out["commits"] == [A] and out["amp"] == "fp32"
+    assert (tmp / "results" / "seeds" / "DET_seeds.png").stat().st_size > 10_000
+    assert "McNemar" in (tmp / "results" / "seeds" / "seeds.md").read_text()
+
+    stamp = {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs}
+    r = call_main("compare", "--seeds=2", "--reuse=true", *quick(tmp), cwd=tmp)  # same code, same params
+    assert r.returncode == 0 and "not reused" not in r.stderr + r.stdout, r.stderr
+    assert {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs} == stamp
+
+    fake_code["git_commit"] = B  # other code: refused, trained again and recorded as such
+    r = call_main("compare", "--seeds=0,1", "--reuse=true", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert "resnet18_arcface_s0: not reused: it was trained by commit aaaaaaaaaa" in r.stdout + r.stderr
+    assert {m["git_commit"] for m in _metrics(tmp).values()} == {B}
+
+    # commits vouched as computing the same numbers are reused; other params are not
+    (tmp / "numerics.json").write_text(json.dumps({"commits": {A: {}, B: {}}}))
+    fake_code["git_commit"] = A
+    r = call_main("compare", "--seeds=1", "--reuse=true", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == B
+    r = call_main("compare", "--seeds=1", "--reuse=true", "--weight_decay=0.01", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == A
+
+
+def test_summary_refuses_to_mix_precisions_or_unvouched_commits() -> None:
+    rows = [{"amp": "fp32", "git_commit": A}, {"amp": "bf16", "git_commit": A}]
+    with pytest.raises(study.ConfigError, match="different precisions"):
+        study.check_combinable(rows, set())
+    rows = [{"amp": "fp32", "git_commit": A}, {"amp": "fp32", "git_commit": B}]
+    with pytest.raises(study.ConfigError, match="--vouch"):
+        study.check_combinable(rows, {A})
+    study.check_combinable(rows, {A, B})
+
+
+def test_runs_record_the_commit_of_this_checkout() -> None:
+    from utils.provenance import code_identity
+
+    code = code_identity()
+    if not (ROOT / ".git").exists():
+        assert code["git_commit"] is None and code["git_note"]
+        return
+    import subprocess
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert code["git_commit"] == head and isinstance(code["git_dirty"], bool)
+
+
+def test_without_git_the_commit_is_unknown_and_nothing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils import provenance
+
+    def no_git(*args: object, **kw: object) -> None:
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    provenance.code_identity.cache_clear()
+    try:
+        code = provenance.code_identity()
+    finally:
+        provenance.code_identity.cache_clear()
+    assert code == {"git_commit": None, "git_dirty": None, "git_note": "git not installed"}
