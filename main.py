@@ -21,6 +21,14 @@ FLAGS = {"flag1": "arcface", "flag2": "softmax"}
 TRAINING = ("arcface", "softmax", "compare", "test")
 USING = ("embed", "verify", "enrol", "search", "export")
 COMMANDS = (*TRAINING, "grid", "figures", *USING)
+_TORCH = ("this command needs PyTorch: pip install torch torchvision (the inference commands run without it "
+          "on an export: --onnx=DIR, which needs only onnxruntime).")
+DEPENDENCIES = {"torch": _TORCH, "torchvision": _TORCH,
+                "onnxruntime": "this needs onnxruntime: pip install onnxruntime.",
+                "onnx": "export needs onnx and onnxscript: pip install onnx onnxscript.",
+                "onnxscript": "export needs onnx and onnxscript: pip install onnx onnxscript.",
+                "matplotlib": "this needs matplotlib: pip install matplotlib.",
+                "scipy": "this needs scipy: pip install scipy."}
 
 
 def usage() -> str:
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 ok; 2 user error (one line, no traceback); 1 training failed; 128+N stopped by signal N;
     130 Ctrl+C outside training."""
     signal.signal(signal.SIGINT, _stop_during_start_up)
+    command = ""
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if any(a in ("-h", "--help") for a in argv):
@@ -80,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             command, rest = parse_command(argv)
             dispatch(command, rest)
             return 0
+        except ModuleNotFoundError as e:
+            if e.name not in DEPENDENCIES:
+                raise
+            print(f"error: {DEPENDENCIES[e.name]}", file=sys.stderr)
+            return 2
         except TrainingInterrupted as e:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # leaving: a further Ctrl+C changes nothing
             print(f"\n{e}", file=sys.stderr)
@@ -91,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl+C); nothing new was published: results/ and ckp/ hold what they held before "
-              "(a training run's checkpoint of the last finished epoch is in its staging folder: --resume=auto).",
-              file=sys.stderr)
+        using = command in USING
+        print("\ninterrupted (Ctrl+C); " + (
+            "nothing was written: the gallery, --out and export files are as they were." if using else
+            "nothing new was published: results/ and ckp/ hold what they held before (a training run's "
+            "checkpoint of the last finished epoch is in its staging folder: --resume=auto)."), file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed
         return 0
@@ -144,7 +160,7 @@ def default_model() -> str:
 def train(command: str, args: list[str]) -> None:
     from trainArcFace import TrainArcFaceParams, trainArcFaceMain
     from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
-    from utils.config import parse_overrides, resolve
+    from utils.config import parse_overrides, resolve, share
     from utils.errors import ConfigError
     from utils.experiment import run  # noqa: F401 -- the heavy imports, before Ctrl+C may raise again
 
@@ -152,14 +168,14 @@ def train(command: str, args: list[str]) -> None:
     if command == "compare" and any(a.startswith("--seeds=") for a in args):
         from utils.seeds import study
 
-        study(args)
+        study(args, (TrainArcFaceParams, TrainResnetParams))
         return
     overrides = parse_overrides(args)
-    jobs = []
-    if command in ("arcface", "compare", "test"):
-        jobs.append((trainArcFaceMain, resolve(TrainArcFaceParams(), overrides)))
-    if command in ("softmax", "compare", "test"):
-        jobs.append((trainResnetSoftmaxMain, resolve(TrainResnetParams(), overrides)))
+    wanted = [(f, cls) for f, cls, cmd in ((trainArcFaceMain, TrainArcFaceParams, "arcface"),
+                                           (trainResnetSoftmaxMain, TrainResnetParams, "softmax"))
+              if command in (cmd, "compare", "test")]
+    losses = [overrides.get("loss_fuc_type", cls.loss_fuc_type) for _, cls in wanted]
+    jobs = [(f, resolve(cls(), mine)) for (f, cls), mine in zip(wanted, share(overrides, losses), strict=True)]
     if len({p.model_name for _, p in jobs}) < len(jobs):
         raise ConfigError("both models would share one model_name; do not override model_name with "
                           "compare/test, or run arcface and softmax separately.")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import math
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from trainArcFace import TrainArcFaceParams
@@ -150,4 +148,3 @@ def test_model_name_used_as_folder_stays_inside(tmp_path: Path) -> None:
 
     p = resolve(TrainArcFaceParams(), {"model_name": "run-1.b_2", "results_dir": str(tmp_path)})
     assert paths(p)[0].parent == tmp_path
-    assert not math.isnan(torch.zeros(1).sum().item())

@@ -110,3 +110,12 @@ def test_evaluation_page_quotes_the_committed_precision_measurement(lang: str) -
             assert row in text, (lang, name, label, row)
         err = out["cosine_fp32_vs_bf16"]
         assert f"{err['mean_error']:.1e} / {err['max_error']:.1e} | {out['nn_decisions_differ']} |" in text, name
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_every_test_the_reliability_page_names_exists(lang: str) -> None:
+    page = (ROOT / "docs" / lang / "reliability.md").read_text()
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py")),
+                             re.M))
+    named = set(re.findall(r"`(?:tests/\w+\.py::)?(test_\w+)`", page))
+    assert named and named <= defined, sorted(named - defined)

@@ -19,7 +19,7 @@ from PIL import Image
 from utils.metrics import calibrate
 from utils.recognizer import Gallery, Recognizer, far_at, lookup, network_input, resize_bilinear
 
-VERIFY_KEYS = {"score", "angle_deg", "threshold", "far", "match", "far_at_score"}
+VERIFY_KEYS = {"score", "angle_deg", "threshold", "far", "threshold_source", "match", "far_at_score"}
 
 
 @pytest.mark.parametrize("size", [20, 28, 64, 128])
@@ -57,7 +57,7 @@ def test_thresholds_are_chosen_on_validation_and_refused_without_enough_impostor
     assert abs(t["eer"]["far_val"] - (1 - t["eer"]["tar_val"])) < 0.01
     with pytest.raises(ValueError, match="would rest on 20 .* at least 100"):
         lookup(t, 1e-4)
-    assert lookup(t, 0) == t["eer"]
+    assert lookup(t, 0) == {**t["eer"], "source": "calibrated (EER)"}
     curve = {"threshold": [-1.0, 0.2, 0.5], "far": [1.0, 0.1, 0.001]}
     assert far_at(curve, 0.3) == 0.1 and far_at(curve, 0.5) == 0.001 and far_at(curve, -2) == 1.0
 
@@ -194,7 +194,7 @@ def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path) -> None:
         (["verify", str(good), str(good), "--far=1e-5"], "at least 100 are needed"),
         (["verify", str(good), str(good), "--far=2"], "out of range"),
         (["verify", str(good), str(good), "--lr=1"], "cannot use '--lr=1'"),
-        (["verify", str(good), str(good), "--model_name=nothing"], "nothing/best.pt not found"),
+        (["verify", str(good), str(good), "--model_name=nothing"], "no trained model at"),
     ]
     for args, match in cases:
         r = call_main(*args, *common)

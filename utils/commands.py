@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from utils.errors import ConfigError
+from utils.gallery import Gallery, locked
 from utils.images import INVERT_MODES, list_images
 from utils.io import atomic_write
-from utils.recognizer import Gallery, Recognizer
+from utils.recognizer import Recognizer
 
 # options of each command (name -> default text); None = required
 OPTIONS: dict[str, dict[str, str | None]] = {
@@ -59,7 +63,23 @@ def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], di
         raise ConfigError(f"{command} needs --{missing[0]}=... (see python main.py --help).")
     if opts["invert"] not in INVERT_MODES:
         raise ConfigError(f"--invert={opts['invert']}: use auto, true or false.")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts["device"] or ""):
+        raise ConfigError(f"--device={opts['device']}: use cpu, cuda, cuda:N or auto.")
+    for key in ("out", "gallery"):
+        if key in opts:
+            output_path(key, opts[key])  # type: ignore[arg-type]
     return paths, opts  # type: ignore[return-value]
+
+
+def output_path(key: str, value: str) -> Path:
+    """An output path that can be written: not empty, no file where a folder must be."""
+    if not value.strip():
+        raise ConfigError(f"--{key}= is empty; give a path, e.g. --{key}=" + ("export" if key == "out" else "g.npz"))
+    p = Path(value)
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--{key}={value}: {parent} is a file, not a folder; choose another --{key}.")
+    return p
 
 
 def number(opts: dict[str, str], name: str, typ: type = float, low: float = 0.0) -> float:
@@ -82,7 +102,25 @@ def flag(opts: dict[str, str], name: str) -> bool:
 def recognizer(opts: dict[str, str]) -> Recognizer:
     if opts["onnx"]:
         return Recognizer.from_onnx(opts["onnx"])
+    import torch  # a checkpoint needs torch: say so before anything else (ModuleNotFoundError -> one line)
+
+    if opts["device"].startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device={opts['device']} but CUDA is not available here; use --device=cpu.")
     return Recognizer.from_checkpoint(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", opts["device"])
+
+
+def one_line_warnings() -> None:
+    """Library warnings (PIL, numpy, torch) as one line each on stderr, each text once, not a source dump."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *args: object, **kw: object) -> None:
+        text = str(message).splitlines()[0][:200] if str(message) else category.__name__
+        if text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+
+    warnings.showwarning = show  # type: ignore[assignment]
 
 
 def gallery_path(opts: dict[str, str]) -> Path:
@@ -94,13 +132,17 @@ def gallery_path(opts: dict[str, str]) -> Path:
 
 def run_command(command: str, args: list[str], model_name: str) -> None:
     paths, opts = parse(command, args, model_name)
+    one_line_warnings()
     if command == "export":
         import os
 
         from utils.export import export
 
         data_root = opts["data_root"] or os.environ.get("DATA_ROOT", "./data")
-        r = export(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", Path(opts["out"]), data_root)
+        out = output_path("out", opts["out"])
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out={out} is a file; export writes a folder: choose another --out.")
+        r = export(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", out, data_root)
         c = r["checks"]
         print(f"exported to {opts['out']}/model.onnx; parity on {r['images']['queries']} + {r['images']['gallery']} "
               f"images: min cosine {c['min_cosine']['value']:.7f}, EER torch {c['eer']['torch']:.6f} vs "
@@ -117,28 +159,31 @@ def run_command(command: str, args: list[str], model_name: str) -> None:
         r = rec.verify(paths[0], paths[1], far, opts["invert"])
         print(json.dumps(r) if as_json else
               f"{'match' if r['match'] else 'no match'}: cosine {r['score']:.4f} ({r['angle_deg']:.1f} deg), threshold "
-              f"{r['threshold']:.4f} for FAR {r['far']:g}; an impostor scores this high with probability "
-              f"{r['far_at_score']:.2e} (validation)")
+              f"{r['threshold']:.4f} for FAR {r['far']:g} ({r['threshold_source']}); an impostor scores this high "
+              f"with probability {r['far_at_score']:.2e} (validation)")
     elif command == "embed":
         found = list_images(paths)
         t0 = time.perf_counter()
         emb = rec.embed([p for p, _ in found], opts["invert"])
         dt = time.perf_counter() - t0
-        with atomic_write(opts["out"], "wb") as f:
+        with atomic_write(opts["out"], "wb", fix="choose another --out") as f:
             np.savez(f, embeddings=emb, paths=np.array([str(p) for p, _ in found]),
                      labels=np.array([label for _, label in found]), model_id=np.array(rec.model_id))
         print(f"embedded {len(found)} images in {dt:.1f} s ({len(found) / max(dt, 1e-9):.0f} images/s) -> "
               f"{opts['out']} ({emb.shape[1]}-d, L2-normalised)")
     elif command == "enrol":
-        path = gallery_path(opts)
-        old = Gallery.load(path, rec.model_id) if path.exists() else None
-        n_old = 0 if old is None else len(old.embeddings)
-        g = rec.enrol(paths[0], old, opts["invert"])
-        g.save(path)
+        path, skipped = gallery_path(opts), []
+        with locked(path):  # another enrol into this gallery waits: both keep their images
+            old = Gallery.load(path, rec.model_id, rec.dim) if path.exists() else None
+            n_old = 0 if old is None else len(old.embeddings)
+            g = rec.enrol(paths[0], old, opts["invert"], skipped)
+            g.save(path)
+        for why in skipped:
+            print(f"skipped: {why}", file=sys.stderr)
         print(f"enrolled {len(g.embeddings) - n_old} images of {len(set(g.identities[n_old:].tolist()))} identities "
               f"into {path} (now {len(g.embeddings)} images, {len(set(g.identities.tolist()))} identities)")
     else:
-        g = Gallery.load(gallery_path(opts), rec.model_id)
+        g = Gallery.load(gallery_path(opts), rec.model_id, rec.dim)
         found = [p for p, _ in list_images(paths)]
         results = rec.search(found, g, k, far, opts["invert"])
         if as_json:

@@ -51,6 +51,7 @@ from utils.metrics import class_centres
 from utils.progress import Progress, say
 
 StepHook = Callable[[int, int, float], None]
+PROGRESS_SECONDS = 60.0  # with the bar off, one progress line about this often within an epoch
 
 
 def make_optimizer(params: TrainParams, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
@@ -147,6 +148,8 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     start, loss_sum = (resume["step"], resume["loss_sum"]) if resume else (0, 0.0)
     bar = tqdm(total=steps * bs * ctx.world, initial=start * bs * ctx.world, unit="img", unit_scale=True,
                desc=f"epoch {epoch}", disable=not (params.use_tqdm and ctx.is_main), leave=False)
+    lines = ctx.is_main and not params.use_tqdm  # no bar: a line about every PROGRESS_SECONDS instead
+    t_start = t_line = time.perf_counter()
     for step in range(start, steps):
         idx = order[step * bs:(step + 1) * bs]
         xb = model_input(x[idx], params, device, None if aug is None else aug[idx])
@@ -170,6 +173,11 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             on_step(epoch, step, value)
         bar.update(bs * ctx.world)
         bar.set_postfix(loss=f"{value:.4f}")
+        if lines and time.perf_counter() - t_line >= PROGRESS_SECONDS:
+            t_line, done = time.perf_counter(), step + 1 - start
+            rate = done * bs * ctx.world / (t_line - t_start)
+            say(f"  epoch {epoch + 1}: step {step + 1}/{steps}, loss {loss_sum / (step + 1):.4f}, {rate:.0f} img/s, "
+                f"epoch ETA {(steps - step - 1) * bs * ctx.world / rate:.0f} s", False)
         if stops > 0:  # every rank sees the same sum, so all stop after this same step
             on_stop({**(resume or {}), "step": step + 1, "loss_sum": loss_sum})
     bar.close()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from losses import build_head
+from losses import build_head, registry
 from models import get_model
 from utils import distributed, plots, rundir
 from utils.config import TrainParams, parse_classes, recorded
@@ -58,8 +58,8 @@ def train_classes(params: TrainParams) -> int:
 
 def build_models(params: TrainParams, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
-    head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params), scale=params.scale,
-                      margin=params.margin, m1=params.m1, m2=params.m2, m3=params.m3, subcenters=params.subcenters)
+    head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params),
+                      **{f: getattr(params, f) for f in registry.spec(params.loss_fuc_type)["params"]})
     return model.to(device), head.to(device)
 
 
@@ -109,8 +109,10 @@ def resume_path(params: TrainParams) -> Path | None:
     if params.resume != "auto":
         return Path(params.resume)
     ckpt = paths(params)[1]
-    staged = rundir.staging(ckpt) / "last.pt"
-    return staged if staged.is_file() else ckpt / "last.pt"
+    for last in (rundir.staging(ckpt) / "last.pt", ckpt / "last.pt"):
+        if last.is_file():
+            return last
+    return None  # nothing to resume: start afresh (run() says so)
 
 
 def check_resume(params: TrainParams, state: dict, path: Path) -> None:
@@ -226,10 +228,21 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     resume_state = load_checkpoint(src, expect) if src is not None else None
     if resume_state is not None:
         check_resume(params, resume_state, src)
+    if train and params.resume and ctx.is_main:
+        part = (resume_state or {}).get("partial") or {}
+        say(f"resuming from {src} (epoch {resume_state['epoch'] + 1}, step {part.get('step', 0)})"
+            if resume_state is not None else f"--resume=auto: no checkpoint of {params.model_name} to resume "
+            f"from; starting afresh", params.use_tqdm)
     best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
     _stage(train, ckpt, results, src, resume_state, ctx)
     barrier(ctx)
     splits, params, model, head = prepare_run(params, device)
+    if ctx.is_main:
+        say(f"{'training' if train else 'evaluating'} {params.model_name} ({params.loss_fuc_type}): "
+            f"{params.dataset_name}, {len(splits.train_y)} train / {len(splits.val_y)} validation / "
+            f"{len(splits.test_y)} test images" + (f", {params.total_epochs} epochs of {params.batch_size}" if train
+                                                   else "") +
+            f", {device_description(device, ctx)}, {precision(device, params.amp)}", params.use_tqdm)
     if train:
         if ctx.is_main:
             write_json(stage_r / "params.json", {**recorded(params), "world_size": ctx.world})

@@ -15,6 +15,7 @@ The network then sees it exactly as it saw its training images (same resize and 
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,9 @@ INVERT_MODES = ("auto", "true", "false")
 def read_grey(path: str | Path) -> np.ndarray:
     """Decode an image file to float32 grey [H, W] in [0, 1] (steps 1-2 above)."""
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"{path} is a folder, not an image file; give an image file (embed and search also "
+                         f"take folders).")
     if not path.is_file():
         raise ImageError(f"image {path} not found; check the path.")
     try:
@@ -43,6 +47,8 @@ def read_grey(path: str | Path) -> np.ndarray:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"image {path} has more pixels than PIL's safety limit ({Image.MAX_IMAGE_PIXELS}); "
                          f"downscale it first.") from None
+    except PermissionError:
+        raise ImageError(f"cannot read image {path}: permission denied; fix its permissions.") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"cannot read image {path} ({type(e).__name__}): not an image or damaged; "
                          f"replace or remove it.") from None
@@ -127,15 +133,31 @@ def load_image(path: str | Path, size: int, polarity: str = "none", invert: str 
     return fit_square(grey, size)
 
 
-def list_images(paths: list[str | Path]) -> list[tuple[Path, str]]:
+def _walk(folder: Path, skipped: list[str]) -> list[Path]:
+    """Image files below `folder`, sorted; hidden files and folders ('.ipynb_checkpoints', '.git') are not
+    looked into, and folders that cannot be read are named in `skipped` instead of vanishing silently."""
+    def unreadable(e: OSError) -> None:
+        skipped.append(f"folder {e.filename} ({e.strerror or type(e).__name__})")
+
+    out = []
+    for top, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(top) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in SUFFIXES]
+    return sorted(out)
+
+
+def list_images(paths: list[str | Path], skipped: list[str] | None = None) -> list[tuple[Path, str]]:
     """Files and folders -> [(image file, label)], label = the name of the sub-folder the image is in
-    below a given folder ("" for files given directly and images at a folder's top level). Sorted."""
+    below a given folder ("" for files given directly and images at a folder's top level). Sorted.
+    `skipped` (when given) collects folders that could not be read."""
+    skipped = [] if skipped is None else skipped
     out: list[tuple[Path, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            found = _walk(p, skipped)
             if not found:
-                raise ImageError(f"folder {p} holds no images ({', '.join(sorted(SUFFIXES))}); check the path.")
+                why = f" ({'; '.join(skipped)})" if skipped else ""
+                raise ImageError(f"folder {p} holds no images ({', '.join(sorted(SUFFIXES))}){why}; check the path.")
             out += [(f, f.relative_to(p).parts[0] if len(f.relative_to(p).parts) > 1 else "") for f in found]
         elif p.is_file():
             out.append((p, ""))

@@ -39,7 +39,10 @@ TEMP_NAME = re.compile(r"\..+\.(\d+)\.[^.]+\.tmp")
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_write(path: str | Path, mode: str = "w",
+                 fix: str = "choose another --results_dir / --ckpt_dir") -> Iterator[IO[Any]]:
+    """Write `path` through a temporary file in its folder and one rename: readers never see half a file.
+    `fix` ends the one-line error when writing fails: which option chooses another place."""
     path = Path(path)
     tmp = None
     try:
@@ -57,7 +60,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
                 os.unlink(tmp)
         if isinstance(e, OSError):
             raise WriteError(f"cannot write {path} ({e.strerror or e}); free space or fix permissions there, or "
-                             f"choose another --results_dir / --ckpt_dir. Files already saved are unchanged.") from None
+                             f"{fix}. Files already saved are unchanged.") from None
         raise
 
 

@@ -18,19 +18,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zipfile
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from utils.errors import CheckpointError, ConfigError, ImageError
+from utils.gallery import Gallery
 from utils.images import list_images, load_image
-from utils.io import atomic_write
 
 Embedder = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, img_size, img_size] -> [N, D] unit rows
-GALLERY_FORMAT = "arcface-mnist-gallery-1"
 ImageInput = Sequence[str | Path] | np.ndarray
 
 
@@ -66,17 +64,26 @@ def network_input(images: np.ndarray, card: dict) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(x[:, None], card["channels"], axis=1), dtype=np.float32)
 
 
-def lookup(thresholds: dict[str, dict], far: float) -> dict:
-    """The stored threshold entry for FAR target `far` (far <= 0: the EER point); ConfigError naming
-    the calibrated choices otherwise."""
-    key = "eer" if far <= 0 else f"{far:.0e}"
-    if key in thresholds:
-        return thresholds[key]
+def lookup(thresholds: dict[str, dict], far: float, curve: dict[str, list[float]] | None = None) -> dict:
+    """The threshold for FAR target `far` (far <= 0: the EER point), with "source": a calibrated point when
+    `far` is one, else read off the stored validation FAR curve (the lowest threshold whose validation FAR
+    is <= far). ConfigError when too few validation impostor pairs back `far`, or nothing can answer it."""
+    if far <= 0:
+        return {**thresholds["eer"], "source": "calibrated (EER)"}
+    for key, entry in thresholds.items():
+        if key != "eer" and math.isclose(float(key), far, rel_tol=1e-9):
+            return {**entry, "source": "calibrated"}
     n_imp = thresholds["eer"]["n_impostor_val"]
     have = ", ".join(k for k in thresholds if k != "eer")
-    why = (f"FAR {far:g} would rest on {far * n_imp:.0f} of this model's {n_imp} validation impostor pairs; at "
-           f"least 100 are needed" if far * n_imp < 100 else f"FAR {far:g} was not calibrated")
-    raise ConfigError(f"{why}. Use a calibrated target: --far={have or '0'} (--far=0: the EER threshold).")
+    if far * n_imp < 100 or curve is None:
+        why = (f"FAR {far:g} would rest on {far * n_imp:.0f} of this model's {n_imp} validation impostor pairs; at "
+               f"least 100 are needed" if far * n_imp < 100 else f"FAR {far:g} was not calibrated")
+        raise ConfigError(f"{why}. Use a calibrated target: --far={have or '0'} (--far=0: the EER threshold).")
+    thr, rate = np.asarray(curve["threshold"]), np.asarray(curve["far"])
+    ok = np.flatnonzero(rate <= far)
+    i = int(ok[np.argmin(thr[ok])])
+    return {"threshold": float(thr[i]), "far_val": float(rate[i]), "n_impostor_val": n_imp,
+            "source": "validation FAR curve"}
 
 
 def far_at(curve: dict[str, list[float]], score: float) -> float:
@@ -86,56 +93,25 @@ def far_at(curve: dict[str, list[float]], score: float) -> float:
     return 1.0 if k < 0 else float(curve["far"][k])
 
 
-@dataclass
-class Gallery:
-    """Enrolled embeddings with their identities, made by one model (model_id = its checkpoint's SHA-256)."""
-
-    model_id: str
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    identities: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U1"))
-    paths: np.ndarray = field(default_factory=lambda: np.zeros(0, "<U1"))
-
-    def save(self, path: str | Path) -> None:
-        with atomic_write(path, "wb") as f:
-            np.savez(f, format=np.array(GALLERY_FORMAT), model_id=np.array(self.model_id),
-                     embeddings=self.embeddings, identities=self.identities.astype(str),
-                     paths=self.paths.astype(str))
-
-    @classmethod
-    def load(cls, path: str | Path, model_id: str) -> Gallery:
-        """Read a gallery (no pickles: nothing in the file can run) and refuse one of another model."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                fmt, mid = str(z["format"]), str(z["model_id"])
-                g = cls(mid, z["embeddings"].astype(np.float32), z["identities"], z["paths"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise CheckpointError(f"{path} is not a gallery of this project ({type(e).__name__}); make one with "
-                                  f"python main.py enrol DIR --gallery={path.name}.") from None
-        if fmt != GALLERY_FORMAT or g.embeddings.ndim != 2 or not len(g.embeddings) == len(g.identities) == \
-                len(g.paths):
-            raise CheckpointError(f"{path} is not a gallery of this project (format {fmt!r}); make it anew with "
-                                  f"python main.py enrol.")
-        if mid != model_id:
-            raise CheckpointError(f"{path} was made by another model (checkpoint {mid[:12]}..., this one is "
-                                  f"{model_id[:12]}...); enrol its images again with this model.")
-        return g
-
-
 class Recognizer:
     """One trained model with its input card and calibrated thresholds, behind any embedder."""
 
     def __init__(self, embedder: Embedder, card: dict, thresholds: dict, curve: dict, model_id: str,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, dim: int | None = None) -> None:
         self.embedder, self.card, self.thresholds, self.curve = embedder, card, thresholds, curve
-        self.model_id, self.batch_size = model_id, batch_size
+        self.model_id, self.batch_size, self.dim = model_id, batch_size, dim
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no trained model at {path}; train one (python main.py arcface), pick another "
+                                  f"with --model_name / --ckpt_dir, or use an export with --onnx=DIR.")
         from utils.torch_backend import load_torch_embedder  # torch only on this path
 
-        embedder, state = load_torch_embedder(Path(path), device)
-        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(Path(path)))
+        embedder, state = load_torch_embedder(path, device)
+        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(path),
+                   dim=int(state["params"]["embedding_dim"]))
 
     @classmethod
     def from_onnx(cls, folder: str | Path) -> Recognizer:
@@ -155,9 +131,9 @@ class Recognizer:
         except Exception as e:  # onnxruntime raises its own exception types for damaged files
             raise CheckpointError(f"{folder / 'model.onnx'} cannot be loaded ({type(e).__name__}); export it "
                                   f"again.") from None
-        name = session.get_inputs()[0].name
+        name, dim = session.get_inputs()[0].name, session.get_outputs()[0].shape[1]
         return cls(lambda x: session.run(None, {name: x})[0], card["input"], card["thresholds"], card["far_curve"],
-                   card["checkpoint_sha256"])
+                   card["checkpoint_sha256"], dim=dim if isinstance(dim, int) else None)
 
     # --------------------------------------------------------------------------------- images
     def load(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
@@ -178,36 +154,45 @@ class Recognizer:
 
     # --------------------------------------------------------------------------------- decisions
     def decide(self, score: float, far: float) -> dict:
-        entry = lookup(self.thresholds, far)
+        entry = lookup(self.thresholds, far, self.curve)
         score = float(min(1.0, max(-1.0, score)))
         return {"score": score, "angle_deg": math.degrees(math.acos(score)), "threshold": entry["threshold"],
-                "far": far if far > 0 else entry["far_val"], "match": score >= entry["threshold"],
-                "far_at_score": far_at(self.curve, score)}
+                "far": far if far > 0 else entry["far_val"], "threshold_source": entry["source"],
+                "match": score >= entry["threshold"], "far_at_score": far_at(self.curve, score)}
 
     def verify(self, a: str | Path, b: str | Path, far: float = 1e-3, invert: str = "auto") -> dict:
         """Do two images show the same identity? score = cosine of their embeddings."""
-        lookup(self.thresholds, far)  # refuse an uncalibrated target before any work
+        lookup(self.thresholds, far, self.curve)  # refuse an unusable target before any work
         e = self.embed([a, b], invert)
         return self.decide(float(e[0] @ e[1]), far)
 
-    def enrol(self, folder: str | Path, gallery: Gallery | None = None, invert: str = "auto") -> Gallery:
-        """Add every image of `folder`'s sub-folders (one per identity) to `gallery` (or a new one)."""
-        found = list_images([folder])
+    def enrol(self, folder: str | Path, gallery: Gallery | None = None, invert: str = "auto",
+              skipped: list[str] | None = None) -> Gallery:
+        """Add every image of `folder`'s sub-folders (one per identity) to `gallery` (or a new one). Images
+        the gallery already holds (same file) are not added twice; `skipped` collects what was left out."""
+        skipped = [] if skipped is None else skipped
+        found = list_images([folder], skipped)
         loose = [str(p) for p, label in found if not label]
         if loose:
             raise ImageError(f"enrol needs one sub-folder per identity in {folder}; {loose[0]} is not in one.")
         g = gallery or Gallery(self.model_id)
-        emb = self.embed([p for p, _ in found], invert)
-        g.embeddings = np.concatenate([g.embeddings.reshape(-1, emb.shape[1]), emb]).astype(np.float32)
-        g.identities = np.concatenate([g.identities.astype(str), [label for _, label in found]])
-        g.paths = np.concatenate([g.paths.astype(str), [str(p) for p, _ in found]])
+        have = {os.path.realpath(p) for p in g.paths.tolist()}
+        new = [(p, label) for p, label in found if os.path.realpath(p) not in have]
+        if len(new) < len(found):
+            skipped.append(f"{len(found) - len(new)} image(s) already in the gallery (same files)")
+        emb = self.embed([p for p, _ in new], invert)
+        if len(new):
+            g.embeddings = np.concatenate([g.embeddings.reshape(-1, emb.shape[1]), emb]).astype(np.float32)
+            g.identities = np.concatenate([g.identities.astype(str), [label for _, label in new]])
+            g.paths = np.concatenate([g.paths.astype(str), [str(p) for p, _ in new]])
         return g
 
     def search(self, queries: Sequence[str | Path], gallery: Gallery, k: int = 5, far: float = 1e-3,
                invert: str = "auto") -> list[dict]:
         """Per query the k best identities (each by its nearest enrolled image); "unknown" when even the
         best scores below the threshold for `far` (open-set rejection)."""
-        threshold = lookup(self.thresholds, far)["threshold"]
+        entry = lookup(self.thresholds, far, self.curve)
+        threshold = entry["threshold"]
         if len(gallery.embeddings) == 0:
             raise CheckpointError("the gallery is empty; enrol identities first (python main.py enrol DIR).")
         names, index = np.unique(gallery.identities, return_inverse=True)
@@ -221,5 +206,6 @@ class Recognizer:
             top = [[str(names[i]), round(float(per_identity[i]), 6)] for i in best]
             score = float(per_identity[best[0]])
             out.append({"query": str(q), "identity": top[0][0] if score >= threshold else "unknown",
-                        "score": round(score, 6), "top": top})
+                        "score": round(score, 6), "top": top, "threshold": threshold,
+                        "threshold_source": entry["source"]})
         return out

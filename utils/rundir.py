@@ -118,5 +118,8 @@ def hold(results: Path, ckpt: Path) -> Iterator[None]:
         remove_stale_temps(results.parent)
         yield
     finally:
+        for folder in (staging(results), staging(ckpt)):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a run refused before it wrote anything leaves no trace
         for f in held:
             f.close()  # releases the flock
