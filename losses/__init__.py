@@ -13,40 +13,40 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch.nn as nn
+from losses import registry
 
-from losses.arcface import ArcFace
-from losses.base import CosineMarginHead
-from losses.combined import CombinedMargin
-from losses.cosface import CosFace
-from losses.normface import NormFace
-from losses.softmax import Softmax
-from losses.sphereface import SphereFace
-from losses.subcenter_arcface import SubCenterArcFace
+if TYPE_CHECKING:
+    import torch.nn as nn
 
-HEADS: dict[str, type[nn.Module]] = {
-    "softmax": Softmax, "normface": NormFace, "sphereface": SphereFace, "cosface": CosFace,
-    "arcface": ArcFace, "combined": CombinedMargin, "subcenter_arcface": SubCenterArcFace,
-}
+_CLASSES = {"CosineMarginHead": "base", **{s["head"]: n for n, s in registry.specs().items()}}
+
+
+def __getattr__(name: str) -> Any:
+    """`from losses import ArcFace` imports its file (and torch) only when asked: the registry is torch-free."""
+    if name in _CLASSES:
+        return getattr(importlib.import_module(f"losses.{_CLASSES[name]}"), name)
+    raise AttributeError(f"module 'losses' has no attribute {name!r}")
 
 
 def paper_defaults(loss_fuc_type: str) -> dict[str, Any]:
-    """The constructor defaults of a head (its paper's s, m, ...)."""
-    sig = inspect.signature(HEADS[loss_fuc_type].__init__)
-    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    """The paper's values of a head's hyper-parameters (its SPEC)."""
+    return registry.paper_defaults(loss_fuc_type)
 
 
-def build_head(loss_fuc_type: str, in_features: int, n_class: int, **kwargs: Any) -> nn.Module:
-    """Build the head named `loss_fuc_type`; keyword arguments it does not take are dropped, so one
-    params object (scale, margin, m1, m2, m3, subcenters) can build any head."""
-    if loss_fuc_type not in HEADS:
-        raise ValueError(f"unknown loss '{loss_fuc_type}'; available: {', '.join(HEADS)}")
-    accepted = paper_defaults(loss_fuc_type)
-    return HEADS[loss_fuc_type](in_features, n_class, **{k: v for k, v in kwargs.items() if k in accepted})
+def build_head(loss_fuc_type: str, in_features: int, n_class: int, **values: Any) -> nn.Module:
+    """Build the head named `loss_fuc_type` from the hyper-parameters its SPEC lists (taken from `values`,
+    the paper's where absent); ValueError naming the range when one is out of it."""
+    if loss_fuc_type not in registry.specs():
+        raise ValueError(f"unknown loss '{loss_fuc_type}'; available: {', '.join(registry.names())}")
+    mine = {**registry.paper_defaults(loss_fuc_type),
+            **{k: v for k, v in values.items() if k in registry.spec(loss_fuc_type)["params"]}}
+    bad = registry.problems(loss_fuc_type, mine)
+    if bad:
+        raise ValueError(bad[0])
+    return registry.head_class(loss_fuc_type)(in_features, n_class, **mine)
 
 
-__all__ = ["ArcFace", "CombinedMargin", "CosFace", "CosineMarginHead", "NormFace", "Softmax", "SphereFace",
-           "SubCenterArcFace", "build_head", "paper_defaults", "HEADS"]
+__all__ = ["build_head", "paper_defaults", "registry", *_CLASSES]

@@ -26,12 +26,22 @@ import torch
 
 from losses.base import CosineMarginHead
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "arcface", "head": "ArcFace", "paper": "Deng et al., CVPR 2019",
+    "formula": "s cos(theta_y + m)",
+    "color": "tab:blue", "grid": True,
+    "toy": {"scale": 10.0, "margin": 0.2},
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "margin": {"meaning": "additive angular margin m: the target logit is cos(theta + m)", "unit": "radians",
+                   "default": 0.5, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
+}
+
 
 class ArcFace(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.5) -> None:
         super().__init__(in_features, n_class, scale)
-        if not 0 <= margin < math.pi:
-            raise ValueError(f"margin must be in [0, pi), got {margin}")
         self.margin = float(margin)
         self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)
         self.threshold = math.cos(math.pi - margin)  # cos(theta) above this <=> theta + m <= pi

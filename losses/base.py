@@ -20,8 +20,6 @@ class CosineMarginHead(nn.Module):
 
     def __init__(self, in_features: int, n_class: int, scale: float) -> None:
         super().__init__()
-        if scale <= 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
         self.in_features, self.n_class, self.scale = in_features, n_class, float(scale)
         self.weight = nn.Parameter(torch.empty(n_class, in_features))
         nn.init.xavier_uniform_(self.weight)

@@ -21,13 +21,26 @@ import torch
 
 from losses.base import CosineMarginHead
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "combined", "head": "CombinedMargin", "paper": "Deng et al., CVPR 2019 (combined margin)",
+    "formula": "s (cos(m1 theta_y + m2) - m3)",
+    "color": "tab:brown", "grid": False,
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "m1": {"meaning": "multiplicative angular margin m1 (SphereFace-like)", "unit": "multiplier",
+               "default": 1.0, "low": 1.0, "high": 10.0},
+        "m2": {"meaning": "additive angular margin m2 (ArcFace-like)", "unit": "radians",
+               "default": 0.3, "low": 0.0, "high": 3.141592653589793, "high_open": True},
+        "m3": {"meaning": "additive cosine margin m3 (CosFace-like)", "unit": "cosine",
+               "default": 0.2, "low": 0.0, "high": 2.0}},
+}
+
 
 class CombinedMargin(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3,
                  m3: float = 0.2) -> None:
         super().__init__(in_features, n_class, scale)
-        if m1 < 1 or m2 < 0 or m3 < 0 or m2 >= math.pi:
-            raise ValueError(f"need m1 >= 1, 0 <= m2 < pi, m3 >= 0; got ({m1}, {m2}, {m3})")
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.theta0 = (math.pi - m2) / m1
         self.fallback = max(m2 * math.sin(m2), 1.0 + math.cos(self.theta0))

@@ -14,12 +14,22 @@ import torch
 
 from losses.base import CosineMarginHead
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "cosface", "head": "CosFace", "paper": "Wang et al., CVPR 2018",
+    "formula": "s (cos(theta_y) - m)",
+    "color": "tab:purple", "grid": True,
+    "toy": {"scale": 10.0, "margin": 0.1},
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "margin": {"meaning": "additive cosine margin m: the target logit is cos(theta) - m", "unit": "cosine",
+                   "default": 0.35, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
+}
+
 
 class CosFace(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.35) -> None:
         super().__init__(in_features, n_class, scale)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
         self.margin = float(margin)
 
     def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:

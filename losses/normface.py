@@ -12,6 +12,16 @@ from __future__ import annotations
 
 from losses.base import CosineMarginHead
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "normface", "head": "NormFace", "paper": "Wang et al., ACM MM 2017",
+    "formula": "s cos(theta_y)",
+    "color": "tab:green", "grid": True,
+    "toy": {"scale": 10.0},
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 30.0, "low": 0.0, "high": 1024.0, "low_open": True}},
+}
+
 
 class NormFace(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 30.0) -> None:

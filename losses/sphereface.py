@@ -45,13 +45,24 @@ def chebyshev(m: int, c: torch.Tensor) -> torch.Tensor:
     return cur
 
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "sphereface", "head": "SphereFace", "paper": "Liu et al., CVPR 2017",
+    "formula": "s (lambda cos(theta_y) + psi(theta_y)) / (1 + lambda)",
+    "color": "tab:red", "grid": True,
+    "toy": {"scale": 10.0, "margin": 2.0},
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 30.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "margin": {"meaning": "multiplicative angular margin m: psi uses cos(m theta)", "unit": "integer multiplier",
+                   "default": 4, "low": 1, "high": 10, "integer": True}},
+}
+
+
 class SphereFace(CosineMarginHead):
     def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: int = 4,
                  base: float = 1000.0, gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
                  anneal_fraction: float = PAPER_ANNEAL_STEPS / PAPER_TOTAL_STEPS) -> None:
         super().__init__(in_features, n_class, scale)
-        if int(margin) != margin or margin < 1:
-            raise ValueError(f"SphereFace's margin is a positive integer (4 in the paper), got {margin}")
         self.margin = int(margin)
         self.base, self.gamma, self.power, self.lambda_min = base, gamma, power, lambda_min
         self.anneal_fraction = anneal_fraction

@@ -17,13 +17,24 @@ import torch.nn.functional as F
 
 from losses.arcface import ArcFace
 
+# read by losses/registry.py without running this file (ast.literal_eval): literals only
+SPEC = {
+    "name": "subcenter_arcface", "head": "SubCenterArcFace", "paper": "Deng et al., ECCV 2020",
+    "formula": "s cos(theta_y + m), theta_y to the nearest of K sub-centres",
+    "color": "tab:cyan", "grid": False,
+    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "margin": {"meaning": "additive angular margin m: the target logit is cos(theta + m)", "unit": "radians",
+                   "default": 0.5, "low": 0.0, "high": 3.141592653589793, "high_open": True},
+        "subcenters": {"meaning": "sub-centres K per class (noisy labels fall to a minor one)", "unit": "count",
+                       "default": 3, "low": 1, "high": 64, "integer": True}},
+}
+
 
 class SubCenterArcFace(ArcFace):
     def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.5,
                  subcenters: int = 3) -> None:
         super().__init__(in_features, n_class, scale, margin)
-        if subcenters < 1:
-            raise ValueError(f"subcenters must be >= 1, got {subcenters}")
         self.k = int(subcenters)
         self.weight = nn.Parameter(torch.empty(n_class * self.k, in_features))
         nn.init.xavier_uniform_(self.weight)

@@ -127,7 +127,7 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     from utils.config import resolve
 
     # one loss on a few images: the same code path as the committed ten runs, in seconds
-    monkeypatch.setattr(figs, "TOY", {"arcface": {"scale": 10.0, "margin": 0.2}})
+    monkeypatch.setattr(figs, "toys", lambda: {"arcface": {"scale": 10.0, "margin": 0.2}})
     monkeypatch.setattr(figs, "TOY_TRAIN", 128)
     monkeypatch.setattr(figs, "TOY_VAL", 64)
     monkeypatch.setattr(figs, "TOY_POINTS", 32)

@@ -105,7 +105,9 @@ def test_build_head_and_errors() -> None:
     assert isinstance(build_head("softmax", 8, 3, scale=10, margin=0.3), Softmax)
     with pytest.raises(ValueError, match="unknown loss"):
         build_head("nope", 8, 3)
-    with pytest.raises(ValueError, match="margin"):
-        ArcFace(8, 3, margin=4.0)
-    with pytest.raises(ValueError, match="scale"):
-        ArcFace(8, 3, scale=0.0)
+    with pytest.raises(ValueError, match="margin=4.0 is out of range for arcface"):
+        build_head("arcface", 8, 3, margin=4.0)
+    with pytest.raises(ValueError, match="scale=0.0 is out of range"):
+        build_head("cosface", 8, 3, scale=0.0)
+    with pytest.raises(ValueError, match="integer"):
+        build_head("sphereface", 8, 3, margin=2.5)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from losses import HEADS, CombinedMargin, CosFace, NormFace, SphereFace, SubCenterArcFace, build_head, paper_defaults
+from losses import CombinedMargin, CosFace, NormFace, SphereFace, SubCenterArcFace, build_head, paper_defaults, registry
 from losses.arcface import ArcFace
 
 
@@ -108,7 +108,7 @@ def test_combined_reduces_to_arcface_and_cosface() -> None:
         torch.testing.assert_close(comb(xx, yy), cos(xx, yy), atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", [n for n in HEADS if n != "softmax"])
+@pytest.mark.parametrize("name", [n for n in registry.names() if n != "softmax"])
 def test_gradcheck_every_margin_head(name: str) -> None:
     torch.manual_seed(0)
     h = build_head(name, 5, 3, scale=3.0).double()
@@ -123,7 +123,7 @@ def test_gradcheck_every_margin_head(name: str) -> None:
     assert torch.autograd.gradcheck(f, (x, w))
 
 
-@pytest.mark.parametrize("name", [n for n in HEADS if n not in ("softmax", "subcenter_arcface")])
+@pytest.mark.parametrize("name", [n for n in registry.names() if n not in ("softmax", "subcenter_arcface")])
 def test_target_logit_non_increasing(name: str) -> None:
     h = build_head(name, 2, 2).double().eval()
     theta = torch.linspace(0, math.pi, 20001, dtype=torch.float64)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from losses import registry
 from utils.errors import ConfigError
 
-LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 DATASETS = ("mnist", "fashion_mnist", "folder")
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
@@ -187,8 +187,20 @@ def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> Tra
     return out
 
 
+def share(overrides: dict[str, Any], losses: list[str]) -> list[dict[str, Any]]:
+    """One command line for runs of several losses (compare, the seeds study, the grid): each run gets the
+    loss hyper-parameters its loss takes; one that none of them takes is refused."""
+    hyper = [k for k in overrides if k in registry.hyper_fields()]
+    for k in hyper:
+        if not any(k in registry.spec(loss)["params"] for loss in losses if loss in registry.specs()):
+            raise ConfigError(f"--{k} is not used by {' or '.join(dict.fromkeys(losses))}; it applies to "
+                              f"{', '.join(registry.users(k))}. Drop it, or choose one of those losses.")
+    return [{k: v for k, v in overrides.items() if k not in hyper or loss not in registry.specs()
+             or k in registry.spec(loss)["params"]} for loss in losses]
+
+
 # Upper bounds: far beyond any sensible run, low enough that nothing overflows before the memory check.
-LIMITS = {"img_size": 4096, "embedding_dim": 65536, "n_class": 1_000_000, "subcenters": 64, "batch_size": 65536,
+LIMITS = {"img_size": 4096, "embedding_dim": 65536, "n_class": 1_000_000, "batch_size": 65536,
           "eval_batch_size": 65536, "total_epochs": 100_000, "early_stop_epochs": 100_000, "step_size": 100_000,
           "val_size": 10_000_000, "seed": 2**31 - 1, "split_seed": 2**31 - 1}
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -203,21 +215,14 @@ def validate(p: TrainParams) -> None:
         if f.name in LIMITS and not 0 <= v <= LIMITS[f.name]:
             raise ConfigError(f"{f.name}={v} is out of range; use 0 .. {LIMITS[f.name]}.")
     checks = [
-        (p.loss_fuc_type in LOSSES, f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {LOSSES}."),
+        (p.loss_fuc_type in registry.names(),
+         f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {registry.names()}."),
         (p.dataset_name in DATASETS, f"dataset_name '{p.dataset_name}' unknown; choose one of {DATASETS}."),
         (p.backbone_type == "resnet18", f"backbone_type '{p.backbone_type}' unknown; use resnet18."),
         (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
         (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
         (p.channels_last in ("auto", "true", "false"), f"channels_last '{p.channels_last}': use auto, true or false."),
-        (p.loss_fuc_type == "sphereface" or 0 <= p.margin < math.pi,
-         f"margin={p.margin} out of range; use 0 <= margin < pi (0.5 is usual)."),
-        (p.loss_fuc_type != "sphereface" or (1 <= p.margin <= 10 and float(p.margin).is_integer()),
-         f"margin={p.margin}: SphereFace's margin is an integer multiplier 1 .. 10 (the paper uses 4)."),
-        (1 <= p.m1 <= 10 and 0 <= p.m2 < math.pi and 0 <= p.m3 <= 2,
-         f"combined margins (m1={p.m1}, m2={p.m2}, m3={p.m3}) need 1 <= m1 <= 10, 0 <= m2 < pi, 0 <= m3 <= 2."),
-        (p.subcenters >= 1, f"subcenters={p.subcenters} must be >= 1."),
-        (0 < p.scale <= 1024, f"scale={p.scale} must be in (0, 1024] (16 to 64 are usual)."),
         (0 < p.lr <= 10, f"lr={p.lr} must be in (0, 10] (1e-3 is usual for AdamW)."),
         (0 <= p.weight_decay <= 10, f"weight_decay={p.weight_decay} must be in [0, 10]."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
@@ -248,6 +253,10 @@ def validate(p: TrainParams) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    # the loss's own hyper-parameters, by its SPEC (losses/<name>.py); fields it does not take are not used
+    bad = registry.problems(p.loss_fuc_type, {f: getattr(p, f) for f in registry.spec(p.loss_fuc_type)["params"]})
+    if bad:
+        raise ConfigError(bad[0])
     try:
         parse_classes(p.known_classes, p.n_class)
     except ValueError as e:

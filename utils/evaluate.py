@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from losses import registry
 from utils import plots
 from utils.config import TrainParams
 from utils.data import Splits
@@ -143,7 +144,7 @@ def draw_det(results_dir: Path) -> list[Path]:
             far, frr = read_curve(ff)
             eer = met[key]["eer"] if key else met["eer"]
             curves.append({"label": mfile.parent.name, "far": far, "frr": frr,
-                           "eer": eer, "color": plots.COLORS.get(met.get("loss_fuc_type", ""))})
+                           "eer": eer, "color": registry.color(met.get("loss_fuc_type", ""))})
         if curves:
             fig = plots.det_figure(curves, title)
             save_figure(fig, results_dir / png)

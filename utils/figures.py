@@ -3,7 +3,7 @@
     python main.py figures [--models=resnet18_arcface,resnet18_softmax] [--reuse=true] [--toy=false]
 
 features_2d.png, features_3d.png  the toy experiment of the ArcFace/CosFace/SphereFace papers: the same
-                                  ResNet18 with a 2-D and a 3-D embedding, one panel per loss (TOY below)
+                                  ResNet18 with a 2-D and a 3-D embedding, one panel per loss (each SPEC["toy"])
 scores.png       genuine/impostor score densities over all test x train pairs (from eval.npz: no second pass)
 angles.png       angle of each test embedding to its own and to the nearest other class centre, and the
                  ArcFace paper's Table 3 statistics (W-EC, W-Inter, Intra, Inter) in angles.json
@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainArcFace import TrainArcFaceParams
+from losses import registry
 from utils import paper_plots, plots
-from utils.config import TrainParams, comma_list, resolve, script_args
+from utils.config import TrainParams, comma_list, resolve, script_args, share
 from utils.data import Splits, load_splits
 from utils.device import resolve_device
 from utils.engine import embed, fit
@@ -37,10 +37,14 @@ from utils.io import atomic_write, evaluation_weights, save_figure, write_json
 from utils.progress import say
 from utils.torch_backend import load_network
 
-# Toy runs: margins that can exist with 10 classes in 2-D, where neighbouring centres are 36 deg apart
-# (CosFace needs m < 1 - cos 36 deg = 0.19; SphereFace's m = 4 would need theta < 7.2 deg).
-TOY = {"softmax": {}, "normface": {"scale": 10.0}, "sphereface": {"scale": 10.0, "margin": 2.0},
-       "cosface": {"scale": 10.0, "margin": 0.1}, "arcface": {"scale": 10.0, "margin": 0.2}}
+
+def toys() -> dict[str, dict]:
+    """The losses drawn in the toy panels with their settings (each loss's SPEC["toy"]): margins that can
+    exist with 10 classes in 2-D, where neighbouring centres are 36 deg apart (CosFace needs m < 1 - cos 36 deg
+    = 0.19; SphereFace's m = 4 would need theta < 7.2 deg)."""
+    return {name: s["toy"] for name, s in registry.specs().items() if "toy" in s}
+
+
 # 9,000 images: the ten runs then fit a 25-minute budget on a 2-core AVX2 CPU (10,000 took 26 min at batch 64)
 TOY_TRAIN, TOY_VAL, TOY_POINTS, TOY_EPOCHS = 9_000, 1_000, 2_000, 1
 # One epoch needs a faster recipe than the default run's: on 10,000 images, with lr 1e-3, batch 128 and half the
@@ -50,21 +54,21 @@ TSNE_POINTS = 3_000
 
 
 def toy_caption(loss: str) -> str:
-    o = TOY[loss]
+    o = toys()[loss]
     return loss + (f" (s={o['scale']:g}" + (f", m={o['margin']:g})" if "margin" in o else ")") if o else " (raw)")
 
 
 def toy_recipe(loss: str) -> str:
     """What a saved toy run must have been trained with for --reuse=true to take it."""
     return json.dumps({"train": TOY_TRAIN, "val": TOY_VAL, "points": TOY_POINTS, "epochs": TOY_EPOCHS, **TOY_FIT,
-                       **TOY[loss]}, sort_keys=True)
+                       **toys()[loss]}, sort_keys=True)
 
 
 def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
     """One toy run: TOY_TRAIN training images, TOY_EPOCHS epoch(s); saves and returns its points and weights."""
-    params = resolve(TrainArcFaceParams(), {**dataclasses.asdict(base), "loss_fuc_type": loss, "embedding_dim": dim,
-                                            "total_epochs": TOY_EPOCHS, "ema_decay": 0.0, **TOY_FIT,
-                                            "model_name": f"toy_{dim}d_{loss}", **TOY[loss]})
+    params = resolve(TrainParams(), {**dataclasses.asdict(base), "loss_fuc_type": loss, "embedding_dim": dim,
+                                     "total_epochs": TOY_EPOCHS, "ema_decay": 0.0, **TOY_FIT,
+                                     "model_name": f"toy_{dim}d_{loss}", **toys()[loss]})
     device = resolve_device(params.device)
     splits, params, model, head = prepare_run(params, device)
     splits = dataclasses.replace(splits, train_x=splits.train_x[:TOY_TRAIN], train_y=splits.train_y[:TOY_TRAIN],
@@ -88,10 +92,10 @@ def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
 
 def toy_figures(base: TrainParams, out: Path, reuse: bool) -> dict:
     summary = {"train_images": TOY_TRAIN, "val_images": TOY_VAL, "epochs": TOY_EPOCHS, "points": TOY_POINTS,
-               "fit": TOY_FIT, "margins": TOY, "runs": {}}
+               "fit": TOY_FIT, "margins": toys(), "runs": {}}
     for dim in (2, 3):
         panels = []
-        for loss in TOY:
+        for loss in toys():
             f = out / "toy" / f"{dim}d_{loss}.npz"
             run = None
             if reuse and f.is_file():
@@ -159,7 +163,7 @@ def run_figures(args: list[str]) -> None:
     for key in ("reuse", "toy"):
         if opts[key] not in ("true", "false"):
             raise ConfigError(f"--{key}={opts[key]}: expected true or false.")
-    base = resolve(TrainArcFaceParams(), {"use_tqdm": False, **overrides})
+    base = resolve(TrainParams(), {"use_tqdm": False, "loss_fuc_type": "arcface", **share(overrides, ["arcface"])[0]})
     out = Path(base.results_dir) / "figures"
     models = [model_inputs(m, base) for m in comma_list("models", opts["models"])]  # refuse before any work
     t0 = time.perf_counter()
@@ -178,7 +182,7 @@ def draw_model_figures(models: list[dict], base: TrainParams, out: Path) -> None
     score_rows, angle_rows, fail_rows, maps, numbers = [], [], [], [], {}
     for m in models:
         p = m["state"]["params"]
-        params = resolve(TrainArcFaceParams(), {**{k: v for k, v in p.items() if k in vars(base)},
+        params = resolve(TrainParams(), {**{k: v for k, v in p.items() if k in vars(base)},
                                                 "data_root": base.data_root, "use_tqdm": False})
         splits, params = load_splits(params)
         a, met, loss = m["arrays"], m["metrics"], p["loss_fuc_type"]

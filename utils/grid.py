@@ -5,7 +5,7 @@ closed and open set.
                         [--known_classes=0-5] [--reuse=true] [--field=value ...]
 
 Every run shares the hyper-parameters of the CPU preset with a fixed budget (BUDGET below); each
-loss keeps its paper's s and m (`losses.paper_defaults`) unless --scale/--margin/... are given.
+loss keeps its paper's s and m (its SPEC in losses/<name>.py) unless --scale/--margin/... are given.
 Per run, the usual results land in results/grid/runs/<dataset>_<loss>_s<seed>/; the summary
 goes to results/grid/{grid.json, grid.md, DET_<dataset>_<closed|open>.png}.
 --reuse=true reads a run whose published folder holds metrics.json for exactly the params asked for
@@ -25,16 +25,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from losses import paper_defaults
+from losses import registry
 from utils import plots, rundir
-from utils.config import DATASETS, LOSSES, ConfigError, TrainParams, parse_overrides, recorded, resolve
+from utils.config import DATASETS, ConfigError, TrainParams, parse_overrides, recorded, resolve, share
 from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import quick_debug_params, run
 from utils.io import atomic_write, save_figure, write_json
 from utils.progress import say
 
-DEFAULT_LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface")
 DEFAULT_DATASETS = ("mnist", "fashion_mnist")
 DEFAULT_SEEDS = 3
 # 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
@@ -43,7 +42,6 @@ DEFAULT_SEEDS = 3
 # make old grid results incomparable).
 BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay": 5e-4, "augment": True,
           "ema_decay": 0.0, "use_tqdm": False}
-MARGIN_FIELDS = ("scale", "margin", "m1", "m2", "m3", "subcenters")
 # fields that do not change a run's result (or are derived from the data when planned as 0)
 NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval_batch_size", "log_steps",
                 "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tensorboard")
@@ -57,7 +55,7 @@ MAX_SEEDS = 100
 
 def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split grid options (--losses, --datasets, --seeds, --reuse) from ordinary field overrides."""
-    opts: dict[str, Any] = {"losses": DEFAULT_LOSSES, "datasets": DEFAULT_DATASETS, "seeds": DEFAULT_SEEDS,
+    opts: dict[str, Any] = {"losses": registry.names(grid=True), "datasets": DEFAULT_DATASETS, "seeds": DEFAULT_SEEDS,
                             "reuse": False}
     rest = []
     for a in args:
@@ -74,9 +72,9 @@ def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
             opts["seeds"] = int(value)
         else:
             rest.append(a)
-    bad = [loss for loss in opts["losses"] if loss not in LOSSES]
+    bad = [loss for loss in opts["losses"] if loss not in registry.names()]
     if bad or not opts["losses"]:
-        raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(LOSSES)}.")
+        raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(registry.names())}.")
     bad = [d for d in opts["datasets"] if d not in DATASETS]
     if bad or not opts["datasets"]:
         raise ConfigError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(DATASETS)}.")
@@ -91,12 +89,13 @@ def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
 def plan(opts: dict[str, Any], overrides: dict[str, Any]) -> list[TrainParams]:
     """All runs' params, resolved and validated before anything trains."""
     runs = []
+    shared = dict(zip(opts["losses"], share(overrides, list(opts["losses"])), strict=True))
     for ds in opts["datasets"]:
         for loss in opts["losses"]:
             for seed in range(opts["seeds"]):
-                paper = {k: float(v) if k != "subcenters" else v for k, v in paper_defaults(loss).items()
-                         if k in MARGIN_FIELDS and k not in overrides}
-                values = {**BUDGET, **paper, **overrides, "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
+                paper = {k: float(v) if k != "subcenters" else v for k, v in registry.paper_defaults(loss).items()
+                         if k not in overrides}
+                values = {**BUDGET, **paper, **shared[loss], "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
                 root = Path(values.get("results_dir", "results")) / "grid"
                 values.update(model_name=f"{ds}_{loss}_s{seed}", results_dir=str(root / "runs"),
                               ckpt_dir=str(Path(values.get("ckpt_dir", "ckp")) / "grid"))
@@ -142,7 +141,7 @@ def draw(rows: list[dict], root: Path) -> None:
                     continue
                 far, frr = read_curve(ff)
                 curves.append({"label": r["loss"], "far": far, "frr": frr, "eer": r[proto]["eer"],
-                               "color": plots.COLORS.get(r["loss"])})
+                               "color": registry.color(r["loss"])})
             if curves:
                 fig = plots.det_figure(curves, f"{ds}, {proto} set (seed 0)")
                 save_figure(fig, root / f"DET_{ds}_{proto}.png")

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from utils.plots import COLORS, plt
+from losses import registry
+from utils.plots import plt
 
 DIGITS = plt.get_cmap("tab10")
 
@@ -55,7 +56,7 @@ def scores(models: Sequence[dict], shown_bins: int = 512) -> Figure:
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.8), squeeze=False, sharey=True)
     for ax, m in zip(axes[0], models, strict=True):
         lo, hi = 1.0, -1.0
-        for key, color in (("genuine", COLORS.get(m["loss"])), ("impostor", "grey")):
+        for key, color in (("genuine", registry.color(m["loss"])), ("impostor", "grey")):
             counts = np.asarray(m[key], dtype=float).reshape(shown_bins, -1).sum(1)
             edges = np.linspace(-1, 1, shown_bins + 1)
             nz = np.nonzero(counts)[0]
@@ -83,7 +84,7 @@ def angles(models: Sequence[dict]) -> Figure:
     top = max(float(np.percentile(np.concatenate([m["own"], m["other"]]), 99.9)) for m in models)
     edges = np.linspace(0, min(180.0, top * 1.1 + 1), 121)
     for ax, m in zip(axes[0], models, strict=True):
-        ax.hist(m["own"], bins=edges, color=COLORS.get(m["loss"]), alpha=0.8, label="to its own class centre")
+        ax.hist(m["own"], bins=edges, color=registry.color(m["loss"]), alpha=0.8, label="to its own class centre")
         ax.hist(m["other"], bins=edges, color="grey", alpha=0.6, label="to the nearest other centre")
         ax.set_yscale("log")
         ax.set_xlabel("angle (degrees)")

@@ -16,9 +16,6 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.special import ndtri  # noqa: E402
 
-COLORS = {"arcface": "tab:blue", "softmax": "tab:orange",  # as in the original figure
-          "normface": "tab:green", "sphereface": "tab:red", "cosface": "tab:purple", "combined": "tab:brown",
-          "subcenter_arcface": "tab:cyan"}
 TICKS = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
 EPS = 1e-9  # rates of 0 are drawn at this floor (off the axes): the probit of 0 is -inf
 

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trainArcFace import TrainArcFaceParams
-from trainResnet import TrainResnetParams
+from losses import registry
 from utils import plots, rundir
-from utils.config import ConfigError, TrainParams, comma_list, parse_overrides, resolve
+from utils.config import ConfigError, TrainParams, comma_list, parse_overrides, resolve, share
 from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import run
@@ -34,8 +33,7 @@ from utils.progress import say
 from utils.provenance import ROOT, code_identity
 from utils.stats import mcnemar, paired, spread
 
-PAIR = (TrainArcFaceParams, TrainResnetParams)
-LOSSES = ("arcface", "softmax")
+LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
 VOUCHED = ROOT / "results" / "numerics.json"  # commits checked to compute the golden numbers identically
 STUDY_DEFAULTS = {"amp": "off"}
 TARS = ("1e-03", "1e-04")
@@ -67,14 +65,15 @@ def parse_args(args: list[str]) -> tuple[list[int], bool, dict]:
     return seeds or [], reuse, overrides
 
 
-def plan(seeds: list[int], overrides: dict) -> list[TrainParams]:
+def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...]) -> list[TrainParams]:
     """Both models for every seed (seed-major, so that pairs finish early); resolved before anything trains."""
     results = Path(overrides.get("results_dir", "results")) / "seeds"
     ckpt = Path(overrides.get("ckpt_dir", "ckp")) / "seeds"
     runs = []
+    shared = share(overrides, [overrides.get("loss_fuc_type", cls.loss_fuc_type) for cls in pair])
     for seed in seeds:
-        for cls in PAIR:
-            values = {**STUDY_DEFAULTS, **overrides, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
+        for cls, mine in zip(pair, shared, strict=True):
+            values = {**STUDY_DEFAULTS, **mine, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
                       "results_dir": str(results), "ckpt_dir": str(ckpt)}
             runs.append(resolve(cls(), values))
     return runs
@@ -113,9 +112,10 @@ def reusable(p: TrainParams, now: dict, equal: set[str]) -> dict | None:
     return m
 
 
-def study(args: list[str]) -> Path:
+def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
+    """Train (or reuse) both models of `pair` (TrainArcFaceParams, TrainResnetParams) for every seed."""
     seeds, reuse, overrides = parse_args(args)
-    runs = plan(seeds, overrides)
+    runs = plan(seeds, overrides, pair)
     root = Path(runs[0].results_dir)
     now, equal = code_identity(), vouched()
     done: list[TrainParams] = []
@@ -246,7 +246,7 @@ def draw(rows: list[dict], out: Path) -> None:
     for loss in LOSSES:
         mine = [r for r in rows if r["loss_fuc_type"] == loss]
         got = [read_curve(Path(r["folder"]) / "far_frr.csv") for r in mine]
-        color = plots.COLORS.get(loss)
+        color = registry.color(loss)
         curves += [{"label": None, "far": far, "frr": frr, "eer": r["eer"], "color": color, "lw": 0.7, "alpha": 0.5,
                     "ls": "-"} for r, (far, frr) in zip(mine, got, strict=True)]
         far, frr = median_curve(got)
