@@ -31,11 +31,20 @@ DEPENDENCIES = {"torch": _TORCH, "torchvision": _TORCH,
                 "scipy": "this needs scipy: pip install scipy."}
 
 
-def usage() -> str:
+def usage(command: str | None = None) -> str:
+    """--help: the commands and the fields of TrainArcFaceParams; `COMMAND --help`: that command's options."""
     from trainArcFace import TrainArcFaceParams
     from trainResnet import TrainResnetParams
     from utils.config import PRESETS, describe_fields
 
+    if command in USING:
+        from utils.commands import describe_command
+
+        return describe_command(command, default_model())
+    if command in ("arcface", "softmax"):
+        params = TrainArcFaceParams() if command == "arcface" else TrainResnetParams()
+        return (f"usage: python main.py {command} [--field=value ...]   train + evaluate {params.model_name}\n\n"
+                f"fields of {type(params).__name__} (default, meaning):\n{describe_fields(params)}\n")
     return (f"usage: python main.py [{'|'.join(COMMANDS)}] [--field=value ...]\n\n"
             f"  arcface  train + evaluate ResNet18 + ArcFace (trainArcFace.py)\n"
             f"  softmax  train + evaluate ResNet18 + softmax (trainResnet.py)\n"
@@ -45,16 +54,17 @@ def usage() -> str:
             f"  grid     [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
             f"           the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)\n"
             f"  figures  [--reuse=true]  the papers' pictures from the trained models (results/figures/)\n\n"
-            f"using a trained model (--model_name=... picks it; --onnx=DIR uses an export instead):\n"
+            f"using a trained model (--model_name=... picks it; --onnx=DIR uses an export instead;\n"
+            f"python main.py COMMAND --help lists its options):\n"
             f"  embed PATH... --out=FILE.npz                    images/folders -> L2-normalised embeddings\n"
             f"  verify A B [--far=1e-3] [--json=true]           same identity? score vs calibrated threshold\n"
             f"  enrol DIR --gallery=FILE.npz                    one sub-folder per identity -> gallery\n"
             f"  search PATH... --gallery=FILE.npz [--k=5] [--far=1e-3] [--json=true]\n"
             f"  export --out=DIR                                ONNX model + model card + parity check\n"
-            f"  (images: --invert=auto|true|false, polarity; --far=0 means the EER threshold)\n"
             f"  (no command: run flag = {flag!r} from the top of main.py)\n\n"
             f"presets (--preset=NAME): {', '.join(PRESETS)}\n\n"
-            f"fields of TrainArcFaceParams (defaults):\n{describe_fields(TrainArcFaceParams())}\n\n"
+            f"fields of TrainArcFaceParams (default, meaning; python main.py softmax --help for the softmax model):\n"
+            f"{describe_fields(TrainArcFaceParams())}\n\n"
             f"TrainResnetParams has the same fields; it differs in model_name="
             f"{TrainResnetParams.model_name!r}, loss_fuc_type={TrainResnetParams.loss_fuc_type!r}, "
             f"lr={TrainResnetParams.lr!r}, weight_decay={TrainResnetParams.weight_decay!r}.\n")
@@ -80,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         if any(a in ("-h", "--help") for a in argv):
-            print(usage())
+            first = argv[0] if argv and not argv[0].startswith("-") else None
+            print(usage(first if first in COMMANDS else None))
             return 0
         # torch-free: an ONNX export runs without torch installed
         from utils.errors import RunFailed, TrainingInterrupted, UserError

@@ -15,7 +15,7 @@ from utils.config import TrainParams
 class TrainResnetParams(TrainParams):
     model_name: str = "resnet18_softmax"
     loss_fuc_type: str = "softmax"
-    lr: float = 2e-3  # chosen on validation (readme, "How the defaults were chosen"): lowers the EER
+    lr: float = 2e-3  # chosen on validation (docs/en/defaults.md): lowers the EER
     weight_decay: float = 5e-2
 
 

@@ -18,7 +18,8 @@ SPEC = {
     "formula": "s cos(theta_y)",
     "color": "tab:green", "grid": True,
     "toy": {"scale": 10.0},
-    "params": {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+    "params": {
+        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
                   "default": 30.0, "low": 0.0, "high": 1024.0, "low_open": True}},
 }
 

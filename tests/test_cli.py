@@ -112,3 +112,20 @@ def test_production_code_has_no_test_hooks() -> None:
     pattern = re.compile(r"for_test|_TEST_|TEST_[A-Z]+|if .*pytest")
     hits = [(f.name, line) for f in files for line in f.read_text().splitlines() if pattern.search(line)]
     assert not hits, hits
+
+
+def test_help_explains_every_field_and_option(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from utils.config import TrainParams
+
+    for command in ("arcface", "softmax"):
+        out = call_main(command, "--help", cwd=tmp_path).stdout
+        for f in fields(TrainParams):  # each field: its default, then a meaning of more than a few characters
+            line = next(ln for ln in out.splitlines() if ln.strip().startswith(f"--{f.name}="))
+            assert len(line.split(None, 1)[1]) > 15, line
+    assert "additive angular margin" in call_main("arcface", "--help", cwd=tmp_path).stdout
+    assert "used by sphereface, cosface, arcface, subcenter_arcface (not by softmax)" in \
+        call_main("softmax", "--help", cwd=tmp_path).stdout
+    out = call_main("verify", "--help", cwd=tmp_path).stdout
+    assert "--far=1e-3" in out and "false acceptance rate" in out and "--json=false" in out

@@ -57,12 +57,17 @@ def test_softmax_matches_naive_reference() -> None:
 
 
 def test_arcface_gradcheck() -> None:
+    """Analytic against numerical gradients (float64), for inputs and class weights, on both branches of the
+    target logit: theta_y + m <= pi (cos(theta + m)) and beyond (the monotonic fallback)."""
     torch.manual_seed(0)
     head = ArcFace(6, 4, scale=4.0, margin=0.5).double()
-    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
-    y = torch.randint(0, 4, (5,))
-    assert torch.autograd.gradcheck(lambda a, w: _with_weight(head, w)(a, y),
-                                    (x, head.weight.detach().clone().requires_grad_(True)))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    w = head.weight.detach()
+    x = torch.randn(6, 6, dtype=torch.float64) * 0.1 + torch.cat([w[y[:3]], -w[y[3:]]])  # near, then opposite
+    cos_y = torch.nn.functional.cosine_similarity(x, w[y])
+    assert bool((cos_y > head.threshold).any()) and bool((cos_y < head.threshold).any())  # both branches
+    assert torch.autograd.gradcheck(lambda a, wt: _with_weight(head, wt)(a, y),
+                                    (x.requires_grad_(True), w.clone().requires_grad_(True)))
 
 
 def _with_weight(head: ArcFace, w: torch.Tensor):

@@ -39,6 +39,36 @@ OPTIONS: dict[str, dict[str, str | None]] = {
 POSITIONAL = {"embed": (1, None), "verify": (2, 2), "enrol": (1, 1), "search": (1, None), "export": (0, 0)}
 MODEL_FIELDS = {"model_name": None, "ckpt_dir": "ckp", "device": "cpu", "onnx": "", "invert": "auto",
                 "data_root": None}
+USAGE = {"embed": "embed PATH... --out=FILE.npz   images/folders -> L2-normalised embeddings",
+         "verify": "verify A B   same identity? the cosine against a threshold calibrated on validation",
+         "enrol": "enrol DIR --gallery=FILE.npz   one sub-folder per identity -> gallery (added to an existing one)",
+         "search": "search PATH... --gallery=FILE.npz   the k nearest identities, 'unknown' below the threshold",
+         "export": "export --out=DIR   ONNX model + model card + a numerical parity check"}
+OPTION_HELP = {
+    "out": "output file (embed: .npz) or folder (export)",
+    "gallery": "the gallery .npz file",
+    "far": "false acceptance rate the threshold is set for: a calibrated point (1e-2, 1e-3, 1e-4) or any value "
+           "read off the validation curve; 0 = the EER threshold",
+    "json": "print JSON instead of text (true|false)",
+    "k": "identities listed per query",
+    "model_name": "the trained model: ckp/<model_name>/best.pt",
+    "ckpt_dir": "folder of the checkpoints",
+    "device": "cpu | cuda | cuda:N | auto (torch only)",
+    "onnx": "use an export folder instead of a checkpoint (needs only onnxruntime)",
+    "invert": "image polarity: auto | true | false",
+    "data_root": "export: the data whose images the parity check embeds (default DATA_ROOT or ./data)",
+}
+
+
+def describe_command(command: str, model_name: str) -> str:
+    """`python main.py COMMAND --help`: what it does and each option with its meaning and default."""
+    own = {**MODEL_FIELDS, "model_name": model_name, **OPTIONS[command]}
+    lines = [f"usage: python main.py {USAGE[command]}", ""]
+    for key, default in own.items():
+        value = f"--{key}=" + ("..." if default is None else default)
+        lines.append(f"  {value:<28} {OPTION_HELP[key]}" + (" (required)" if default is None and key != "data_root"
+                                                             else ""))
+    return "\n".join(lines)
 
 
 def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], dict[str, str]]:

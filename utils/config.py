@@ -33,7 +33,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 @dataclass
 class TrainParams:
-    """Every knob of one training + evaluation run. Defaults = the CPU preset (see readme)."""
+    """Every knob of one training + evaluation run. Defaults = the CPU preset (docs/en/defaults.md)."""
 
     # --- what to train (original field names kept) ---
     model_name: str = "resnet18"
@@ -67,7 +67,7 @@ class TrainParams:
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: str = "auto"  # NHWC: auto (on for fp32 CPU training, where it measured faster), true, false
-    eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: readme, "Evaluation")
+    eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: docs/en/evaluation.md)
     # --- data ---
     data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
     known_classes: str = ""  # e.g. "0-5": train on these only, report open-set on the rest; "" = all
@@ -279,7 +279,7 @@ STEM_STRIDE = {"cifar": 1, "s2": 2, "imagenet": 4}
 
 
 def memory_estimate(p: TrainParams) -> int:
-    """Bytes a run needs at its peak, roughly (within ~2x of measured runs; docs/errors.md).
+    """Bytes a run needs at its peak, roughly (within ~2x of measured runs; docs/en/reliability.md).
 
     Weights with their gradients, AdamW's two moments and the EMA copy (x5), plus the activations
     ResNet18 keeps for the backward pass: about 1,650 floats per position of the stem's output map;
@@ -344,6 +344,66 @@ def recorded(params: TrainParams) -> dict[str, Any]:
     return values
 
 
+# --help: one line per field (the loss hyper-parameters' lines come from each loss's SPEC)
+FIELD_HELP = {
+    "model_name": "names results/<model_name>/ and ckp/<model_name>/",
+    "loss_fuc_type": "the head and loss: " + "|".join(registry.names()),
+    "backbone_type": "the backbone: resnet18",
+    "dataset_name": "mnist|fashion_mnist|folder (a folder of identity sub-folders under data_root)",
+    "n_class": "number of classes (identities)",
+    "preset": "values laid over the defaults: cpu (the defaults) | original (the paper's GPU recipe)",
+    "img_size": "input side in pixels (28: MNIST's own; the original used 128)",
+    "stem": "first layers: cifar (3x3/1) | s2 (3x3/2) | imagenet (7x7/2 + max-pool)",
+    "embedding_dim": "embedding width (the original: 512)",
+    "pretrained": "start from ImageNet weights (needs a download; true|false)",
+    "batch_size": "images per training step",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay",
+    "schedule": "cosine (per-step warm-up + cosine decay) | step (StepLR per epoch)",
+    "warmup_epochs": "linear warm-up length in epochs (schedule=cosine)",
+    "step_size": "epochs between lr steps (schedule=step)",
+    "gamma": "lr factor per step (schedule=step)",
+    "total_epochs": "most epochs to train",
+    "early_stop_epochs": "stop after this many epochs without a lower validation loss",
+    "ema_decay": "weight EMA decay validated, selected and evaluated (0 = off)",
+    "augment": "random shifts/rotations of training images (true|false)",
+    "amp": "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)",
+    "channels_last": "NHWC memory layout: auto | true | false",
+    "eval_amp": "embed for evaluation under autocast too (default fp32; true|false)",
+    "data_root": "folder holding MNIST/raw/ (or the identity folders); DATA_ROOT sets it too",
+    "known_classes": "train on these classes only (e.g. 0-5), report open-set on the rest; empty = all",
+    "input_mean": "pixel mean for normalisation (used when input_std > 0)",
+    "input_std": "pixel std for normalisation; <= 0: the data set's own statistics",
+    "val_size": "training images held out for validation",
+    "split_seed": "seed of the train/validation split (fixed: the split never moves with seed)",
+    "seed": "seed of initialisation, batch order and augmentation",
+    "device": "auto | cpu | cuda | cuda:N",
+    "use_tqdm": "progress bars (false: one line per epoch and a progress line every minute)",
+    "quick_debug": "one short epoch on a few hundred images, same code path (true|false)",
+    "results_dir": "where results/<model_name>/ goes",
+    "ckpt_dir": "where ckp/<model_name>/ goes",
+    "resume": "empty | auto (the interrupted or last run of this model) | a checkpoint path",
+    "eval_batch_size": "images per embedding batch at evaluation",
+    "log_steps": "also write every step's loss to train_steps.csv (true|false)",
+    "tensorboard": "also log to results/<model>/tensorboard/ (needs tensorboard; true|false)",
+    "sync_bn": "torchrun: BatchNorm statistics over the global batch (true|false)",
+    "scale_lr": "torchrun: multiply lr by the number of processes (true|false)",
+    "hist_bins": "score histogram bins of the evaluation (a power of two)",
+}
+
+
 def describe_fields(params: TrainParams) -> str:
-    """One line per field with its default, for --help."""
-    return "\n".join(f"  --{f.name}={getattr(params, f.name)!r}" for f in fields(params))
+    """One line per field for --help: --name=default, then what it means (unit, range or choices); a loss
+    hyper-parameter says which losses take it, as each one's SPEC describes it."""
+    lines = []
+    for f in fields(params):
+        value = f"--{f.name}={getattr(params, f.name)!r}"
+        if f.name in registry.hyper_fields():
+            mine = registry.spec(params.loss_fuc_type)["params"].get(f.name) if params.loss_fuc_type in \
+                registry.specs() else None
+            text = (registry.describe(f.name, mine) + f"; {params.loss_fuc_type}") if mine else \
+                f"used by {', '.join(registry.users(f.name))} (not by {params.loss_fuc_type})"
+        else:
+            text = FIELD_HELP.get(f.name, "")
+        lines.append(f"  {value:<34} {text}")
+    return "\n".join(lines)

@@ -188,7 +188,7 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
 def embed(model: nn.Module, x: torch.Tensor, params: TrainParams, device: torch.device, desc: str = "embed",
           ctx: DistContext = SINGLE, line: bool = True) -> torch.Tensor:
     """Embeddings of uint8 images x [N, H, W], float32 on `device`, eval mode; computed in fp32 unless
-    params.eval_amp (bf16 embeddings differ from fp32 by ~1e-4 in cosine: readme, "Evaluation").
+    params.eval_amp (bf16 embeddings differ from fp32 by ~1e-4 in cosine: docs/en/evaluation.md).
 
     Under DDP each rank embeds its shard and the rows are gathered back in order on every rank.
     `line`: with the bar off, print one line with the count and rate when done.

@@ -37,7 +37,7 @@ from utils.progress import say
 DEFAULT_DATASETS = ("mnist", "fashion_mnist")
 DEFAULT_SEEDS = 3
 # 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
-# CPU cores, i.e. 1.7-2.1 hours for the default 30-run grid (docs/grid.md). The optimiser settings are
+# CPU cores, i.e. 1.7-2.1 hours for the default 30-run grid (docs/en/grid.md). The optimiser settings are
 # pinned so that retuning the reproduction's defaults does not silently change this protocol (and
 # make old grid results incomparable).
 BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay": 5e-4, "augment": True,

@@ -1,0 +1,69 @@
+"""A new loss is one SPEC and one head class: registered here, inside the test, and trained end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import call_main, needs_mnist, quick
+
+from losses import registry
+from losses.base import CosineMarginHead
+
+SPEC = {
+    "name": "test_cosine_offset", "head": "CosineOffset", "paper": "a test", "formula": "s (cos(theta_y) - m)",
+    "color": "black", "grid": False,
+    "params": {"scale": {"meaning": "radius s", "unit": "logit units", "default": 8.0, "low": 0.0, "high": 64.0,
+                         "low_open": True},
+               "margin": {"meaning": "cosine offset m", "unit": "cosine", "default": 0.1, "low": 0.0, "high": 0.5}},
+}
+
+
+class CosineOffset(CosineMarginHead):
+    def __init__(self, in_features: int, n_class: int, scale: float = 8.0, margin: float = 0.1) -> None:
+        super().__init__(in_features, n_class, scale)
+        self.margin = margin
+
+    def target_logit(self, cos_y: torch.Tensor) -> torch.Tensor:
+        return cos_y - self.margin
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(registry.specs(), SPEC["name"], SPEC)
+    monkeypatch.setitem(registry._heads, SPEC["name"], CosineOffset)
+    return SPEC["name"]
+
+
+def test_the_registry_reads_every_built_in_spec_without_torch() -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; from losses import registry; s = registry.specs(); "
+            "print(len(s), 'torch' in sys.modules, sorted(registry.hyper_fields()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    assert out.split(" ", 2)[:2] == [str(len(registry.BUILT_IN)), "False"]
+    for name in registry.BUILT_IN:  # each file's SPEC names a class that exists and takes its params
+        import inspect
+
+        cls = registry.head_class(name)
+        assert set(registry.spec(name)["params"]) <= set(inspect.signature(cls.__init__).parameters), name
+
+
+@needs_mnist
+def test_a_loss_registered_in_a_test_trains_end_to_end(registered: str, tmp_path: Path) -> None:
+    r = call_main("arcface", f"--loss_fuc_type={registered}", "--scale=8", "--margin=0.2", "--model_name=ext",
+                  *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "results" / "ext" / "metrics.json").read_text())
+    assert m["loss_fuc_type"] == registered and 0 < m["acc_1nn"] <= 1
+    ck = torch.load(tmp_path / "ckp" / "ext" / "best.pt", weights_only=True)
+    assert ck["head"]["weight"].shape == (10, 512)
+    r = call_main("arcface", f"--loss_fuc_type={registered}", "--margin=0.9", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "margin=0.9 is out of range for test_cosine_offset" in r.stderr
+    r = call_main("arcface", f"--loss_fuc_type={registered}", "--subcenters=2", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "--subcenters is not used by test_cosine_offset" in r.stderr
