@@ -67,3 +67,34 @@ def test_a_loss_registered_in_a_test_trains_end_to_end(registered: str, tmp_path
     assert r.returncode == 2 and "margin=0.9 is out of range for test_cosine_offset" in r.stderr
     r = call_main("arcface", f"--loss_fuc_type={registered}", "--subcenters=2", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "--subcenters is not used by test_cosine_offset" in r.stderr
+
+
+def _bars(params: object) -> dict[str, torch.Tensor]:
+    """Three classes of 16 x 16 images: a bright bar at the top, middle or bottom, over noise."""
+    g = torch.Generator().manual_seed(0)
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n) % 3
+        x = torch.randint(0, 60, (n, 16, 16), generator=g, dtype=torch.uint8)
+        for c in range(3):
+            x[y == c, 2 + 5 * c: 5 + 5 * c, 2:14] = 230
+        return x, y
+
+    (tx, ty), (sx, sy) = make(600), make(150)
+    return {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy}
+
+
+def test_a_data_set_registered_in_a_test_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils import datasets
+
+    monkeypatch.setitem(datasets._REGISTRY, "bars", datasets.DatasetSpec("bars", _bars, classes=3, image_size=16,
+                                                                          images=750))
+    r = call_main("arcface", "--dataset_name=bars", "--n_class=3", "--img_size=16", "--model_name=bars",
+                  "--device=cpu", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "results" / "bars" / "metrics.json").read_text())
+    assert m["n_query"] == 150 and m["acc_1nn"] > 0.9
+    p = json.loads((tmp_path / "results" / "bars" / "params.json").read_text())
+    assert p["dataset_name"] == "bars" and 0 < p["input_mean"] < 1  # statistics measured: none registered
+    r = call_main("arcface", "--dataset_name=nope", *quick(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "dataset_name 'nope' unknown" in r.stderr and "bars" in r.stderr

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from losses import registry
+from utils import datasets
 from utils.errors import ConfigError
 
-DATASETS = ("mnist", "fashion_mnist", "folder")
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -217,7 +217,8 @@ def validate(p: TrainParams) -> None:
     checks = [
         (p.loss_fuc_type in registry.names(),
          f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {registry.names()}."),
-        (p.dataset_name in DATASETS, f"dataset_name '{p.dataset_name}' unknown; choose one of {DATASETS}."),
+        (p.dataset_name in datasets.names(),
+         f"dataset_name '{p.dataset_name}' unknown; choose one of {datasets.names()}."),
         (p.backbone_type == "resnet18", f"backbone_type '{p.backbone_type}' unknown; use resnet18."),
         (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
@@ -283,12 +284,12 @@ def memory_estimate(p: TrainParams) -> int:
 
     Weights with their gradients, AdamW's two moments and the EMA copy (x5), plus the activations
     ResNet18 keeps for the backward pass: about 1,650 floats per position of the stem's output map;
-    at evaluation, the embeddings of every image (MNIST and Fashion-MNIST: 70,000) twice over.
+    at evaluation, the embeddings of every image (as many as the data set registers) twice over.
     """
     side = -(-p.img_size // STEM_STRIDE[p.stem])
     weights = 11_200_000 + 512 * p.embedding_dim + p.n_class * p.subcenters * (p.embedding_dim + 1)
     batch = max(p.batch_size, p.eval_batch_size // 3)  # inference keeps ~1/3 of training's activations
-    images = 70_000 if p.dataset_name in ("mnist", "fashion_mnist") else 0  # folders: unknown before reading
+    images = datasets.get(p.dataset_name).images  # 0 for folders: unknown before reading
     return 4 * (5 * weights + 1650 * side * side * batch + 2 * images * p.embedding_dim)
 
 
@@ -349,7 +350,7 @@ FIELD_HELP = {
     "model_name": "names results/<model_name>/ and ckp/<model_name>/",
     "loss_fuc_type": "the head and loss: " + "|".join(registry.names()),
     "backbone_type": "the backbone: resnet18",
-    "dataset_name": "mnist|fashion_mnist|folder (a folder of identity sub-folders under data_root)",
+    "dataset_name": "the data set: " + "|".join(datasets.names()) + " (folder: identity sub-folders in data_root)",
     "n_class": "number of classes (identities)",
     "preset": "values laid over the defaults: cpu (the defaults) | original (the paper's GPU recipe)",
     "img_size": "input side in pixels (28: MNIST's own; the original used 128)",

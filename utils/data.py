@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils import datasets
 from utils.config import TrainParams, parse_classes
 from utils.device import epoch_rng
 from utils.errors import DataError, ImageError
@@ -23,10 +24,7 @@ from utils.images import SUFFIXES, load_image, polarity_of
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics
-STATS = {"mnist": (MEAN, STD), "fashion_mnist": (0.2860, 0.3530)}  # the usual published values
-N_CLASSES = 10  # MNIST and Fashion-MNIST
+MEAN, STD = datasets.get("mnist").stats  # prepare_batch's default normalisation
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
@@ -52,7 +50,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
 
 
 def _raw_folder(root: str | Path, dataset: str) -> Path:
-    return Path(root) / FOLDERS[dataset] / "raw"
+    return Path(root) / datasets.get(dataset).folder / "raw"
 
 
 def _find(raw: Path, name: str) -> Path | None:
@@ -65,7 +63,7 @@ def _find(raw: Path, name: str) -> Path | None:
 def _download(root: str | Path, dataset: str) -> None:
     import torchvision  # only needed when files are missing
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[dataset]
+    cls = getattr(torchvision.datasets, datasets.get(dataset).download)
     try:
         for train in (True, False):
             cls(str(root), train=train, download=True)
@@ -73,7 +71,7 @@ def _download(root: str | Path, dataset: str) -> None:
         raw = _raw_folder(root, dataset)
         raise DataError(f"{dataset} is not in '{raw}' and could not be downloaded ({type(e).__name__}). "
                         f"Put the four files {', '.join(MNIST_FILES)} there, or point --data_root "
-                        f"(or DATA_ROOT) at a folder that has {FOLDERS[dataset]}/raw/.") from None
+                        f"(or DATA_ROOT) at a folder that has {datasets.get(dataset).folder}/raw/.") from None
 
 
 def load_idx_dataset(root: str | Path, dataset: str = "mnist") -> dict[str, torch.Tensor]:
@@ -89,10 +87,11 @@ def load_idx_dataset(root: str | Path, dataset: str = "mnist") -> dict[str, torc
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{raw}: {name} images {tuple(x.shape)} and labels {tuple(y.shape)} do not match; "
                             f"replace the files.")
-        bad = torch.nonzero(y >= N_CLASSES).flatten()
+        n_classes = datasets.get(dataset).classes
+        bad = torch.nonzero(y >= n_classes).flatten()
         if len(bad):
             raise DataError(f"{lab}: label {int(y[bad[0]])} at index {int(bad[0])} ({len(bad)} bad in all); "
-                            f"{dataset} labels are 0-{N_CLASSES - 1}: the file is damaged, replace it.")
+                            f"{dataset} labels are 0-{n_classes - 1}: the file is damaged, replace it.")
     return {"train_x": tx, "train_y": ty.long(), "test_x": sx, "test_y": sy.long()}
 
 
@@ -136,17 +135,25 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
             "test_x": torch.stack(parts["test_x"]), "test_y": torch.tensor(parts["test_y"])}
 
 
-def load_dataset(params: TrainParams) -> dict[str, torch.Tensor]:
-    """Dispatch on params.dataset_name: 'mnist' / 'fashion_mnist' (IDX) or 'folder' (data_root itself)."""
-    if params.dataset_name == "folder":
-        return load_folder_dataset(params.data_root, params.img_size, seed=params.split_seed)
+def load_idx(params: TrainParams) -> dict[str, torch.Tensor]:
+    """Loader of the IDX data sets (utils/datasets.py): data_root/<folder>/raw/, downloaded when absent."""
     return load_idx_dataset(params.data_root, params.dataset_name)
 
 
+def load_folder(params: TrainParams) -> dict[str, torch.Tensor]:
+    """Loader of a folder data set: data_root itself holds one sub-folder per identity."""
+    return load_folder_dataset(params.data_root, params.img_size, seed=params.split_seed)
+
+
+def load_dataset(params: TrainParams) -> dict[str, torch.Tensor]:
+    """The data set params.dataset_name names, by its registered loader (utils/datasets.py)."""
+    return datasets.loader(params.dataset_name)(params)
+
+
 def dataset_stats(name: str, train_x: torch.Tensor) -> tuple[float, float]:
-    """Pixel mean/std in [0, 1] units: published values for the IDX sets, measured for folders."""
-    if name in STATS:
-        return STATS[name]
+    """Pixel mean/std in [0, 1] units: the registered published values, else measured on the training images."""
+    if datasets.get(name).stats is not None:
+        return datasets.get(name).stats
     x = train_x.float().div_(255.0)
     return float(x.mean()), float(x.std().clamp_min(1e-3))
 
@@ -267,7 +274,7 @@ def load_splits(params: TrainParams) -> tuple[Splits, TrainParams]:
         mean, std = dataset_stats(params.dataset_name, data["train_x"])
         params = replace(params, input_mean=mean, input_std=std)
     val_size = 256 if params.quick_debug else params.val_size
-    if params.dataset_name == "folder":  # small folders: keep 4/5 of the images for training
+    if datasets.get(params.dataset_name).small:  # small folders: keep 4/5 of the images for training
         val_size = min(val_size, len(data["train_x"]) // 5)
     splits = make_splits(data, val_size, params.split_seed, params.quick_debug,
                          parse_classes(params.known_classes, params.n_class))

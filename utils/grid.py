@@ -26,15 +26,14 @@ from typing import Any
 from tqdm import tqdm
 
 from losses import registry
-from utils import plots, rundir
-from utils.config import DATASETS, ConfigError, TrainParams, parse_overrides, recorded, resolve, share
+from utils import datasets, plots, rundir
+from utils.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
 from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import quick_debug_params, run
 from utils.io import atomic_write, save_figure, write_json
 from utils.progress import say
 
-DEFAULT_DATASETS = ("mnist", "fashion_mnist")
 DEFAULT_SEEDS = 3
 # 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
 # CPU cores, i.e. 1.7-2.1 hours for the default 30-run grid (docs/en/grid.md). The optimiser settings are
@@ -55,8 +54,8 @@ MAX_SEEDS = 100
 
 def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split grid options (--losses, --datasets, --seeds, --reuse) from ordinary field overrides."""
-    opts: dict[str, Any] = {"losses": registry.names(grid=True), "datasets": DEFAULT_DATASETS, "seeds": DEFAULT_SEEDS,
-                            "reuse": False}
+    opts: dict[str, Any] = {"losses": registry.names(grid=True), "datasets": datasets.names(grid=True),
+                            "seeds": DEFAULT_SEEDS, "reuse": False}
     rest = []
     for a in args:
         name, _, value = a.removeprefix("--").partition("=")
@@ -75,9 +74,9 @@ def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     bad = [loss for loss in opts["losses"] if loss not in registry.names()]
     if bad or not opts["losses"]:
         raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(registry.names())}.")
-    bad = [d for d in opts["datasets"] if d not in DATASETS]
+    bad = [d for d in opts["datasets"] if d not in datasets.names()]
     if bad or not opts["datasets"]:
-        raise ConfigError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(DATASETS)}.")
+        raise ConfigError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(datasets.names())}.")
     overrides = parse_overrides(rest)
     own = [k for k in OWN_FIELDS if k in overrides]
     if own:
