@@ -23,8 +23,9 @@ from bench.recipe import DEFAULTS
 from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
 from utils.ema import WeightEMA
-from utils.engine import embed, fit, validate
+from utils.engine import embed, validate
 from utils.experiment import prepare_run, quick_debug_params
+from utils.fit import fit
 from utils.io import write_json
 from utils.metrics import evaluate_embeddings
 from utils.provenance import device_description

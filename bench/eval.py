@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.reference import exact_eer
 from utils.io import write_json
-from utils.metrics import evaluate_embeddings, exact_eer, verification_metrics
+from utils.metrics import evaluate_embeddings, verification_metrics
 from utils.provenance import cpu_model
 
 

@@ -27,8 +27,9 @@ from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
 from utils.config import ConfigError, TrainParams, comma_list, file_tag, recorded, resolve, run_script, script_args
 from utils.device import resolve_device
-from utils.engine import embed, fit
+from utils.engine import embed
 from utils.experiment import load_weights, prepare_run, quick_debug_params
+from utils.fit import fit
 from utils.io import atomic_write, load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
 from utils.provenance import device_description

@@ -40,9 +40,10 @@ from trainArcFace import TrainArcFaceParams
 from utils.config import TrainParams, recorded, resolve
 from utils.data import dataset_stats, load_idx_dataset
 from utils.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
-from utils.engine import TrainNet, make_optimizer, make_scheduler
+from utils.engine import TrainNet
 from utils.engine import train_one_epoch as engine_epoch
 from utils.experiment import build_models
+from utils.fit import make_optimizer, make_scheduler
 from utils.io import write_json
 from utils.provenance import cpu_model
 
@@ -119,8 +120,9 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
     import tempfile
 
     from utils.ema import WeightEMA
-    from utils.engine import embed, fit
+    from utils.engine import embed
     from utils.experiment import prepare_run, quick_debug_params
+    from utils.fit import fit
     from utils.metrics import identification_accuracy
 
     params = quick_debug_params(resolve(TrainArcFaceParams(), {"use_tqdm": False, **(overrides or {})}))

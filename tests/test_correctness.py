@@ -16,6 +16,7 @@ from conftest import tiny_run
 from losses import SphereFace
 from trainArcFace import TrainArcFaceParams
 from utils import engine
+from utils import fit as fit_mod
 from utils.config import resolve
 from utils.data import augmentation_table
 from utils.distributed import DistContext
@@ -54,21 +55,21 @@ def tiny(**over: object) -> tuple:
 def test_fp16_scaler_is_one_per_run_saved_and_resumed(tmp_path: Path) -> None:
     """fp16 autocast runs on CPUs too, so the GradScaler path is tested here (CUDA without bf16 uses it)."""
     params, splits, model, head = tiny(amp="fp16")
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "straight", lambda st: None)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "straight", lambda st: None)
     straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
 
     def stop_after_first_epoch(st: dict) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # fit's handler only flags it: the run stops at this epoch boundary
 
     params, splits, model, head = tiny(amp="fp16")
-    with pytest.raises(engine.TrainingInterrupted):
-        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", stop_after_first_epoch)
+    with pytest.raises(fit_mod.TrainingInterrupted):
+        fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", stop_after_first_epoch)
     first = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert first["epoch"] == 1 and first["scaler"]["scale"] > 0
     _, splits, model, head = tiny(amp="fp16")
     model.load_state_dict(first["model"])
     head.load_state_dict(first["head"])
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda st: None, first)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda st: None, first)
     resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert resumed["scaler"] == straight["scaler"]
     steps = len(splits.train_x) // params.batch_size

@@ -11,6 +11,7 @@ from conftest import tiny_run
 
 from trainArcFace import TrainArcFaceParams
 from utils import engine
+from utils import fit as fit_mod
 from utils.config import ConfigError, resolve
 from utils.ema import WeightEMA
 from utils.experiment import load_weights
@@ -52,7 +53,7 @@ def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None
     runs = {}
     for decay in (0.0, 0.9):
         params, splits, model, head = _tiny(decay)
-        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / str(decay), lambda h: None)
+        fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / str(decay), lambda h: None)
         runs[decay] = torch.load(tmp_path / str(decay) / "last.pt", weights_only=True)
     off, on = runs[0.0], runs[0.9]
     assert off["ema"] is None and on["ema"]["updates"] == 2 * 4
@@ -70,12 +71,12 @@ def test_ema_is_validated_and_saved_but_never_changes_training(tmp_path) -> None
 def test_an_ema_handed_to_fit_is_the_one_updated_validated_and_saved(tmp_path) -> None:
     params, splits, model, head = _tiny(0.9)
     ema = WeightEMA(model, head, 0.9)
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "own", lambda h: None, ema=ema)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "own", lambda h: None, ema=ema)
     state = torch.load(tmp_path / "own" / "last.pt", weights_only=True)
     assert ema.updates == 2 * 4  # once per step: fit does not add a second average of its own
     assert all(torch.equal(v, state["ema"]["model"][k]) for k, v in ema.model.state_dict().items())
     params, splits, model, head = _tiny(0.9)
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "fits", lambda h: None)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "fits", lambda h: None)
     ref = torch.load(tmp_path / "fits" / "last.pt", weights_only=True)
     assert all(torch.equal(v, ref["ema"]["model"][k]) for k, v in state["ema"]["model"].items())
     assert state["history"][-1]["val_loss"] == ref["history"][-1]["val_loss"]
@@ -83,7 +84,7 @@ def test_an_ema_handed_to_fit_is_the_one_updated_validated_and_saved(tmp_path) -
 
 def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
     params, splits, model, head = _tiny(0.9)
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "full", lambda h: None)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "full", lambda h: None)
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
 
     params, splits, model, head = _tiny(0.9)
@@ -91,14 +92,14 @@ def test_resume_mid_epoch_restores_the_ema(tmp_path) -> None:
         if (epoch, step) == (1, 1):
             os.kill(os.getpid(), signal.SIGTERM)  # fit's handler only flags the stop
 
-    with pytest.raises(engine.TrainingInterrupted):
-        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None,
+    with pytest.raises(fit_mod.TrainingInterrupted):
+        fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None,
                    on_step=kill_at_step)
     state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert state["partial"]["step"] == 3 and state["ema"]["updates"] == 4 + 3  # seen one step later
     params, splits, model, head = _tiny(0.9)
     load_weights(model, head, state, averaged=False)
-    engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None, state)
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda h: None, state)
     resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for part in ("model", "head"):
         for k, v in full["ema"][part].items():

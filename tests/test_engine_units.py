@@ -9,6 +9,7 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from utils import device, engine
+from utils import fit as fit_mod
 from utils.config import ConfigError, resolve
 from utils.distributed import DistContext
 
@@ -42,7 +43,7 @@ def test_cuda_requested_without_cuda_is_a_config_error(monkeypatch: pytest.Monke
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     p = dataclasses.replace(TrainArcFaceParams(), total_epochs=2, warmup_epochs=0.5, lr=1.0)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = engine.make_scheduler(p, opt, steps_per_epoch=10)
+    sched = fit_mod.make_scheduler(p, opt, steps_per_epoch=10)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])
@@ -84,9 +85,9 @@ def test_a_signal_during_validation_stops_at_the_epoch_boundary(tmp_path, monkey
         os.kill(os.getpid(), signal.SIGTERM)  # handled by fit's stop_on_signals: only flags the stop
         return real_validate(*a, **k)
 
-    monkeypatch.setattr(engine, "validate", validate_then_signal)
-    with pytest.raises(engine.TrainingInterrupted):
-        engine.fit(params, model, head, splits, torch.device("cpu"), tmp_path, lambda hist: None)
+    monkeypatch.setattr(fit_mod, "validate", validate_then_signal)
+    with pytest.raises(fit_mod.TrainingInterrupted):
+        fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path, lambda hist: None)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["partial"] is None
 
@@ -109,7 +110,7 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
         os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing raised
 
         main.started()
-        with pytest.raises(KeyboardInterrupt), engine.stop_on_signals() as hit:
+        with pytest.raises(KeyboardInterrupt), fit_mod.stop_on_signals() as hit:
             os.kill(os.getpid(), signal.SIGINT)  # first press: only flags the stop
             assert hit == [signal.SIGINT]
             os.kill(os.getpid(), signal.SIGINT)  # second press: out
@@ -117,7 +118,7 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
         main.started()
-        with engine.stop_on_signals() as hit:
+        with fit_mod.stop_on_signals() as hit:
             os.kill(os.getpid(), signal.SIGTERM)
         assert hit == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is leave_on_ctrl_c  # restored
     finally:

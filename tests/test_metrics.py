@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from utils.metrics import evaluate_embeddings, exact_eer, identification_accuracy, verification_metrics
+from bench.reference import exact_eer
+from utils.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
 
 
 def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Tensor | None = None):

@@ -1,37 +1,27 @@
-"""The training engine shared by both trainers: one epoch, validation, embedding, fit.
+"""The training engine's steps, shared by both trainers: one epoch, validation, embedding.
 
-`fit` is interruptible: SIGINT/SIGTERM set a flag that the step loop checks; the current state
-(mid-epoch included) is then saved to `last.pt` and `TrainingInterrupted` is raised. Resuming
-from it replays the same batches and augmentations, so an interrupted run ends where an
-uninterrupted one would have (on CPU, same seed).
+`train_one_epoch` checks a stop flag after every step and hands the position back (`on_stop`), so
+utils/fit.py can save a mid-epoch checkpoint that resumes into the same batches.
 """
 
 from __future__ import annotations
 
 import math
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from models import input_channels
 from utils.config import TrainParams
-from utils.data import Splits, augmentation_table, prepare_batch
+from utils.data import augmentation_table, prepare_batch
 from utils.device import (
     amp_dtype,
     autocast,
-    data_placement,
     epoch_rng,
-    place,
-    restore_rng,
-    rng_state,
     uses_channels_last,
 )
 from utils.distributed import (
@@ -39,62 +29,15 @@ from utils.distributed import (
     DistContext,
     all_sum,
     all_sum_tensor,
-    barrier,
-    convert_sync_batchnorm,
     gather_rows,
     shard,
 )
-from utils.ema import WeightEMA
-from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
-from utils.io import save_checkpoint
+from utils.errors import NonFiniteLoss
 from utils.metrics import class_centres
 from utils.progress import Progress, say
 
 StepHook = Callable[[int, int, float], None]
 PROGRESS_SECONDS = 60.0  # with the bar off, one progress line about this often within an epoch
-
-
-def make_optimizer(params: TrainParams, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(list(model.parameters()) + list(head.parameters()),
-                             lr=params.lr, weight_decay=params.weight_decay)
-
-
-def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """'step': StepLR(step_size, gamma) stepped per epoch (the original).
-    'cosine': linear warm-up then cosine decay to 0 over total_epochs, stepped per batch."""
-    if params.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, params.step_size, params.gamma)
-    total = max(1, params.total_epochs * steps_per_epoch)
-    warm = int(params.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[list[int]]:
-    """Yield a list that becomes non-empty (holding the signal number) on SIGINT/SIGTERM."""
-    hit: list[int] = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        if hit:  # second Ctrl+C: the user really wants out (main.py reports it without a traceback)
-            leave_on_ctrl_c()
-        hit.append(signum)
-
-    for s in old:
-        signal.signal(s, handler)
-    try:
-        yield hit
-    finally:
-        for s, h in old.items():
-            if signal.getsignal(s) is handler:  # not after a second Ctrl+C switched to leaving (SIG_IGN)
-                signal.signal(s, h)
 
 
 # ----------------------------------------------------------------------------- train / eval
@@ -230,124 +173,3 @@ def validate(model: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor
     angle_sum = torch.rad2deg(torch.acos(cos)).double().sum().item()
     loss_sum, correct, angle_sum = all_sum([loss_sum, correct, angle_sum], ctx, device)
     return loss_sum / len(x), correct / len(x), angle_sum / len(x)
-
-
-def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
-        ckpt_dir: Path, on_epoch: Callable[[dict], None], resume_state: dict | None = None,
-        ctx: DistContext = SINGLE, on_step: StepHook | None = None, ema: WeightEMA | None = None,
-        code: dict | None = None) -> dict:
-    """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
-
-    With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
-    under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
-    A caller that scores the EMA mid-epoch (bench.train --to-accuracy) passes its own `ema` of
-    (model, head) instead, so the average is updated once per step, not twice.
-    `on_epoch` gets the run state after each epoch: "history" (one dict per epoch) and "steps"
-    ([epoch, step, loss] per step when params.log_steps), both carried through resumes.
-    `code` (utils/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
-    trained the epochs before it.
-    """
-    net: nn.Module = TrainNet(model, head)
-    if ctx.enabled:
-        if params.sync_bn:
-            net = convert_sync_batchnorm(net, device)
-        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
-    inner = net.module if ctx.enabled else net  # its .model/.head are what we save and evaluate
-    optimizer = make_optimizer(params, inner.model, inner.head)
-    steps = len(splits.train_x) // ctx.world // params.batch_size
-    if steps == 0:
-        raise DataError(f"batch_size={params.batch_size} x {ctx.world} process(es) exceeds the "
-                        f"{len(splits.train_x)} training images; lower --batch_size.")
-    scheduler = make_scheduler(params, optimizer, steps)
-    inner.head.set_total_steps(params.total_epochs * steps)  # SphereFace anneals over training progress
-    # one scaler per run (fp16 only): its loss scale carries across epochs and resumes
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, params.amp) == torch.float16)
-    if ema is None and params.ema_decay > 0:
-        ema = WeightEMA(inner.model, inner.head, params.ema_decay)
-    scored = (ema.model, ema.head) if ema is not None else (inner.model, inner.head)
-    how = data_placement(splits.train_x.nbytes + splits.val_x.nbytes, device)
-    train_x, val_x = place(splits.train_x, how, device), place(splits.val_x, how, device)
-    st = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1, "epochs_no_improve": 0,
-          "history": [], "steps": [], "train_seconds": 0.0, "partial": None}
-    if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        st.update({k: resume_state[k] for k in st if k in resume_state})
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        restore_rng(resume_state["rng"])
-        if ema is not None and resume_state.get("ema") is not None:
-            ema.load_state_dict(resume_state["ema"])
-
-    def step_hook(epoch: int, step: int, value: float) -> None:
-        if ema is not None:
-            ema.update()
-        if params.log_steps:
-            st["steps"].append([epoch, step, round(value, 8)])
-        if on_step is not None:
-            on_step(epoch, step, value)
-
-    def snapshot(partial: dict | None) -> dict:
-        return {"model": inner.model.state_dict(), "head": inner.head.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "params": vars(params).copy(), "rng": rng_state(), "code": code,
-                **{k: v for k, v in st.items() if k != "partial"}, "partial": partial}
-
-    def save(name: str, state: dict) -> None:
-        if ctx.is_main:
-            save_checkpoint(ckpt_dir / name, state)
-
-    t0 = time.perf_counter() - st["train_seconds"]
-    with stop_on_signals() as stop:
-        def interrupted() -> None:
-            barrier(ctx)  # last.pt exists before any rank reports it
-            raise TrainingInterrupted(ckpt_dir / "last.pt", stop[0] if stop else signal.SIGTERM)
-
-        def on_stop(partial: dict) -> None:
-            st["train_seconds"] = time.perf_counter() - t0
-            save("last.pt", snapshot(partial))
-            interrupted()
-
-        while st["epoch"] < params.total_epochs and st["epochs_no_improve"] < params.early_stop_epochs:
-            epoch, te = st["epoch"], time.perf_counter()
-            # the epoch's starting lr, kept through a mid-epoch resume so history.csv matches an uninterrupted run
-            partial = st["partial"] or {"step": 0, "loss_sum": 0.0, "lr": optimizer.param_groups[0]["lr"]}
-            train_loss = train_one_epoch(
-                net, optimizer, scheduler, train_x, splits.train_y, params, device, epoch, ctx,
-                partial, stop, on_stop, step_hook, scaler)
-            st["partial"] = None
-            if params.schedule == "step":
-                scheduler.step()
-            val_loss, val_acc, val_angle = validate(*scored, val_x, splits.val_y, params, device, ctx)
-            if not math.isfinite(val_loss):
-                raise NonFiniteLoss(f"validation loss became {val_loss} after epoch {epoch}; lower --lr, "
-                                    f"--scale or --margin (or use --amp=off) and train again.")
-            improved = val_loss < st["best_val_loss"]
-            st["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                  "val_acc": val_acc, "val_angle_deg": val_angle, "lr": partial["lr"],
-                                  "seconds": time.perf_counter() - te})
-            st["epoch"] = epoch + 1
-            if improved:
-                st.update(best_val_loss=val_loss, best_epoch=epoch, epochs_no_improve=0)
-            else:
-                st["epochs_no_improve"] += 1
-            st["train_seconds"] = time.perf_counter() - t0
-            state = snapshot(None)
-            if improved:
-                save("best.pt", state)
-            save("last.pt", state)
-            if ctx.is_main:
-                on_epoch(st)
-                left = params.total_epochs - st["epoch"]
-                say(f"epoch {epoch + 1}/{params.total_epochs}: train {train_loss:.4f}  val {val_loss:.4f}  "
-                    f"val_acc {val_acc:.4%}  angle {val_angle:.1f} deg  {st['history'][-1]['seconds']:.0f} s "
-                    f"({len(train_x) / st['history'][-1]['seconds']:.0f} img/s)  "
-                    f"ETA {left * st['train_seconds'] / st['epoch'] / 60:.0f} min{'  *best*' if improved else ''}",
-                    params.use_tqdm)
-            # a signal during validation or saving is honoured here, at the epoch boundary last.pt holds
-            if all_sum([float(bool(stop))], ctx, device)[0] > 0:
-                interrupted()
-    barrier(ctx)  # best.pt is complete before any rank loads it
-    return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
-            "best_val_loss": st["best_val_loss"], "history": st["history"], "steps": st["steps"]}

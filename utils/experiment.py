@@ -24,9 +24,9 @@ from utils.config import TrainParams, parse_classes, recorded
 from utils.data import Splits, input_card, load_splits
 from utils.device import resolve_device, seed_everything, uses_channels_last
 from utils.distributed import DistContext, barrier
-from utils.engine import fit
 from utils.errors import ChanceLevel, CheckpointError
 from utils.evaluate import draw_det, evaluate, write_results
+from utils.fit import fit
 from utils.io import (
     check_writable,
     evaluation_weights,

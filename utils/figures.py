@@ -30,9 +30,10 @@ from utils import paper_plots, plots
 from utils.config import TrainParams, comma_list, resolve, script_args, share
 from utils.data import Splits, load_splits
 from utils.device import resolve_device
-from utils.engine import embed, fit
+from utils.engine import embed
 from utils.errors import CheckpointError, ConfigError
 from utils.experiment import prepare_run
+from utils.fit import fit
 from utils.io import atomic_write, evaluation_weights, save_figure, write_json
 from utils.progress import say
 from utils.torch_backend import load_network

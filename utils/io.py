@@ -101,11 +101,6 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_write(path) as f:
-        f.write(text)
-
-
 def write_csv(path: str | Path, header: list[str], rows: list[list[Any]]) -> None:
     with atomic_write(path) as f:
         w = csv.writer(f)

@@ -1,0 +1,237 @@
+"""`fit`: epochs of training with validation, best-checkpoint selection, early stopping and resuming.
+
+The step-level work is in utils/engine.py (`train_one_epoch`, `validate`, `embed`); this module
+strings it together. `fit` is interruptible: SIGINT/SIGTERM set a flag that the step loop checks; the
+current state (mid-epoch included) is then saved to `last.pt` and `TrainingInterrupted` is raised.
+Resuming from it replays the same batches and augmentations, so an interrupted run ends where an
+uninterrupted one would have (on CPU, same seed).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from utils.config import TrainParams
+from utils.data import Splits
+from utils.device import amp_dtype, data_placement, place, restore_rng, rng_state
+from utils.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm
+from utils.ema import WeightEMA
+from utils.engine import StepHook, TrainNet, train_one_epoch, validate
+from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
+from utils.io import save_checkpoint
+from utils.progress import say
+
+RESUMED = ("epoch", "best_val_loss", "best_epoch", "epochs_no_improve", "history", "steps", "train_seconds",
+           "partial")
+
+
+def make_optimizer(params: TrainParams, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(model.parameters()) + list(head.parameters()),
+                             lr=params.lr, weight_decay=params.weight_decay)
+
+
+def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """'step': StepLR(step_size, gamma) stepped per epoch (the original).
+    'cosine': linear warm-up then cosine decay to 0 over total_epochs, stepped per batch."""
+    if params.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, params.step_size, params.gamma)
+    total = max(1, params.total_epochs * steps_per_epoch)
+    warm = int(params.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[list[int]]:
+    """Yield a list that becomes non-empty (holding the signal number) on SIGINT/SIGTERM."""
+    hit: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        if hit:  # second Ctrl+C: the user really wants out (main.py reports it without a traceback)
+            leave_on_ctrl_c()
+        hit.append(signum)
+
+    for s in old:
+        signal.signal(s, handler)
+    try:
+        yield hit
+    finally:
+        for s, h in old.items():
+            if signal.getsignal(s) is handler:  # not after a second Ctrl+C switched to leaving (SIG_IGN)
+                signal.signal(s, h)
+
+
+@dataclass
+class Run:
+    """What one fit holds: the network (DDP-wrapped when distributed) and its optimiser, schedule, fp16
+    scaler and EMA, and the state that resumes (epoch counters, history, per-step losses)."""
+    net: nn.Module
+    inner: TrainNet  # its .model/.head are what is saved and evaluated
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: WeightEMA | None
+    steps: int
+    state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1,
+                                                 "epochs_no_improve": 0, "history": [], "steps": [],
+                                                 "train_seconds": 0.0, "partial": None})
+
+
+def prepare(params: TrainParams, model: nn.Module, head: nn.Module, n_train: int, device: torch.device,
+            ctx: DistContext, ema: WeightEMA | None) -> Run:
+    """Wrap the network, build optimiser, schedule, scaler and (unless handed one) the EMA."""
+    net: nn.Module = TrainNet(model, head)
+    if ctx.enabled:
+        if params.sync_bn:
+            net = convert_sync_batchnorm(net, device)
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    inner = net.module if ctx.enabled else net
+    optimizer = make_optimizer(params, inner.model, inner.head)
+    steps = n_train // ctx.world // params.batch_size
+    if steps == 0:
+        raise DataError(f"batch_size={params.batch_size} x {ctx.world} process(es) exceeds the "
+                        f"{n_train} training images; lower --batch_size.")
+    scheduler = make_scheduler(params, optimizer, steps)
+    inner.head.set_total_steps(params.total_epochs * steps)  # SphereFace anneals over training progress
+    # one scaler per run (fp16 only): its loss scale carries across epochs and resumes
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, params.amp) == torch.float16)
+    if ema is None and params.ema_decay > 0:
+        ema = WeightEMA(inner.model, inner.head, params.ema_decay)
+    return Run(net, inner, optimizer, scheduler, scaler, ema, steps)
+
+
+def restore(run: Run, saved: dict) -> None:
+    """Continue from a checkpoint: optimiser, schedule, counters, scaler, RNG streams and the EMA."""
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    run.state.update({k: saved[k] for k in RESUMED if k in saved})
+    if saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    restore_rng(saved["rng"])
+    if run.ema is not None and saved.get("ema") is not None:
+        run.ema.load_state_dict(saved["ema"])
+
+
+def snapshot(run: Run, params: TrainParams, partial: dict | None, code: dict | None) -> dict:
+    """Everything a resume needs, as a checkpoint dict."""
+    return {"model": run.inner.model.state_dict(), "head": run.inner.head.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+            "params": vars(params).copy(), "rng": rng_state(), "code": code,
+            **{k: v for k, v in run.state.items() if k != "partial"}, "partial": partial}
+
+
+def close_epoch(run: Run, record: dict) -> bool:
+    """Append the epoch's record and move the early-stopping counters; True when it is the best so far."""
+    st = run.state
+    improved = record["val_loss"] < st["best_val_loss"]
+    st["history"].append(record)
+    st["epoch"] = record["epoch"] + 1
+    if improved:
+        st.update(best_val_loss=record["val_loss"], best_epoch=record["epoch"], epochs_no_improve=0)
+    else:
+        st["epochs_no_improve"] += 1
+    return improved
+
+
+def epoch_line(params: TrainParams, st: dict, n_train: int, improved: bool) -> str:
+    h = st["history"][-1]
+    left = params.total_epochs - st["epoch"]
+    return (f"epoch {h['epoch'] + 1}/{params.total_epochs}: train {h['train_loss']:.4f}  val {h['val_loss']:.4f}  "
+            f"val_acc {h['val_acc']:.4%}  angle {h['val_angle_deg']:.1f} deg  {h['seconds']:.0f} s "
+            f"({n_train / h['seconds']:.0f} img/s)  "
+            f"ETA {left * st['train_seconds'] / st['epoch'] / 60:.0f} min{'  *best*' if improved else ''}")
+
+
+def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, device: torch.device,
+        ckpt_dir: Path, on_epoch: Callable[[dict], None], resume_state: dict | None = None,
+        ctx: DistContext = SINGLE, on_step: StepHook | None = None, ema: WeightEMA | None = None,
+        code: dict | None = None) -> dict:
+    """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
+
+    With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
+    under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
+    A caller that scores the EMA mid-epoch (bench.train --to-accuracy) passes its own `ema` of
+    (model, head) instead, so the average is updated once per step, not twice.
+    `on_epoch` gets the run state after each epoch: "history" (one dict per epoch) and "steps"
+    ([epoch, step, loss] per step when params.log_steps), both carried through resumes.
+    `code` (utils/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
+    trained the epochs before it.
+    """
+    run = prepare(params, model, head, len(splits.train_x), device, ctx, ema)
+    scored = (run.ema.model, run.ema.head) if run.ema is not None else (run.inner.model, run.inner.head)
+    how = data_placement(splits.train_x.nbytes + splits.val_x.nbytes, device)
+    train_x, val_x = place(splits.train_x, how, device), place(splits.val_x, how, device)
+    if resume_state is not None:
+        restore(run, resume_state)
+    st = run.state
+
+    def step_hook(epoch: int, step: int, value: float) -> None:
+        if run.ema is not None:
+            run.ema.update()
+        if params.log_steps:
+            st["steps"].append([epoch, step, round(value, 8)])
+        if on_step is not None:
+            on_step(epoch, step, value)
+
+    def save(name: str, partial: dict | None = None) -> None:
+        if ctx.is_main:
+            save_checkpoint(ckpt_dir / name, snapshot(run, params, partial, code))
+
+    def interrupted(signum: int) -> None:
+        barrier(ctx)  # last.pt exists before any rank reports it
+        raise TrainingInterrupted(ckpt_dir / "last.pt", signum)
+
+    t0 = time.perf_counter() - st["train_seconds"]
+    with stop_on_signals() as stop:
+        def on_stop(partial: dict) -> None:
+            st["train_seconds"] = time.perf_counter() - t0
+            save("last.pt", partial)
+            interrupted(stop[0] if stop else signal.SIGTERM)
+
+        while st["epoch"] < params.total_epochs and st["epochs_no_improve"] < params.early_stop_epochs:
+            epoch, te = st["epoch"], time.perf_counter()
+            # the epoch's starting lr, kept through a mid-epoch resume so history.csv matches an uninterrupted run
+            partial = st["partial"] or {"step": 0, "loss_sum": 0.0, "lr": run.optimizer.param_groups[0]["lr"]}
+            train_loss = train_one_epoch(run.net, run.optimizer, run.scheduler, train_x, splits.train_y, params,
+                                         device, epoch, ctx, partial, stop, on_stop, step_hook, run.scaler)
+            st["partial"] = None
+            if params.schedule == "step":
+                run.scheduler.step()
+            val_loss, val_acc, val_angle = validate(*scored, val_x, splits.val_y, params, device, ctx)
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(f"validation loss became {val_loss} after epoch {epoch}; lower --lr, "
+                                    f"--scale or --margin (or use --amp=off) and train again.")
+            improved = close_epoch(run, {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                         "val_acc": val_acc, "val_angle_deg": val_angle, "lr": partial["lr"],
+                                         "seconds": time.perf_counter() - te})
+            st["train_seconds"] = time.perf_counter() - t0
+            if improved:
+                save("best.pt")
+            save("last.pt")
+            if ctx.is_main:
+                on_epoch(st)
+                say(epoch_line(params, st, len(train_x), improved), params.use_tqdm)
+            # a signal during validation or saving is honoured here, at the epoch boundary last.pt holds
+            if all_sum([float(bool(stop))], ctx, device)[0] > 0:
+                interrupted(stop[0] if stop else signal.SIGTERM)
+    barrier(ctx)  # best.pt is complete before any rank loads it
+    return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
+            "best_val_loss": st["best_val_loss"], "history": st["history"], "steps": st["steps"]}
