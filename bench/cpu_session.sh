@@ -45,5 +45,5 @@ step grid_sphereface3 python main.py grid --losses=sphereface --seeds=3 --reuse=
 [[ $WANT == *" grid "* ]] && rm -rf results/grid/runs/*_sphereface_s*
 step grid python main.py grid --reuse=true --eval_amp=true --use_tqdm=false
 step eval_precision python -m bench.eval_precision --models=$MODELS
-step train python -m bench.train --no-compile
+step train python -m bench.train --compile=false
 echo "done" | tee -a "$LOGS/session.log"

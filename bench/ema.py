@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, comma_list, file_tag, recorded, resolve, run_script, script_args
+from utils.config import ConfigError, parse_overrides, recorded, resolve
 from utils.device import resolve_device
 from utils.ema import WeightEMA
 from utils.engine import embed, validate
@@ -28,12 +28,18 @@ from utils.experiment import prepare_run, quick_debug_params
 from utils.fit import fit
 from utils.io import write_json
 from utils.metrics import evaluate_embeddings
+from utils.options import Option, comma_list, file_tag, run_script, split
 from utils.provenance import device_description
+
+OPTIONS = {"loss": Option("arcface", "arcface or softmax"),
+           "decays": Option("0.99,0.995,0.998,0.999", "comma-separated EMA decays, each in (0, 1)"),
+           "knn_epochs": Option("3,9", "epochs after which the 1-NN accuracy is measured too"),
+           "name": Option("", "tag of the output file")}
 
 
 def parse_args(argv: list[str]) -> tuple[str, list[float], list[int], str, dict]:
-    opts, overrides = script_args(argv, {"loss": "arcface", "decays": "0.99,0.995,0.998,0.999", "knn_epochs": "3,9",
-                                         "name": ""})
+    opts, rest = split(argv, OPTIONS)
+    overrides = parse_overrides(rest)
     loss, decays, name = opts["loss"], comma_list("decays", opts["decays"], float), file_tag(opts["name"])
     if loss not in DEFAULTS:
         raise ConfigError(f"--loss={loss}: choose from {', '.join(DEFAULTS)}.")
@@ -88,4 +94,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, OPTIONS)

@@ -15,11 +15,11 @@ Writes results/bench/eval.json.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from bench.reference import exact_eer
 from utils.io import write_json
 from utils.metrics import evaluate_embeddings, verification_metrics
+from utils.options import Option, refuse_rest, run_script, split
 from utils.provenance import cpu_model
 
 
@@ -89,15 +90,16 @@ def sklearn_cost(q, ql, g, gl, sizes: list[int]) -> list[dict]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--queries", type=int, default=10_000)
-    ap.add_argument("--gallery", type=int, default=50_000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--out", default="results/bench/eval.json")
-    a = ap.parse_args()
+OPTIONS = {"queries": Option("10000", "synthetic query embeddings", int),
+           "gallery": Option("50000", "synthetic gallery embeddings", int),
+           "dim": Option("512", "embedding width", int), "classes": Option("10", "classes", int),
+           "repeats": Option("2", "timings per method", int), "out": Option("results/bench/eval.json", "JSON to write")}
+
+
+def main(argv: list[str]) -> None:
+    opts, rest = split(argv, OPTIONS)
+    refuse_rest("bench.eval", rest, OPTIONS)
+    a = SimpleNamespace(**opts)
     gen = torch.Generator().manual_seed(0)
     q, ql = synthetic(a.queries, a.dim, a.classes, gen)
     g, gl = synthetic(a.gallery, a.dim, a.classes, gen)
@@ -162,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, OPTIONS)

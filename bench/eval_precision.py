@@ -19,17 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from trainArcFace import TrainArcFaceParams
-from utils.config import comma_list, resolve, run_script, script_args
+from utils.config import parse_overrides, resolve
 from utils.data import load_splits
 from utils.engine import embed
 from utils.io import write_json
 from utils.metrics import fraction, metrics_from_histograms, score_statistics
+from utils.options import Option, comma_list, run_script, split
 from utils.provenance import cpu_model
 from utils.torch_backend import load_network
 
+OPTIONS = {"models": Option("resnet18_arcface,resnet18_softmax", "trained models to embed in fp32 and bf16")}
+
 
 def main(argv: list[str]) -> None:
-    opts, overrides = script_args(argv, {"models": "resnet18_arcface,resnet18_softmax"})
+    opts, rest = split(argv, OPTIONS)
+    overrides = parse_overrides(rest)
     base = resolve(TrainArcFaceParams(), {"use_tqdm": False, **overrides})
     device = torch.device("cpu")
     report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "models": {}}
@@ -64,4 +68,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, OPTIONS)

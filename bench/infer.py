@@ -16,7 +16,6 @@ Images are real test digits when DATA_ROOT holds MNIST. Writes results/bench/inf
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -24,14 +23,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image
 
 from utils.data import load_idx_dataset
+from utils.gallery import Gallery
 from utils.io import write_json
+from utils.options import Option, refuse_rest, run_script, split
 from utils.provenance import cpu_model
-from utils.recognizer import Gallery, Recognizer
+from utils.recognizer import Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,14 +90,17 @@ def exact_search_1m(dim: int) -> dict:
     return {"gallery": 1_000_000, "one_query_ms": one * 1e3, "per_query_in_64_ms": batch * 1e3}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model_name", default="resnet18_arcface")
-    ap.add_argument("--ckpt_dir", default="ckp")
-    ap.add_argument("--onnx", default="", help="an export of the same checkpoint (python main.py export)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default="results/bench/infer.json")
-    a = ap.parse_args()
+OPTIONS = {"model_name": Option("resnet18_arcface", "the trained model: ckp/<model_name>/best.pt"),
+           "ckpt_dir": Option("ckp", "folder of the checkpoints"),
+           "onnx": Option("", "an export of the same checkpoint (python main.py export)"),
+           "repeats": Option("3", "cold starts timed", int),
+           "out": Option("results/bench/infer.json", "JSON to write")}
+
+
+def main(argv: list[str]) -> None:
+    opts, rest = split(argv, OPTIONS)
+    refuse_rest("bench.infer", rest, OPTIONS)
+    a = SimpleNamespace(**opts)
     ckpt = Path(a.ckpt_dir) / a.model_name / "best.pt"
     rec = Recognizer.from_checkpoint(ckpt)
     data = load_idx_dataset(os.environ.get("DATA_ROOT", "./data"), "mnist")
@@ -123,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, OPTIONS)

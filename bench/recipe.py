@@ -25,20 +25,27 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, TrainParams, comma_list, file_tag, recorded, resolve, run_script, script_args
+from utils.config import ConfigError, TrainParams, parse_overrides, recorded, resolve
 from utils.device import resolve_device
 from utils.engine import embed
 from utils.experiment import load_weights, prepare_run, quick_debug_params
 from utils.fit import fit
 from utils.io import atomic_write, load_checkpoint, write_json
 from utils.metrics import evaluate_embeddings
+from utils.options import Option, comma_list, file_tag, run_script, split
 from utils.provenance import device_description
 
 DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
 
 
+OPTIONS = {"name": Option("", "tag of the output file (required)"),
+           "losses": Option("arcface,softmax", "comma-separated: arcface, softmax"),
+           "seeds": Option("0", "comma-separated seeds")}
+
+
 def parse_args(argv: list[str]) -> tuple[str, list[str], list[int], dict]:
-    opts, overrides = script_args(argv, {"name": "", "losses": "arcface,softmax", "seeds": "0"})
+    opts, rest = split(argv, OPTIONS)
+    overrides = parse_overrides(rest)
     name, seeds = file_tag(opts["name"], required=True), comma_list("seeds", opts["seeds"], int)
     losses = comma_list("losses", opts["losses"])
     bad = [x for x in losses if x not in DEFAULTS]
@@ -119,4 +126,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_script(main, OPTIONS)

@@ -1,7 +1,7 @@
 """Training-step benchmark: images/s and achieved FLOP rate against this machine's matmul peak.
 
     python -m bench.train [--steps=8]
-    python -m bench.train --to-accuracy 0.995     # wall time until test 1-NN accuracy >= 99.5 %
+    python -m bench.train --to_accuracy=0.995     # wall time until test 1-NN accuracy >= 99.5 %
 
 Side by side in one run:
   * naive baseline: torchvision's MNIST dataset with per-sample PIL transforms through a
@@ -14,22 +14,22 @@ Side by side in one run:
 FLOPs per image come from torch.utils.flop_counter (forward + backward). Writes
 results/bench/train.json.
 
---to-accuracy T trains the default ArcFace configuration on full MNIST and, every half epoch
-(the held schedule; --evals-per-epoch), pauses the clock to compute the test 1-NN accuracy against
+--to_accuracy=T trains the default ArcFace configuration on full MNIST and, every half epoch
+(the held schedule; --evals_per_epoch), pauses the clock to compute the test 1-NN accuracy against
 the training split (with the EMA weights when the configuration keeps an EMA, as evaluation
 would); it reports the training wall time at which the accuracy first reaches T (a benchmark of speed only: nothing
-is selected on the test set). --max-minutes M gives up once an epoch ends past M minutes.
+is selected on the test set). --max_minutes=M gives up once an epoch ends past M minutes.
 Writes results/bench/time_to_accuracy.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from utils.engine import train_one_epoch as engine_epoch
 from utils.experiment import build_models
 from utils.fit import make_optimizer, make_scheduler
 from utils.io import write_json
+from utils.options import Option, refuse_rest, run_script, split
 from utils.provenance import cpu_model
 
 
@@ -174,21 +175,23 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
     print(f"wrote {out}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--to-accuracy", type=float, default=None, metavar="T",
-                    help="time the default ArcFace run until test 1-NN accuracy >= T")
-    ap.add_argument("--max-epochs", type=int, default=None, help="with --to-accuracy: override total_epochs")
-    ap.add_argument("--evals-per-epoch", type=int, default=2, help="with --to-accuracy: checks per epoch")
-    ap.add_argument("--max-minutes", type=float, default=None,
-                    help="with --to-accuracy: give up after the first epoch that ends past this training time")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--original_steps", type=int, default=3)
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile lever")
-    ap.add_argument("--out", default=None,
-                    help="JSON to write (default results/bench/train.json, or time_to_accuracy.json)")
-    a = ap.parse_args()
-    if a.to_accuracy is not None:
+OPTIONS = {"to_accuracy": Option("0", "time the default ArcFace run until test 1-NN accuracy >= this (0: off)",
+                                 float),
+           "max_epochs": Option("0", "with --to_accuracy: override total_epochs (0: keep)", int),
+           "evals_per_epoch": Option("2", "with --to_accuracy: checks per epoch", int),
+           "max_minutes": Option("0", "with --to_accuracy: give up after the first epoch past this training time "
+                                 "(0: never)", float),
+           "steps": Option("8", "timed steps per configuration", int),
+           "original_steps": Option("3", "timed steps of the original recipe", int),
+           "compile": Option("true", "also time the torch.compile lever", bool),
+           "out": Option("", "JSON to write (default results/bench/train.json, or time_to_accuracy.json)")}
+
+
+def main(argv: list[str]) -> None:
+    opts, rest = split(argv, OPTIONS)
+    refuse_rest("bench.train", rest, OPTIONS)
+    a = SimpleNamespace(**{k: v or None for k, v in opts.items()})
+    if a.to_accuracy:
         return time_to_accuracy(a.to_accuracy, a.out or "results/bench/time_to_accuracy.json", a.max_epochs,
                                 a.max_minutes, evals_per_epoch=a.evals_per_epoch)
     out = Path(a.out or "results/bench/train.json")
@@ -210,7 +213,7 @@ def main() -> None:
                  "engine") for amp in amps for cl in (False, True)]
     if not native_bf16:
         print("no native bf16 on this CPU: bf16 rows skipped (amp=auto trains in fp32 here)")
-    if not a.no_compile:
+    if opts["compile"]:
         configs.append((f"engine default preset, {amps[-1]}, NCHW, torch.compile",
                         dataclasses.replace(base, amp="bf16" if native_bf16 else "off", channels_last="false"),
                         "compile"))
@@ -247,4 +250,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, OPTIONS)

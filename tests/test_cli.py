@@ -77,7 +77,7 @@ def test_help_lists_commands_and_fields(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,match", [
     (["fly"], "unknown command 'fly'"),
     (["arcface", "--lrr=1"], "unknown field 'lrr'"),
-    (["arcface", "--margin=4"], "margin=4.0 out of range"),
+    (["arcface", "--margin=4"], "margin=4.0 is out of range for arcface"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: list[str], match: str) -> None:
     r = run_main(*args, cwd=tmp_path)

@@ -19,7 +19,8 @@ def test_overrides_are_typed() -> None:
 @pytest.mark.parametrize("arg,match", [
     ("--lrr=1", "unknown field 'lrr'.*Valid fields: .*lr"),
     ("--batch_size=big", "expected int"),
-    ("--use_tqdm=maybe", "expected a boolean"),
+    ("--use_tqdm=maybe", "expected true or false"),
+    ("--use_tqdm=yes", "expected true or false"),  # one boolean syntax for every command: true|false
     ("--lr", "--field=value"),
     ("lr=1", "--field=value"),
 ])
@@ -63,3 +64,16 @@ def test_trainer_defaults_differ_only_in_identity_and_the_validated_recipe() -> 
     assert a.scale == 16.0 and (a.lr, a.weight_decay) == (1e-3, 5e-4) and (s.lr, s.weight_decay) == (2e-3, 5e-2)
     own = ("model_name", "loss_fuc_type", "scale", "lr", "weight_decay")
     assert {k: v for k, v in vars(a).items() if k not in own} == {k: v for k, v in vars(s).items() if k not in own}
+
+
+def test_every_command_parses_options_with_the_one_parser() -> None:
+    """grid, seeds, figures, the inference commands and the bench scripts all split options with
+    utils/options.split and read booleans as true|false, nothing else."""
+    import re
+
+    from conftest import ROOT
+
+    for path in [*ROOT.glob("utils/*.py"), *ROOT.glob("bench/*.py"), ROOT / "main.py"]:
+        text = path.read_text()
+        assert "argparse" not in text and "script_args" not in text, path.name
+        assert not re.search(r"in \(\"true\", \"false\"\)", text), path.name  # a private boolean parser

@@ -60,7 +60,7 @@ def test_seeds_option_is_checked_before_anything_trains(tmp_path: Path) -> None:
     r = call_main("compare", "--seeds=2", "--seed=4", cwd=tmp_path)
     assert r.returncode == 2 and "set by the seeds study" in r.stderr
     r = call_main("compare", "--seeds=2", "--reuse=maybe", cwd=tmp_path)
-    assert r.returncode == 2 and "boolean" in r.stderr
+    assert r.returncode == 2 and "--reuse=maybe: expected true or false" in r.stderr
     assert not (tmp_path / "results").exists()
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,79 +27,72 @@ from utils.errors import ConfigError
 from utils.gallery import Gallery, locked
 from utils.images import INVERT_MODES, list_images
 from utils.io import atomic_write
+from utils.options import Option, describe, refuse_rest, split
 from utils.recognizer import Recognizer
 
-# options of each command (name -> default text); None = required
-OPTIONS: dict[str, dict[str, str | None]] = {
-    "embed": {"out": None},
-    "verify": {"far": "1e-3", "json": "false"},
-    "enrol": {"gallery": None},
-    "search": {"gallery": None, "k": "5", "far": "1e-3", "json": "false"},
-    "export": {"out": None},
+# options of each command, and those every command has (the model and how images are read)
+OPTIONS: dict[str, dict[str, Option]] = {
+    "embed": {"out": Option(None, "output file (.npz): embeddings, paths, labels")},
+    "verify": {"far": Option("1e-3", "false acceptance rate the threshold is set for: a calibrated point "
+                             "(1e-2, 1e-3, 1e-4) or any value read off the validation curve; 0 = the EER threshold",
+                             float),
+               "json": Option("false", "print JSON instead of text", bool)},
+    "enrol": {"gallery": Option(None, "the gallery .npz file (created, or added to)")},
+    "search": {"gallery": Option(None, "the gallery .npz file"), "k": Option("5", "identities listed per query", int),
+               "far": Option("1e-3", "false acceptance rate of the 'unknown' threshold (as for verify)", float),
+               "json": Option("false", "print JSON instead of text", bool)},
+    "export": {"out": Option(None, "output folder: model.onnx, model.json, parity.json")},
+}
+MODEL_OPTIONS = {
+    "model_name": Option(None, "the trained model: ckp/<model_name>/best.pt"),
+    "ckpt_dir": Option("ckp", "folder of the checkpoints"),
+    "device": Option("cpu", "cpu | cuda | cuda:N | auto (torch only)"),
+    "onnx": Option("", "use an export folder instead of a checkpoint (needs only onnxruntime)"),
+    "invert": Option("auto", "image polarity: auto | true | false"),
+    "data_root": Option("", "export: the data whose images the parity check embeds (default DATA_ROOT or ./data)"),
 }
 POSITIONAL = {"embed": (1, None), "verify": (2, 2), "enrol": (1, 1), "search": (1, None), "export": (0, 0)}
-MODEL_FIELDS = {"model_name": None, "ckpt_dir": "ckp", "device": "cpu", "onnx": "", "invert": "auto",
-                "data_root": None}
 USAGE = {"embed": "embed PATH... --out=FILE.npz   images/folders -> L2-normalised embeddings",
          "verify": "verify A B   same identity? the cosine against a threshold calibrated on validation",
          "enrol": "enrol DIR --gallery=FILE.npz   one sub-folder per identity -> gallery (added to an existing one)",
          "search": "search PATH... --gallery=FILE.npz   the k nearest identities, 'unknown' below the threshold",
          "export": "export --out=DIR   ONNX model + model card + a numerical parity check"}
-OPTION_HELP = {
-    "out": "output file (embed: .npz) or folder (export)",
-    "gallery": "the gallery .npz file",
-    "far": "false acceptance rate the threshold is set for: a calibrated point (1e-2, 1e-3, 1e-4) or any value "
-           "read off the validation curve; 0 = the EER threshold",
-    "json": "print JSON instead of text (true|false)",
-    "k": "identities listed per query",
-    "model_name": "the trained model: ckp/<model_name>/best.pt",
-    "ckpt_dir": "folder of the checkpoints",
-    "device": "cpu | cuda | cuda:N | auto (torch only)",
-    "onnx": "use an export folder instead of a checkpoint (needs only onnxruntime)",
-    "invert": "image polarity: auto | true | false",
-    "data_root": "export: the data whose images the parity check embeds (default DATA_ROOT or ./data)",
-}
+
+
+def own_options(command: str, model_name: str) -> dict[str, Option]:
+    return {**MODEL_OPTIONS, "model_name": Option(model_name, MODEL_OPTIONS["model_name"].help), **OPTIONS[command]}
 
 
 def describe_command(command: str, model_name: str) -> str:
     """`python main.py COMMAND --help`: what it does and each option with its meaning and default."""
-    own = {**MODEL_FIELDS, "model_name": model_name, **OPTIONS[command]}
-    lines = [f"usage: python main.py {USAGE[command]}", ""]
-    for key, default in own.items():
-        value = f"--{key}=" + ("..." if default is None else default)
-        lines.append(f"  {value:<28} {OPTION_HELP[key]}" + (" (required)" if default is None and key != "data_root"
-                                                             else ""))
-    return "\n".join(lines)
+    return f"usage: python main.py {USAGE[command]}\n\n{describe(own_options(command, model_name))}"
 
 
-def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], dict[str, str]]:
-    own = {**MODEL_FIELDS, "model_name": model_name, **OPTIONS[command]}
-    opts: dict[str, str | None] = dict(own)
-    paths = []
-    for a in args:
-        key, sep, value = a.removeprefix("--").partition("=")
-        if not a.startswith("--"):
-            paths.append(a)
-        elif not sep or key not in own:
-            allowed = ", ".join(f"--{k}" for k in own)
-            raise ConfigError(f"{command}: cannot use '{a}'; its options are {allowed}.")
-        else:
-            opts[key] = value
+def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], dict[str, Any]]:
+    """Image paths and typed options of `command`; everything checked that can be checked before work."""
+    own = own_options(command, model_name)
+    opts, rest = split(args, own)
+    paths = [a for a in rest if not a.startswith("--")]
+    refuse_rest(command, [a for a in rest if a.startswith("--")], own)
     lo, hi = POSITIONAL[command]
     if len(paths) < lo or (hi is not None and len(paths) > hi):
         raise ConfigError(f"{command} takes {lo if lo == hi else f'{lo} or more'} image path(s), got {len(paths)} "
-                          f"(see python main.py --help).")
-    missing = [k for k, v in opts.items() if v is None and k != "data_root"]
+                          f"(see python main.py {command} --help).")
+    missing = [k for k, v in opts.items() if v is None]
     if missing:
-        raise ConfigError(f"{command} needs --{missing[0]}=... (see python main.py --help).")
+        raise ConfigError(f"{command} needs --{missing[0]}=... (see python main.py {command} --help).")
     if opts["invert"] not in INVERT_MODES:
         raise ConfigError(f"--invert={opts['invert']}: use auto, true or false.")
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts["device"] or ""):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts["device"]):
         raise ConfigError(f"--device={opts['device']}: use cpu, cuda, cuda:N or auto.")
     for key in ("out", "gallery"):
         if key in opts:
-            output_path(key, opts[key])  # type: ignore[arg-type]
-    return paths, opts  # type: ignore[return-value]
+            output_path(key, opts[key])
+    if "far" in opts and not (math.isfinite(opts["far"]) and 0 <= opts["far"] < 1):
+        raise ConfigError(f"--far={opts['far']}: out of range (0 <= far < 1; 0 = the EER threshold).")
+    if "k" in opts and opts["k"] < 1:
+        raise ConfigError(f"--k={opts['k']}: out of range (>= 1).")
+    return paths, opts
 
 
 def output_path(key: str, value: str) -> Path:
@@ -110,23 +104,6 @@ def output_path(key: str, value: str) -> Path:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--{key}={value}: {parent} is a file, not a folder; choose another --{key}.")
     return p
-
-
-def number(opts: dict[str, str], name: str, typ: type = float, low: float = 0.0) -> float:
-    try:
-        v = typ(opts[name])
-    except ValueError:
-        raise ConfigError(f"--{name}={opts[name]}: expected a {typ.__name__}.") from None
-    if not math.isfinite(v) or v < low or (name == "far" and v >= 1):
-        raise ConfigError(f"--{name}={opts[name]}: out of range" + (" (0 <= far < 1; 0 = the EER threshold)."
-                                                                     if name == "far" else f" (>= {low:g})."))
-    return v
-
-
-def flag(opts: dict[str, str], name: str) -> bool:
-    if opts[name].lower() not in ("true", "false"):
-        raise ConfigError(f"--{name}={opts[name]}: expected true or false.")
-    return opts[name].lower() == "true"
 
 
 def recognizer(opts: dict[str, str]) -> Recognizer:
@@ -178,10 +155,7 @@ def run_command(command: str, args: list[str], model_name: str) -> None:
               f"images: min cosine {c['min_cosine']['value']:.7f}, EER torch {c['eer']['torch']:.6f} vs "
               f"onnxruntime {c['eer']['onnxruntime']:.6f}, all checks passed ({opts['out']}/parity.json)")
         return
-    far = number(opts, "far") if "far" in opts else 1e-3
-    if command == "search":
-        k = int(number(opts, "k", int, 1))
-    as_json = flag(opts, "json") if "json" in opts else False
+    far, k, as_json = opts.get("far", 1e-3), opts.get("k", 5), opts.get("json", False)
     if command in ("enrol", "search"):
         gallery_path(opts)
     rec = recognizer(opts)

@@ -14,8 +14,6 @@ import importlib.util
 import math
 import os
 import re
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from losses import registry
 from utils import datasets
 from utils.errors import ConfigError
+from utils.options import parse_value
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
@@ -104,20 +103,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _parse_value(name: str, text: str, typ: type) -> Any:
-    if typ is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"--{name}={text}: expected a boolean (true/false).")
-    try:
-        return typ(text)
-    except ValueError:
-        raise ConfigError(f"--{name}={text}: expected {typ.__name__}.") from None
-
-
 def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:
     """Turn ['--lr=1e-3', '--use_tqdm=false'] into typed values; refuse unknown names and types."""
     types = {f.name: f.type for f in fields(cls)}
@@ -129,45 +114,8 @@ def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:
         name, text = arg[2:].split("=", 1)
         if name not in types:
             raise ConfigError(f"unknown field '{name}'. Valid fields: {', '.join(types)}.")
-        out[name] = _parse_value(name, text, types[name])
+        out[name] = parse_value(name, text, types[name])
     return out
-
-
-def script_args(argv: list[str], own: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Split a script's own `--name=value` options (`own`: name -> default text) from field overrides."""
-    opts, rest = dict(own), []
-    for arg in argv:
-        key, sep, value = arg.removeprefix("--").partition("=")
-        if arg.startswith("--") and sep and key in own:
-            opts[key] = value
-        else:
-            rest.append(arg)
-    return opts, parse_overrides(rest)
-
-
-def file_tag(text: str, required: bool = False) -> str:
-    """Check a script's --name=TAG, which becomes part of an output file name."""
-    if (required or text) and not text.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"--name={text}: {'required; ' if required else ''}use letters, digits, '-' and '_' "
-                          "(it names the output file).")
-    return text
-
-
-def comma_list(name: str, text: str, typ: type = str) -> list:
-    """'0,1' -> [0, 1] (typ=int) for option --name, empty items dropped; a ConfigError naming the option."""
-    try:
-        return [typ(v) for v in text.split(",") if v]
-    except ValueError:
-        raise ConfigError(f"--{name}={text}: expected comma-separated {typ.__name__} values, e.g. 0,1.") from None
-
-
-def run_script(main: Callable[[list[str]], None]) -> None:
-    """Run a `python -m` entry point with sys.argv; a ConfigError ends it with a one-line message, exit 2."""
-    try:
-        main(sys.argv[1:])
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> TrainParams:

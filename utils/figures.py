@@ -27,14 +27,15 @@ import torch.nn.functional as F
 
 from losses import registry
 from utils import paper_plots, plots
-from utils.config import TrainParams, comma_list, resolve, script_args, share
+from utils.config import TrainParams, parse_overrides, resolve, share
 from utils.data import Splits, load_splits
 from utils.device import resolve_device
 from utils.engine import embed
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError
 from utils.experiment import prepare_run
 from utils.fit import fit
 from utils.io import atomic_write, evaluation_weights, save_figure, write_json
+from utils.options import Option, comma_list, split
 from utils.progress import say
 from utils.torch_backend import load_network
 
@@ -52,6 +53,9 @@ TOY_TRAIN, TOY_VAL, TOY_POINTS, TOY_EPOCHS = 9_000, 1_000, 2_000, 1
 # epoch spent warming up, 2-D ArcFace reached 29-34 % validation accuracy; with these, 53.6 % (validation only).
 TOY_FIT = {"lr": 5e-3, "batch_size": 64, "warmup_epochs": 0.1}
 TSNE_POINTS = 3_000
+OPTIONS = {"reuse": Option("false", "redraw the toy panels from saved toy runs of the current recipe", bool),
+           "models": Option("resnet18_arcface,resnet18_softmax", "trained models whose figures to draw"),
+           "toy": Option("true", "draw the toy panels (false: only the trained models' figures)", bool)}
 
 
 def toy_caption(loss: str) -> str:
@@ -159,17 +163,14 @@ def angle_stats(emb: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, weigh
 
 
 def run_figures(args: list[str]) -> None:
-    opts, overrides = script_args(args, {"reuse": "false", "models": "resnet18_arcface,resnet18_softmax",
-                                         "toy": "true"})
-    for key in ("reuse", "toy"):
-        if opts[key] not in ("true", "false"):
-            raise ConfigError(f"--{key}={opts[key]}: expected true or false.")
+    opts, rest = split(args, OPTIONS)
+    overrides = parse_overrides(rest)
     base = resolve(TrainParams(), {"use_tqdm": False, "loss_fuc_type": "arcface", **share(overrides, ["arcface"])[0]})
     out = Path(base.results_dir) / "figures"
     models = [model_inputs(m, base) for m in comma_list("models", opts["models"])]  # refuse before any work
     t0 = time.perf_counter()
-    if opts["toy"] == "true":
-        toy_figures(base, out, opts["reuse"] == "true")
+    if opts["toy"]:
+        toy_figures(base, out, opts["reuse"])
     t1 = time.perf_counter()
     draw_model_figures(models, base, out)
     say(f"figures in {out}: toy panels {t1 - t0:.0f} s, model figures {time.perf_counter() - t1:.0f} s", False)

@@ -168,7 +168,7 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
 
     With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
     under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
-    A caller that scores the EMA mid-epoch (bench.train --to-accuracy) passes its own `ema` of
+    A caller that scores the EMA mid-epoch (bench.train --to_accuracy) passes its own `ema` of
     (model, head) instead, so the average is updated once per step, not twice.
     `on_epoch` gets the run state after each epoch: "history" (one dict per epoch) and "steps"
     ([epoch, step, loss] per step when params.log_steps), both carried through resumes.

@@ -32,6 +32,7 @@ from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import quick_debug_params, run
 from utils.io import atomic_write, save_figure, write_json
+from utils.options import Option, split
 from utils.progress import say
 
 DEFAULT_SEEDS = 3
@@ -52,25 +53,21 @@ OWN_FIELDS = ("model_name", "loss_fuc_type", "dataset_name", "seed", "resume")
 MAX_SEEDS = 100
 
 
+OPTIONS = {"losses": Option(",".join(registry.names(grid=True)), "comma-separated losses"),
+           "datasets": Option(",".join(datasets.names(grid=True)), "comma-separated data sets"),
+           "seeds": Option(str(DEFAULT_SEEDS), f"seeds per loss and data set, 1 .. {MAX_SEEDS}"),
+           "reuse": Option("false", "keep finished runs of the same params; resume an interrupted one", bool)}
+
+
 def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split grid options (--losses, --datasets, --seeds, --reuse) from ordinary field overrides."""
-    opts: dict[str, Any] = {"losses": registry.names(grid=True), "datasets": datasets.names(grid=True),
-                            "seeds": DEFAULT_SEEDS, "reuse": False}
-    rest = []
-    for a in args:
-        name, _, value = a.removeprefix("--").partition("=")
-        if a.startswith("--") and name == "reuse":
-            if value.lower() not in ("true", "false"):
-                raise ConfigError(f"--reuse={value}: expected true or false.")
-            opts["reuse"] = value.lower() == "true"
-        elif a.startswith("--") and name in ("losses", "datasets"):
-            opts[name] = tuple(v.strip() for v in value.split(",") if v.strip())
-        elif a.startswith("--") and name == "seeds":
-            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_SEEDS:
-                raise ConfigError(f"--seeds={value}: expected the number of seeds, 1 .. {MAX_SEEDS}.")
-            opts["seeds"] = int(value)
-        else:
-            rest.append(a)
+    opts, rest = split(args, OPTIONS)
+    for name in ("losses", "datasets"):
+        opts[name] = tuple(v.strip() for v in opts[name].split(",") if v.strip())
+    value = opts["seeds"]
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_SEEDS:
+        raise ConfigError(f"--seeds={value}: expected the number of seeds, 1 .. {MAX_SEEDS}.")
+    opts["seeds"] = int(value)
     bad = [loss for loss in opts["losses"] if loss not in registry.names()]
     if bad or not opts["losses"]:
         raise ConfigError(f"--losses: unknown {bad or 'empty list'}; choose from {', '.join(registry.names())}.")

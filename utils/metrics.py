@@ -71,12 +71,7 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
         s = torch.mm(q[a:b], gt, out=scores[: b - a])
         if identification:
             torch.max(s, dim=1, out=(nn_score[a:b], nn_index[a:b]))
-        groups = []  # (first row, rows, first genuine column, end) of each query label in this chunk
-        labels, cnts = torch.unique_consecutive(ql[a:b], return_counts=True)
-        r0 = 0
-        for lab, cnt in zip(labels.tolist(), cnts.tolist(), strict=True):
-            groups.append((r0, cnt, *block.get(lab, (0, 0))))
-            r0 += cnt
+        groups = _label_groups(ql[a:b], block)
         if extremes:
             for r0, cnt, c0, c1 in groups:
                 rows = s[r0:r0 + cnt]
@@ -102,15 +97,31 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
         h = hist.view(2, bins + 1).cpu()
         h[:, bins - 1] += h[:, bins]  # fold score == 1 into the top bin
         out["impostor_hist"], out["genuine_hist"] = h[0, :bins].clone(), h[1, :bins].clone()
-    for key, parts in found.items():
-        if extremes:
-            rows = torch.cat(parts) if parts else torch.empty(0, 3, dtype=torch.float64)
-            rows = rows[torch.argsort(rows[:, 0], descending=key == "high_impostor", stable=True)][:extremes]
-            rows[:, 0] /= half
-            rows[:, 1] = q_order.cpu()[rows[:, 1].long()].double()
-            rows[:, 2] = g_order.cpu()[rows[:, 2].long()].double()
-            out[key] = rows
+    if extremes:
+        out.update({key: _merge_extremes(parts, key == "high_impostor", extremes, half, q_order, g_order)
+                    for key, parts in found.items()})
     return out
+
+
+def _label_groups(chunk_labels: torch.Tensor, block: dict[int, tuple[int, int]]) -> list[tuple[int, ...]]:
+    """(first row, rows, first genuine column, end column) of each query label in a label-sorted chunk."""
+    groups, r0 = [], 0
+    labels, cnts = torch.unique_consecutive(chunk_labels, return_counts=True)
+    for lab, cnt in zip(labels.tolist(), cnts.tolist(), strict=True):
+        groups.append((r0, cnt, *block.get(lab, (0, 0))))
+        r0 += cnt
+    return groups
+
+
+def _merge_extremes(parts: list[torch.Tensor], largest: bool, k: int, half: float, q_order: torch.Tensor,
+                    g_order: torch.Tensor) -> torch.Tensor:
+    """The k most extreme rows (cosine, query index, gallery index) of all chunks, in original indices."""
+    rows = torch.cat(parts) if parts else torch.empty(0, 3, dtype=torch.float64)
+    rows = rows[torch.argsort(rows[:, 0], descending=largest, stable=True)][:k]
+    rows[:, 0] /= half
+    rows[:, 1] = q_order.cpu()[rows[:, 1].long()].double()
+    rows[:, 2] = g_order.cpu()[rows[:, 2].long()].double()
+    return rows
 
 
 def _keep(parts: list[torch.Tensor], block: torch.Tensor, k: int, largest: bool, row0: int, col0: int) -> None:

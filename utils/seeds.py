@@ -23,12 +23,13 @@ import numpy as np
 
 from losses import registry
 from utils import plots, rundir
-from utils.config import ConfigError, TrainParams, comma_list, parse_overrides, resolve, share
+from utils.config import ConfigError, TrainParams, parse_overrides, resolve, share
 from utils.errors import TrainingInterrupted
 from utils.evaluate import read_curve
 from utils.experiment import run
 from utils.grid import finished
 from utils.io import atomic_write, save_figure, write_json
+from utils.options import Option, comma_list, split
 from utils.progress import say
 from utils.provenance import ROOT, code_identity
 from utils.stats import mcnemar, paired, spread
@@ -40,24 +41,23 @@ TARS = ("1e-03", "1e-04")
 MAX_SEED = 2**31 - 1
 
 
+OPTIONS = {"seeds": Option(None, "a count N (seeds 0 .. N-1) or a list of seeds such as 0,1,2"),
+           "reuse": Option("false", "keep finished runs of the same params and code; resume an interrupted one",
+                           bool)}
+
+
 def parse_args(args: list[str]) -> tuple[list[int], bool, dict]:
     """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse=true|false; the rest are field overrides."""
-    seeds, reuse, rest = None, False, []
-    for a in args:
-        name, _, value = a.removeprefix("--").partition("=")
-        if a.startswith("--") and name == "seeds":
-            vals = comma_list("seeds", value, int)
-            if "," not in value and len(vals) == 1:
-                if not 1 <= vals[0] <= 100:
-                    raise ConfigError(f"--seeds={value}: give a count 1 .. 100 or a list such as 0,1,2.")
-                vals = list(range(vals[0]))
-            if not vals or len(set(vals)) != len(vals) or not all(0 <= v <= MAX_SEED for v in vals):
-                raise ConfigError(f"--seeds={value}: give distinct seeds 0 .. {MAX_SEED}, e.g. 0,1,2 (or a count).")
-            seeds = vals
-        elif a.startswith("--") and name == "reuse":
-            reuse = parse_overrides([f"--quick_debug={value}"])["quick_debug"]  # the one boolean syntax
-        else:
-            rest.append(a)
+    opts, rest = split(args, OPTIONS)
+    value = opts["seeds"]
+    vals = comma_list("seeds", value, int)
+    if "," not in value and len(vals) == 1:
+        if not 1 <= vals[0] <= 100:
+            raise ConfigError(f"--seeds={value}: give a count 1 .. 100 or a list such as 0,1,2.")
+        vals = list(range(vals[0]))
+    if not vals or len(set(vals)) != len(vals) or not all(0 <= v <= MAX_SEED for v in vals):
+        raise ConfigError(f"--seeds={value}: give distinct seeds 0 .. {MAX_SEED}, e.g. 0,1,2 (or a count).")
+    seeds, reuse = vals, opts["reuse"]
     overrides = parse_overrides(rest)
     own = [k for k in ("model_name", "seed", "loss_fuc_type", "resume") if k in overrides]
     if own:
