@@ -35,10 +35,10 @@ def usage(command: str | None = None) -> str:
     """--help: the commands and the fields of TrainArcFaceParams; `COMMAND --help`: that command's options."""
     from trainArcFace import TrainArcFaceParams
     from trainResnet import TrainResnetParams
-    from utils.config import PRESETS, describe_fields
+    from utils.core.config import PRESETS, describe_fields
 
     if command in USING:
-        from utils.commands import describe_command
+        from utils.cli.commands import describe_command
 
         return describe_command(command, default_model())
     if command in ("arcface", "softmax"):
@@ -71,7 +71,7 @@ def usage(command: str | None = None) -> str:
 
 
 def parse_command(argv: list[str]) -> tuple[str, list[str]]:
-    from utils.errors import ConfigError
+    from utils.core.errors import ConfigError
 
     command = FLAGS.get(flag, flag)
     if argv and not argv[0].startswith("-"):
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             print(usage(first if first in COMMANDS else None))
             return 0
         # torch-free: an ONNX export runs without torch installed
-        from utils.errors import RunFailed, TrainingInterrupted, UserError
+        from utils.core.errors import RunFailed, TrainingInterrupted, UserError
 
         try:
             command, rest = parse_command(argv)
@@ -135,24 +135,24 @@ def _stop_during_start_up(signum: int, frame: object) -> None:
 
 def started() -> None:
     """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again, once."""
-    from utils.errors import leave_on_ctrl_c
+    from utils.core.errors import leave_on_ctrl_c
 
     signal.signal(signal.SIGINT, leave_on_ctrl_c)
 
 
 def dispatch(command: str, args: list[str]) -> None:
     if command == "grid":
-        from utils.grid import run_grid
+        from utils.cli.grid import run_grid
 
         started()
         run_grid(args)
     elif command == "figures":
-        from utils.figures import run_figures
+        from utils.cli.figures import run_figures
 
         started()
         run_figures(args)
     elif command in USING:
-        from utils.commands import run_command
+        from utils.cli.commands import run_command
 
         started()
         run_command(command, args, default_model())
@@ -171,13 +171,13 @@ def default_model() -> str:
 def train(command: str, args: list[str]) -> None:
     from trainArcFace import TrainArcFaceParams, trainArcFaceMain
     from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
-    from utils.config import parse_overrides, resolve, share
-    from utils.errors import ConfigError
-    from utils.experiment import run  # noqa: F401 -- the heavy imports, before Ctrl+C may raise again
+    from utils.core.config import parse_overrides, resolve, share
+    from utils.core.errors import ConfigError
+    from utils.run.experiment import run  # noqa: F401 -- the heavy imports, before Ctrl+C may raise again
 
     started()
     if command == "compare" and any(a.startswith("--seeds=") for a in args):
-        from utils.seeds import study
+        from utils.cli.seeds import study
 
         study(args, (TrainArcFaceParams, TrainResnetParams))
         return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from utils.config import TrainParams
+from utils.core.config import TrainParams
 
 
 @dataclass
@@ -21,6 +21,6 @@ class TrainResnetParams(TrainParams):
 
 def trainResnetSoftmaxMain(params: TrainResnetParams | None = None, train: bool = True) -> dict:  # noqa: N802
     """Train (unless train=False) and evaluate ResNet18 + softmax; returns the metrics dict."""
-    from utils.experiment import run  # here: importing the params must not load torch
+    from utils.run.experiment import run  # here: importing the params must not load torch
 
     return run(params if params is not None else TrainResnetParams(), train=train)

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from trainArcFace import TrainArcFaceParams
-from utils.config import parse_overrides, resolve
-from utils.engine import embed
-from utils.experiment import load_weights, paths, prepare_run
-from utils.io import load_checkpoint, write_json
-from utils.metrics import evaluate_embeddings
+from utils.core.config import parse_overrides, resolve
+from utils.core.io import load_checkpoint, write_json
+from utils.run.experiment import load_weights, paths, prepare_run
+from utils.scoring.metrics import evaluate_embeddings
+from utils.training.engine import embed
 
 
 def main(argv: list[str]) -> None:

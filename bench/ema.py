@@ -3,7 +3,7 @@
     python -m bench.ema --loss=arcface [--decays=0.99,0.995,0.998,0.999] [--knn_epochs=3,9] [--name=TAG]
                         [--field=value ...]
 
-The EMA never feeds back into training (utils/ema.py), so one run can carry several averaged
+The EMA never feeds back into training (utils/training/ema.py), so one run can carry several averaged
 copies side by side: the raw weights follow exactly the trajectory of `python main.py` with the
 same parameters. After every epoch each copy's validation loss and head accuracy are printed; at
 `knn_epochs` also validation 1-NN accuracy and EER against the 50k train-split embeddings (the
@@ -20,16 +20,16 @@ from pathlib import Path
 import torch
 
 from bench.recipe import DEFAULTS
-from utils.config import ConfigError, parse_overrides, recorded, resolve
-from utils.device import resolve_device
-from utils.ema import WeightEMA
-from utils.engine import embed, validate
-from utils.experiment import prepare_run, quick_debug_params
-from utils.fit import fit
-from utils.io import write_json
-from utils.metrics import evaluate_embeddings
-from utils.options import Option, comma_list, file_tag, run_script, split
-from utils.provenance import device_description
+from utils.core.config import ConfigError, parse_overrides, recorded, resolve
+from utils.core.device import resolve_device
+from utils.core.io import write_json
+from utils.core.options import Option, comma_list, file_tag, run_script, split
+from utils.core.provenance import device_description
+from utils.run.experiment import prepare_run, quick_debug_params
+from utils.scoring.metrics import evaluate_embeddings
+from utils.training.ema import WeightEMA
+from utils.training.engine import embed, validate
+from utils.training.fit import fit
 
 OPTIONS = {"loss": Option("arcface", "arcface or softmax"),
            "decays": Option("0.99,0.995,0.998,0.999", "comma-separated EMA decays, each in (0, 1)"),

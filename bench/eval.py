@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.reference import exact_eer
-from utils.io import write_json
-from utils.metrics import evaluate_embeddings, verification_metrics
-from utils.options import Option, refuse_rest, run_script, split
-from utils.provenance import cpu_model
+from utils.core.io import write_json
+from utils.core.options import Option, refuse_rest, run_script, split
+from utils.core.provenance import cpu_model
+from utils.scoring.metrics import evaluate_embeddings, verification_metrics
 
 
 def rss_bytes() -> int:

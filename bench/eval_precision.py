@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from trainArcFace import TrainArcFaceParams
-from utils.config import parse_overrides, resolve
-from utils.data import load_splits
-from utils.engine import embed
-from utils.io import write_json
-from utils.metrics import fraction, metrics_from_histograms, score_statistics
-from utils.options import Option, comma_list, run_script, split
-from utils.provenance import cpu_model
-from utils.torch_backend import load_network
+from utils.core.config import parse_overrides, resolve
+from utils.core.io import write_json
+from utils.core.options import Option, comma_list, run_script, split
+from utils.core.provenance import cpu_model
+from utils.data.loading import load_splits
+from utils.inference.torch_backend import load_network
+from utils.scoring.metrics import fraction, metrics_from_histograms, score_statistics
+from utils.training.engine import embed
 
 OPTIONS = {"models": Option("resnet18_arcface,resnet18_softmax", "trained models to embed in fp32 and bf16")}
 

@@ -28,12 +28,12 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from utils.data import load_idx_dataset
-from utils.gallery import Gallery
-from utils.io import write_json
-from utils.options import Option, refuse_rest, run_script, split
-from utils.provenance import cpu_model
-from utils.recognizer import Recognizer
+from utils.core.io import write_json
+from utils.core.options import Option, refuse_rest, run_script, split
+from utils.core.provenance import cpu_model
+from utils.data.loading import load_idx_dataset
+from utils.inference.gallery import Gallery
+from utils.inference.recognizer import Recognizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,15 +25,15 @@ import torch
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, TrainParams, parse_overrides, recorded, resolve
-from utils.device import resolve_device
-from utils.engine import embed
-from utils.experiment import load_weights, prepare_run, quick_debug_params
-from utils.fit import fit
-from utils.io import atomic_write, load_checkpoint, write_json
-from utils.metrics import evaluate_embeddings
-from utils.options import Option, comma_list, file_tag, run_script, split
-from utils.provenance import device_description
+from utils.core.config import ConfigError, TrainParams, parse_overrides, recorded, resolve
+from utils.core.device import resolve_device
+from utils.core.io import atomic_write, load_checkpoint, write_json
+from utils.core.options import Option, comma_list, file_tag, run_script, split
+from utils.core.provenance import device_description
+from utils.run.experiment import load_weights, prepare_run, quick_debug_params
+from utils.scoring.metrics import evaluate_embeddings
+from utils.training.engine import embed
+from utils.training.fit import fit
 
 DEFAULTS = {"arcface": TrainArcFaceParams, "softmax": TrainResnetParams}
 

@@ -37,16 +37,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import input_channels
 from trainArcFace import TrainArcFaceParams
-from utils.config import TrainParams, recorded, resolve
-from utils.data import dataset_stats, load_idx_dataset
-from utils.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
-from utils.engine import TrainNet
-from utils.engine import train_one_epoch as engine_epoch
-from utils.experiment import build_models
-from utils.fit import make_optimizer, make_scheduler
-from utils.io import write_json
-from utils.options import Option, refuse_rest, run_script, split
-from utils.provenance import cpu_model
+from utils.core.config import TrainParams, recorded, resolve
+from utils.core.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
+from utils.core.io import write_json
+from utils.core.options import Option, refuse_rest, run_script, split
+from utils.core.provenance import cpu_model
+from utils.data.loading import dataset_stats, load_idx_dataset
+from utils.run.experiment import build_models
+from utils.training.engine import TrainNet
+from utils.training.engine import train_one_epoch as engine_epoch
+from utils.training.fit import make_optimizer, make_scheduler
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -95,7 +95,7 @@ def time_naive(params: TrainParams, steps: int) -> float:
     tf = T.Compose([T.RandomAffine(10, (0.1, 0.1), (0.9, 1.1)), T.Resize(params.img_size), T.ToTensor(),
                     T.Normalize((0.1307,), (0.3081,))])
     ds = MNIST(params.data_root, train=True, download=True, transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=params.batch_size, shuffle=True, num_workers=0)
+    loader = torch.utils.data.loading.DataLoader(ds, batch_size=params.batch_size, shuffle=True, num_workers=0)
     model, head = build_models(params, torch.device("cpu"))
     opt = make_optimizer(params, model, head)
     it = iter(loader)
@@ -120,11 +120,11 @@ def time_to_accuracy(target: float, out: str, max_epochs: int | None, max_minute
     import copy
     import tempfile
 
-    from utils.ema import WeightEMA
-    from utils.engine import embed
-    from utils.experiment import prepare_run, quick_debug_params
-    from utils.fit import fit
-    from utils.metrics import identification_accuracy
+    from utils.run.experiment import prepare_run, quick_debug_params
+    from utils.scoring.metrics import identification_accuracy
+    from utils.training.ema import WeightEMA
+    from utils.training.engine import embed
+    from utils.training.fit import fit
 
     params = quick_debug_params(resolve(TrainArcFaceParams(), {"use_tqdm": False, **(overrides or {})}))
     if max_epochs:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.errors import PretrainedUnavailable
+from utils.core.errors import PretrainedUnavailable
 
 
 class BasicBlock(nn.Module):

@@ -118,9 +118,9 @@ def tiny_run(size: int, n: int, n_train: int, **over: object) -> tuple:
     import torch
 
     from trainArcFace import TrainArcFaceParams
-    from utils.config import resolve
-    from utils.data import Splits
-    from utils.experiment import build_models
+    from utils.core.config import resolve
+    from utils.data.loading import Splits
+    from utils.run.experiment import build_models
 
     params = resolve(TrainArcFaceParams(), {"img_size": size, "batch_size": 8, "total_epochs": 2, "use_tqdm": False,
                                             "augment": False, "input_std": 1.0, "device": "cpu", "ema_decay": 0.0,

@@ -8,7 +8,7 @@ AVX-512 and AVX2 kernels round differently and training amplifies that:
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tests/golden.py --record   # the AVX2 path
     python tests/golden.py                   # compare with the fixture, print what differs
     python tests/golden.py --vouch           # compare on every kernel path here; if identical, record this
-                                             # clean commit in results/numerics.json (utils/seeds.py reads it)
+                                             # clean commit in results/numerics.json (utils/cli/seeds.py reads it)
 
 tests/test_golden.py runs the comparison for every kernel path this machine can run.
 """
@@ -94,7 +94,7 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 def vouch() -> int:
     """Record HEAD in results/numerics.json when every kernel path this machine runs gives the golden numbers."""
     sys.path.insert(0, str(ROOT))
-    from utils.provenance import code_identity
+    from utils.core.provenance import code_identity
 
     code = code_identity()
     if code["git_commit"] is None or code["git_dirty"]:

@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from trainArcFace import TrainArcFaceParams
-from utils.config import ConfigError, TrainParams, parse_overrides, resolve
-from utils.errors import DataError, ImageError
-from utils.images import read_grey
+from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve
+from utils.core.errors import DataError, ImageError
+from utils.data.images import read_grey
 
 FLOAT_FIELDS = [f.name for f in dataclasses.fields(TrainParams) if f.type == "float"]
 
@@ -28,7 +28,7 @@ def test_every_float_field_must_be_finite(field: str, value: str) -> None:
 
 
 @pytest.mark.parametrize("arg,match", [
-    ("--lr=1e3", "lr=1000.0 must be in"), ("--scale=1e6", "scale=1000000.0 must be in"),
+    ("--lr=1e3", "lr=1000.0 must be in"), ("--scale=1e6", "scale=1000000.0 is out of range for arcface"),
     ("--warmup_epochs=11", "warmup_epochs=11.0 must be in"), ("--input_std=1e9", "input_std"),
     ("--model_name=..", "one plain folder name"), ("--model_name=.", "one plain folder name"),
     ("--model_name=a/b", "one plain folder name"), ("--model_name=.hidden", "one plain folder name"),
@@ -47,18 +47,18 @@ def test_values_the_machine_or_the_data_cannot_hold_are_refused_before_any_work(
 
 @pytest.mark.parametrize("arg", ["--embedding_dim=60000", "--img_size=2000", "--batch_size=65536"])
 def test_runs_that_would_not_fit_in_memory_are_refused(monkeypatch: pytest.MonkeyPatch, arg: str) -> None:
-    import utils.config
+    import utils.core.config
 
-    monkeypatch.setattr(utils.config, "available_memory", lambda device: 16 * 2**30)  # a 16 GiB machine
+    monkeypatch.setattr(utils.core.config, "available_memory", lambda device: 16 * 2**30)  # a 16 GiB machine
     with pytest.raises(ConfigError, match=r"needs about .* GiB but 16.0 GiB are available; lower --batch_size"):
         resolve(TrainArcFaceParams(), parse_overrides([arg]))
 
 
 def test_defaults_and_the_original_preset_pass_the_memory_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    import utils.config
-    from utils.config import memory_estimate
+    import utils.core.config
+    from utils.core.config import memory_estimate
 
-    monkeypatch.setattr(utils.config, "available_memory", lambda device: 4 * 2**30)  # a small laptop
+    monkeypatch.setattr(utils.core.config, "available_memory", lambda device: 4 * 2**30)  # a small laptop
     resolve(TrainArcFaceParams())
     p = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False})
     # the original preset (128 px, 7x7 stem, batch 128) needs ~1-2 GiB: what a laptop has
@@ -67,7 +67,7 @@ def test_defaults_and_the_original_preset_pass_the_memory_check(monkeypatch: pyt
 
 @pytest.mark.parametrize("kind", ["truncated", "damaged", "plain_named_gz"])
 def test_corrupt_gzip_idx_files(tmp_path: Path, kind: str) -> None:
-    from utils.data import read_idx
+    from utils.data.loading import read_idx
 
     raw = b"\x00\x00\x08\x01" + struct.pack(">I", 1000) + bytes(1000)
     packed = gzip.compress(raw)
@@ -80,7 +80,7 @@ def test_corrupt_gzip_idx_files(tmp_path: Path, kind: str) -> None:
 
 
 def test_a_bad_label_names_the_file_and_the_label(tmp_path: Path) -> None:
-    from utils.data import MNIST_FILES, load_idx_dataset
+    from utils.data.loading import MNIST_FILES, load_idx_dataset
 
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_every_bit_depth_and_alpha_gives_the_same_grey(tmp_path: Path) -> None:
 
 
 def test_model_name_used_as_folder_stays_inside(tmp_path: Path) -> None:
-    from utils.experiment import paths
+    from utils.run.experiment import paths
 
     p = resolve(TrainArcFaceParams(), {"model_name": "run-1.b_2", "results_dir": str(tmp_path)})
     assert paths(p)[0].parent == tmp_path

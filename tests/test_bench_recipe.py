@@ -41,7 +41,7 @@ def test_candidate_is_scored_on_validation_and_summarised(tmp_path: Path) -> Non
 def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import bench.recipe as br
     from trainResnet import TrainResnetParams
-    from utils.config import resolve
+    from utils.core.config import resolve
 
     seen: dict = {}
     real_prepare, real_embed = br.prepare_run, br.embed

@@ -117,7 +117,7 @@ def test_production_code_has_no_test_hooks() -> None:
 def test_help_explains_every_field_and_option(tmp_path: Path) -> None:
     from dataclasses import fields
 
-    from utils.config import TrainParams
+    from utils.core.config import TrainParams
 
     for command in ("arcface", "softmax"):
         out = call_main(command, "--help", cwd=tmp_path).stdout

@@ -6,7 +6,7 @@ import pytest
 
 from trainArcFace import TrainArcFaceParams
 from trainResnet import TrainResnetParams
-from utils.config import ConfigError, parse_overrides, resolve
+from utils.core.config import ConfigError, parse_overrides, resolve
 
 
 def test_overrides_are_typed() -> None:
@@ -68,7 +68,7 @@ def test_trainer_defaults_differ_only_in_identity_and_the_validated_recipe() -> 
 
 def test_every_command_parses_options_with_the_one_parser() -> None:
     """grid, seeds, figures, the inference commands and the bench scripts all split options with
-    utils/options.split and read booleans as true|false, nothing else."""
+    utils/core/options.split and read booleans as true|false, nothing else."""
     import re
 
     from conftest import ROOT

@@ -15,12 +15,12 @@ from conftest import tiny_run
 
 from losses import SphereFace
 from trainArcFace import TrainArcFaceParams
-from utils import engine
-from utils import fit as fit_mod
-from utils.config import resolve
-from utils.data import augmentation_table
-from utils.distributed import DistContext
-from utils.metrics import score_statistics
+from utils.core.config import resolve
+from utils.core.distributed import DistContext
+from utils.data.loading import augmentation_table
+from utils.scoring.metrics import score_statistics
+from utils.training import engine
+from utils.training import fit as fit_mod
 
 
 def test_sphereface_lambda_follows_progress_and_validation_uses_the_final_objective() -> None:
@@ -101,7 +101,7 @@ def test_histogram_bins_are_exact_and_duplicates_fit(bins: int) -> None:
 
 
 def test_hist_bins_must_be_a_power_of_two() -> None:
-    from utils.config import ConfigError
+    from utils.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="power of two"):
         resolve(TrainArcFaceParams(), {"hist_bins": 3000})

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import data as D
-from utils.data import augmentation_table
+from utils.data import loading as D
+from utils.data.loading import augmentation_table
 
 
 def write_idx(path: Path, arr: torch.Tensor, magic_type: int = 0x08, truncate: int = 0) -> None:

@@ -94,7 +94,7 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path: Path) -> None:
 
 def test_global_batchnorm_equals_batchnorm_single_process() -> None:
     """Without a process group GlobalBatchNorm is plain BatchNorm (the gloo path runs in the test above)."""
-    from utils.distributed import GlobalBatchNorm, convert_sync_batchnorm
+    from utils.core.distributed import GlobalBatchNorm, convert_sync_batchnorm
 
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3), nn.BatchNorm1d(3))
     ref = nn.Sequential(*[m for m in net])

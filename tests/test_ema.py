@@ -10,11 +10,11 @@ import torch
 from conftest import tiny_run
 
 from trainArcFace import TrainArcFaceParams
-from utils import engine
-from utils import fit as fit_mod
-from utils.config import ConfigError, resolve
-from utils.ema import WeightEMA
-from utils.experiment import load_weights
+from utils.core.config import ConfigError, resolve
+from utils.run.experiment import load_weights
+from utils.training import engine
+from utils.training import fit as fit_mod
+from utils.training.ema import WeightEMA
 
 
 def test_update_matches_a_float64_recursion_with_warmup() -> None:
@@ -110,8 +110,8 @@ def test_grid_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> No
     import dataclasses
     import json
 
-    from utils.experiment import quick_debug_params
-    from utils.grid import BUDGET, finished
+    from utils.cli.grid import BUDGET, finished
+    from utils.run.experiment import quick_debug_params
 
     p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0, "eval_amp": True})
     old = dataclasses.asdict(quick_debug_params(p))

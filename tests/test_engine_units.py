@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from trainArcFace import TrainArcFaceParams
-from utils import device, engine
-from utils import fit as fit_mod
-from utils.config import ConfigError, resolve
-from utils.distributed import DistContext
+from utils.core import device
+from utils.core.config import ConfigError, resolve
+from utils.core.distributed import DistContext
+from utils.training import engine
+from utils.training import fit as fit_mod
 
 
 def test_amp_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,8 +71,8 @@ def test_a_signal_during_validation_stops_at_the_epoch_boundary(tmp_path, monkey
     import os
     import signal
 
-    from utils.data import Splits
-    from utils.experiment import build_models
+    from utils.data.loading import Splits
+    from utils.run.experiment import build_models
 
     params = resolve(TrainArcFaceParams(), {"img_size": 16, "batch_size": 8, "total_epochs": 1, "use_tqdm": False,
                                             "amp": "off", "augment": False, "input_std": 1.0})
@@ -99,7 +100,7 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
     import signal
 
     import main
-    from utils.errors import leave_on_ctrl_c
+    from utils.core.errors import leave_on_ctrl_c
 
     before = signal.getsignal(signal.SIGINT)
     try:

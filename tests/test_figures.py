@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from conftest import call_main, needs_mnist, quick
 
-from utils.figures import angle_stats
-from utils.metrics import metrics_from_histograms, rebin, score_statistics
+from utils.cli.figures import angle_stats
+from utils.scoring.metrics import metrics_from_histograms, rebin, score_statistics
 
 
 def test_angles_of_known_vectors() -> None:
@@ -100,7 +100,7 @@ def test_figures_says_what_to_run_first(tmp_path: Path, compared_copy: Path) -> 
 
 def test_tensorboard_missing_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from trainArcFace import TrainArcFaceParams
-    from utils.config import ConfigError, resolve
+    from utils.core.config import ConfigError, resolve
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name))
@@ -122,9 +122,9 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    import utils.figures as figs
+    import utils.cli.figures as figs
     from trainArcFace import TrainArcFaceParams
-    from utils.config import resolve
+    from utils.core.config import resolve
 
     # one loss on a few images: the same code path as the committed ten runs, in seconds
     monkeypatch.setattr(figs, "toys", lambda: {"arcface": {"scale": 10.0, "margin": 0.2}})

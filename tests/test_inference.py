@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from conftest import ROOT, call_main, needs_mnist
 from PIL import Image
 
-from utils.metrics import calibrate
-from utils.recognizer import Gallery, Recognizer, far_at, lookup, network_input, resize_bilinear
+from utils.inference.recognizer import Gallery, Recognizer, far_at, lookup, network_input, resize_bilinear
+from utils.scoring.metrics import calibrate
 
 VERIFY_KEYS = {"score", "angle_deg", "threshold", "far", "threshold_source", "match", "far_at_score"}
 
 
 @pytest.mark.parametrize("size", [20, 28, 64, 128])
 def test_numpy_preprocessing_equals_the_training_pipeline(size: int) -> None:
-    from utils.data import prepare_batch
+    from utils.data.loading import prepare_batch
 
     x = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
     want = prepare_batch(x, size, 3, torch.device("cpu"), mean=0.13, std=0.31).numpy()
@@ -141,7 +141,7 @@ def write_digits(root: Path) -> Path:
     """Real MNIST digits as PNG: train_a/<label>/, train_b/<label>/ (2 each), test/<label>/ (2 each)."""
     from conftest import mnist_root
 
-    from utils.data import load_idx_dataset
+    from utils.data.loading import load_idx_dataset
 
     d = load_idx_dataset(mnist_root(), "mnist")
     for split, src, start in (("train_a", "train", 0), ("train_b", "train", 2), ("test", "test", 0)):
@@ -158,7 +158,7 @@ def test_the_same_digit_from_the_wild_embeds_alike(compared: Path, tmp_path: Pat
     """28 px grey PNG, 200 px RGB JPEG, and inverted (dark ink on light paper): within cosine 0.95."""
     from conftest import mnist_root
 
-    from utils.data import load_idx_dataset
+    from utils.data.loading import load_idx_dataset
 
     rec = Recognizer.from_checkpoint(compared / "ckp" / "resnet18_arcface" / "best.pt")
     x = load_idx_dataset(mnist_root(), "mnist")["test_x"][:8].numpy()

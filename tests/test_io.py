@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from utils.core.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from bench.reference import exact_eer
-from utils.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
+from utils.scoring.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
 
 
 def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Tensor | None = None):

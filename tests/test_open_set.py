@@ -11,8 +11,8 @@ import torch
 from conftest import call_main, mnist_root, quick
 from PIL import Image
 
-from utils.config import ConfigError, parse_classes, parse_overrides
-from utils.data import DataError, load_folder_dataset, make_splits
+from utils.core.config import ConfigError, parse_classes, parse_overrides
+from utils.data.loading import DataError, load_folder_dataset, make_splits
 
 
 def write_tree(root: Path, identities: int = 4, per: int = 6) -> Path:
@@ -76,7 +76,7 @@ def test_parse_classes() -> None:
     with pytest.raises(ValueError, match="class 99999999999 .* does not exist"):  # refused before expanding
         parse_classes("0-99999999999", 10)
     from trainArcFace import TrainArcFaceParams
-    from utils.config import resolve
+    from utils.core.config import resolve
 
     with pytest.raises(ConfigError, match="known_classes"):
         resolve(TrainArcFaceParams(), parse_overrides(["--known_classes=5-1"]))

@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT, call_main, needs_mnist, quick
 from PIL import Image
 
-from utils.recognizer import Recognizer, lookup, sha256
+from utils.inference.recognizer import Recognizer, lookup, sha256
 
 MODEL = "resnet18_arcface"
 
@@ -182,7 +182,7 @@ def test_messages_name_the_right_fix(compared: Path, tmp_path: Path, monkeypatch
         raise PermissionError(13, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr("utils.images.Image.open", denied)
+        m.setattr("utils.data.images.Image.open", denied)
         one_line(call_main("verify", str(img), str(img), *common), "permission denied; fix its permissions")
 
     def ctrl_c(*a: object, **k: object) -> None:
@@ -195,7 +195,7 @@ def test_messages_name_the_right_fix(compared: Path, tmp_path: Path, monkeypatch
 
 
 def test_library_warnings_become_one_line(capsys: pytest.CaptureFixture) -> None:
-    from utils.commands import one_line_warnings
+    from utils.cli.commands import one_line_warnings
 
     saved = warnings.showwarning
     try:
@@ -216,7 +216,7 @@ def test_training_says_what_it_does(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert r.returncode == 2 and "MNIST/raw" in r.stderr
     left = [p.name for sub in ("results", "ckp") for p in (tmp_path / sub).iterdir() if "staging" in p.name]
     assert left == []  # a refused run leaves no empty staging folder
-    monkeypatch.setattr("utils.engine.PROGRESS_SECONDS", 0.0)  # a progress line after every step
+    monkeypatch.setattr("utils.training.engine.PROGRESS_SECONDS", 0.0)  # a progress line after every step
     r = call_main("arcface", *quick(tmp_path), "--resume=auto", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import ROOT, SMALL, call_main, needs_mnist, quick
 
-from utils import rundir
+from utils.run import rundir
 
 MODEL = "resnet18_arcface"
 
@@ -231,9 +231,9 @@ def test_test_needs_no_last_checkpoint(compared_copy: Path) -> None:
 
 def test_chance_level_is_judged_on_validation_with_its_noise() -> None:
     from trainArcFace import TrainArcFaceParams
-    from utils.data import Splits
-    from utils.errors import ChanceLevel
-    from utils.experiment import check_learned
+    from utils.core.errors import ChanceLevel
+    from utils.data.loading import Splits
+    from utils.run.experiment import check_learned
 
     y = torch.arange(1000) % 10
     splits = Splits(*(torch.zeros(1) for _ in range(3)), y, torch.zeros(1), torch.zeros(1))
@@ -314,8 +314,8 @@ def test_stale_metrics_are_never_reused(tmp_path: Path) -> None:
     import dataclasses
 
     from trainArcFace import TrainArcFaceParams
-    from utils.config import resolve
-    from utils.grid import finished
+    from utils.cli.grid import finished
+    from utils.core.config import resolve
 
     p = resolve(TrainArcFaceParams(), {"results_dir": str(tmp_path), "model_name": "g"})
     pub = tmp_path / "g"

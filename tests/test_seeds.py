@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import ROOT, call_main, needs_mnist, quick
 
-from utils import seeds as study
-from utils.stats import mcnemar, paired, spread
+from utils.cli import seeds as study
+from utils.scoring.stats import mcnemar, paired, spread
 
 A, B = "a" * 40, "b" * 40
 
@@ -69,7 +69,7 @@ def fake_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The code identity runs record, set by the test (the working tree may have edits); no vouched commits."""
     current = {"git_commit": A, "git_dirty": False}
     monkeypatch.setattr(study, "code_identity", lambda: dict(current))
-    monkeypatch.setattr("utils.experiment.code_identity", lambda: dict(current))
+    monkeypatch.setattr("utils.run.experiment.code_identity", lambda: dict(current))
     monkeypatch.setattr(study, "VOUCHED", tmp_path / "numerics.json")
     return current
 
@@ -143,7 +143,7 @@ def test_summary_refuses_to_mix_precisions_or_unvouched_commits() -> None:
 
 
 def test_runs_record_the_commit_of_this_checkout() -> None:
-    from utils.provenance import code_identity
+    from utils.core.provenance import code_identity
 
     code = code_identity()
     if not (ROOT / ".git").exists():
@@ -156,7 +156,7 @@ def test_runs_record_the_commit_of_this_checkout() -> None:
 
 
 def test_without_git_the_commit_is_unknown_and_nothing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils import provenance
+    from utils.core import provenance
 
     def no_git(*args: object, **kw: object) -> None:
         raise FileNotFoundError("git")

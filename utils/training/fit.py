@@ -1,6 +1,6 @@
 """`fit`: epochs of training with validation, best-checkpoint selection, early stopping and resuming.
 
-The step-level work is in utils/engine.py (`train_one_epoch`, `validate`, `embed`); this module
+The step-level work is in utils/training/engine.py (`train_one_epoch`, `validate`, `embed`); this module
 strings it together. `fit` is interruptible: SIGINT/SIGTERM set a flag that the step loop checks; the
 current state (mid-epoch included) is then saved to `last.pt` and `TrainingInterrupted` is raised.
 Resuming from it replays the same batches and augmentations, so an interrupted run ends where an
@@ -21,15 +21,15 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from utils.config import TrainParams
-from utils.data import Splits
-from utils.device import amp_dtype, data_placement, place, restore_rng, rng_state
-from utils.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm
-from utils.ema import WeightEMA
-from utils.engine import StepHook, TrainNet, train_one_epoch, validate
-from utils.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
-from utils.io import save_checkpoint
-from utils.progress import say
+from utils.core.config import TrainParams
+from utils.core.device import amp_dtype, data_placement, place, restore_rng, rng_state
+from utils.core.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm
+from utils.core.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
+from utils.core.io import save_checkpoint
+from utils.core.progress import say
+from utils.data.loading import Splits
+from utils.training.ema import WeightEMA
+from utils.training.engine import StepHook, TrainNet, train_one_epoch, validate
 
 RESUMED = ("epoch", "best_val_loss", "best_epoch", "epochs_no_improve", "history", "steps", "train_seconds",
            "partial")
@@ -166,13 +166,13 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
         code: dict | None = None) -> dict:
     """Train with early stopping; rank 0 keeps `best.pt` (lowest val loss) and `last.pt` (resumable).
 
-    With params.ema_decay > 0 an EMA of the weights (utils/ema.py) is validated, selected and saved
+    With params.ema_decay > 0 an EMA of the weights (utils/training/ema.py) is validated, selected and saved
     under the checkpoint's "ema" key; "model"/"head" keep the raw weights that training resumes from.
     A caller that scores the EMA mid-epoch (bench.train --to_accuracy) passes its own `ema` of
     (model, head) instead, so the average is updated once per step, not twice.
     `on_epoch` gets the run state after each epoch: "history" (one dict per epoch) and "steps"
     ([epoch, step, loss] per step when params.log_steps), both carried through resumes.
-    `code` (utils/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
+    `code` (utils/core/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
     trained the epochs before it.
     """
     run = prepare(params, model, head, len(splits.train_x), device, ctx, ema)

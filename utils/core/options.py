@@ -4,7 +4,7 @@
     opts, rest = split(args, own)      # typed values of own options; the rest for the caller
 
 One boolean syntax everywhere: true or false (any case). Field overrides (`--lr=1e-3`) go through the
-same value parser (utils/config.parse_overrides); every error is a ConfigError naming the option.
+same value parser (utils/core/config.parse_overrides); every error is a ConfigError naming the option.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from utils.errors import ConfigError
+from utils.core.errors import ConfigError
 
 BOOLEANS = {"true": True, "false": False}
 

@@ -26,14 +26,16 @@ from typing import Any
 from tqdm import tqdm
 
 from losses import registry
-from utils import datasets, plots, rundir
-from utils.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
-from utils.errors import TrainingInterrupted
-from utils.evaluate import read_curve
-from utils.experiment import quick_debug_params, run
-from utils.io import atomic_write, save_figure, write_json
-from utils.options import Option, split
-from utils.progress import say
+from utils.core.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
+from utils.core.errors import TrainingInterrupted
+from utils.core.io import atomic_write, save_figure, write_json
+from utils.core.options import Option, split
+from utils.core.progress import say
+from utils.data import registry as datasets
+from utils.run import rundir
+from utils.run.evaluate import read_curve
+from utils.run.experiment import quick_debug_params, run
+from utils.scoring import plots
 
 DEFAULT_SEEDS = 3
 # 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
@@ -153,7 +155,7 @@ def finished(p: TrainParams) -> dict | None:
     except (OSError, ValueError):
         return None
     new = dataclasses.asdict(quick_debug_params(p))  # what run() writes to params.json
-    # a published folder is one complete run (utils/rundir.py): its params.json made its metrics.json
+    # a published folder is one complete run (utils/run/rundir.py): its params.json made its metrics.json
     same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED)
     if p.input_std > 0:
         same = same and old.get("input_mean") == p.input_mean and old.get("input_std") == p.input_std

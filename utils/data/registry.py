@@ -36,11 +36,12 @@ def register(spec: DatasetSpec) -> None:
     _REGISTRY[spec.name] = spec
 
 
-register(DatasetSpec("mnist", "utils.data:load_idx", classes=10, image_size=28, stats=(0.1307, 0.3081),
-                     images=70_000, folder="MNIST", download="MNIST", grid=True))
-register(DatasetSpec("fashion_mnist", "utils.data:load_idx", classes=10, image_size=28, stats=(0.2860, 0.3530),
-                     images=70_000, folder="FashionMNIST", download="FashionMNIST", grid=True))
-register(DatasetSpec("folder", "utils.data:load_folder", small=True))  # data_root: one sub-folder per identity
+IDX = "utils.data.loading:load_idx"
+register(DatasetSpec("mnist", IDX, classes=10, image_size=28, stats=(0.1307, 0.3081), images=70_000, folder="MNIST",
+                     download="MNIST", grid=True))
+register(DatasetSpec("fashion_mnist", IDX, classes=10, image_size=28, stats=(0.2860, 0.3530), images=70_000,
+                     folder="FashionMNIST", download="FashionMNIST", grid=True))
+register(DatasetSpec("folder", "utils.data.loading:load_folder", small=True))  # data_root: identity sub-folders
 
 
 def names(grid: bool = False) -> tuple[str, ...]:

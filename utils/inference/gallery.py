@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import CheckpointError
-from utils.io import atomic_write
+from utils.core.errors import CheckpointError
+from utils.core.io import atomic_write
 
 GALLERY_FORMAT = "arcface-mnist-gallery-1"
 UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed: float32 rows written by this project are within 1e-6

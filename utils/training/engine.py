@@ -1,7 +1,7 @@
 """The training engine's steps, shared by both trainers: one epoch, validation, embedding.
 
 `train_one_epoch` checks a stop flag after every step and hands the position back (`on_stop`), so
-utils/fit.py can save a mid-epoch checkpoint that resumes into the same batches.
+utils/training/fit.py can save a mid-epoch checkpoint that resumes into the same batches.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import input_channels
-from utils.config import TrainParams
-from utils.data import augmentation_table, prepare_batch
-from utils.device import (
+from utils.core.config import TrainParams
+from utils.core.device import (
     amp_dtype,
     autocast,
     epoch_rng,
     uses_channels_last,
 )
-from utils.distributed import (
+from utils.core.distributed import (
     SINGLE,
     DistContext,
     all_sum,
@@ -32,9 +31,10 @@ from utils.distributed import (
     gather_rows,
     shard,
 )
-from utils.errors import NonFiniteLoss
-from utils.metrics import class_centres
-from utils.progress import Progress, say
+from utils.core.errors import NonFiniteLoss
+from utils.core.progress import Progress, say
+from utils.data.loading import augmentation_table, prepare_batch
+from utils.scoring.metrics import class_centres
 
 StepHook = Callable[[int, int, float], None]
 PROGRESS_SECONDS = 60.0  # with the bar off, one progress line about this often within an epoch

@@ -1,7 +1,7 @@
 """The papers' pictures (matplotlib only, nothing of the project imported): features on the circle and
 the sphere, score and angle distributions, failure cases, a 2-D map of the embedding.
 
-Each function takes arrays and returns a Figure; utils/figures.py computes the arrays and saves both.
+Each function takes arrays and returns a Figure; utils/cli/figures.py computes the arrays and saves both.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from losses import registry
-from utils.plots import plt
+from utils.scoring.plots import plt
 
 DIGITS = plt.get_cmap("tab10")
 

@@ -1,15 +1,15 @@
 """Use a trained model: embed images, verify a pair, enrol and search a gallery.
 
-    from utils.recognizer import Recognizer
+    from utils.inference.recognizer import Recognizer
     rec = Recognizer.from_checkpoint("ckp/resnet18_arcface/best.pt")   # or Recognizer.from_onnx("export/")
     rec.verify("a.png", "b.jpg")                 # {"score", "angle_deg", "threshold", "far", "match", ...}
     gallery = rec.enrol("people/")               # one sub-folder per identity
     rec.search(["who.png"], gallery, k=5)        # "unknown" below the calibrated threshold
 
 Thresholds are not constants: each model carries the ones chosen on its validation pairs for FAR
-1e-2, 1e-3, 1e-4 and the EER point (utils/metrics.calibrate), with the validation FAR curve, so a
+1e-2, 1e-3, 1e-4 and the EER point (utils/scoring/metrics.calibrate), with the validation FAR curve, so a
 decision says how unusual its score would be for an impostor. Images from the wild go through
-utils/images.py, then exactly the training pipeline's resize and normalisation. This module imports
+utils/data/images.py, then exactly the training pipeline's resize and normalisation. This module imports
 no torch: a checkpoint needs torch (loaded when used), an ONNX export only onnxruntime.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.errors import CheckpointError, ConfigError, ImageError
-from utils.gallery import Gallery
-from utils.images import list_images, load_image
+from utils.core.errors import CheckpointError, ConfigError, ImageError
+from utils.data.images import list_images, load_image
+from utils.inference.gallery import Gallery
 
 Embedder = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, img_size, img_size] -> [N, D] unit rows
 ImageInput = Sequence[str | Path] | np.ndarray
@@ -107,7 +107,7 @@ class Recognizer:
         if not path.is_file():
             raise CheckpointError(f"no trained model at {path}; train one (python main.py arcface), pick another "
                                   f"with --model_name / --ckpt_dir, or use an export with --onnx=DIR.")
-        from utils.torch_backend import load_torch_embedder  # torch only on this path
+        from utils.inference.torch_backend import load_torch_embedder  # torch only on this path
 
         embedder, state = load_torch_embedder(path, device)
         return cls(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(path),
@@ -137,7 +137,7 @@ class Recognizer:
 
     # --------------------------------------------------------------------------------- images
     def load(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
-        """Files -> uint8 [N, native, native] (see utils/images.py); arrays of that shape pass through."""
+        """Files -> uint8 [N, native, native] (see utils/data/images.py); arrays of that shape pass through."""
         if isinstance(images, np.ndarray):
             return images
         size, polarity = self.card["native_size"], self.card["polarity"]

@@ -18,13 +18,12 @@ import torch
 import torch.nn as nn
 
 from losses import registry
-from utils import plots
-from utils.config import TrainParams
-from utils.data import Splits
-from utils.distributed import SINGLE, DistContext
-from utils.engine import embed
-from utils.io import atomic_write, save_figure, write_csv, write_json
-from utils.metrics import (
+from utils.core.config import TrainParams
+from utils.core.distributed import SINGLE, DistContext
+from utils.core.io import atomic_write, save_figure, write_csv, write_json
+from utils.data.loading import Splits
+from utils.scoring import plots
+from utils.scoring.metrics import (
     calibrate,
     class_centres,
     evaluate_embeddings,
@@ -34,6 +33,7 @@ from utils.metrics import (
     rebin,
     score_statistics,
 )
+from utils.training.engine import embed
 
 SAVED_BINS = 1 << 16  # histograms kept in eval.npz: 3e-5 wide in cosine, ~0.3 MB per model
 EXTREMES = 24  # failure cases kept per kind

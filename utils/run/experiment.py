@@ -1,7 +1,7 @@
 """One experiment end to end: params -> data -> model -> fit -> evaluate best -> results files.
 
 Both original trainers (`trainArcFaceMain`, `trainResnetSoftmaxMain`) are thin calls of `run`.
-A run holds its model's folders and writes into staging (utils/rundir.py); only a finished run
+A run holds its model's folders and writes into staging (utils/run/rundir.py); only a finished run
 replaces results/<model>/ {params.json, history.csv, loss.png, metrics.json, far_frr.csv, eval.npz,
 failures.json} and ckp/<model>/ {best.pt, last.pt}. results/DET.png is then redrawn from every model.
 """
@@ -19,15 +19,12 @@ import torch
 
 from losses import build_head, registry
 from models import get_model
-from utils import distributed, plots, rundir
-from utils.config import TrainParams, parse_classes, recorded
-from utils.data import Splits, input_card, load_splits
-from utils.device import resolve_device, seed_everything, uses_channels_last
-from utils.distributed import DistContext, barrier
-from utils.errors import ChanceLevel, CheckpointError
-from utils.evaluate import draw_det, evaluate, write_results
-from utils.fit import fit
-from utils.io import (
+from utils.core import distributed
+from utils.core.config import TrainParams, parse_classes, recorded
+from utils.core.device import resolve_device, seed_everything, uses_channels_last
+from utils.core.distributed import DistContext, barrier
+from utils.core.errors import ChanceLevel, CheckpointError
+from utils.core.io import (
     check_writable,
     evaluation_weights,
     load_checkpoint,
@@ -36,11 +33,16 @@ from utils.io import (
     write_csv,
     write_json,
 )
-from utils.progress import say
-from utils.provenance import code_identity, device_description, machine, precision
+from utils.core.progress import say
+from utils.core.provenance import code_identity, device_description, machine, precision
+from utils.data.loading import Splits, input_card, load_splits
+from utils.run import rundir
+from utils.run.evaluate import draw_det, evaluate, write_results
+from utils.scoring import plots
+from utils.training.fit import fit
 
 if TYPE_CHECKING:
-    from utils.tensorboard_log import TensorBoardLog
+    from utils.training.tensorboard_log import TensorBoardLog
 
 # params that must agree between a checkpoint and the run that loads it
 CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
@@ -144,7 +146,7 @@ def tensorboard_log(params: TrainParams, folder: Path) -> TensorBoardLog | None:
     """The optional TensorBoard writer (its module, and tensorboard, are imported only when asked for)."""
     if not params.tensorboard:
         return None
-    from utils.tensorboard_log import TensorBoardLog
+    from utils.training.tensorboard_log import TensorBoardLog
 
     return TensorBoardLog(folder / "tensorboard")
 

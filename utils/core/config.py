@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from losses import registry
-from utils import datasets
-from utils.errors import ConfigError
-from utils.options import parse_value
+from utils.core.errors import ConfigError
+from utils.core.options import parse_value
+from utils.data import registry as datasets
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")
@@ -62,7 +62,7 @@ class TrainParams:
     gamma: float = 0.99
     total_epochs: int = 10
     early_stop_epochs: int = 20
-    ema_decay: float = 0.995  # > 0: validate, select and evaluate an EMA of the weights (utils/ema.py); 0 = off
+    ema_decay: float = 0.995  # > 0: validate, select, evaluate an EMA of the weights (utils/training/ema.py)
     augment: bool = True
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: str = "auto"  # NHWC: auto (on for fp32 CPU training, where it measured faster), true, false

@@ -1,4 +1,4 @@
-"""The embedder of a checkpoint, for utils/recognizer.py and the export (torch; no training code)."""
+"""The embedder of a checkpoint, for utils/inference/recognizer.py and the export (torch; no training code)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import Embedder
-from utils.errors import CheckpointError
-from utils.io import evaluation_weights, load_checkpoint
+from utils.core.errors import CheckpointError
+from utils.core.io import evaluation_weights, load_checkpoint
 
 CARD_KEYS = ("input", "thresholds", "far_curve")
 

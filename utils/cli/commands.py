@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from utils.errors import ConfigError
-from utils.gallery import Gallery, locked
-from utils.images import INVERT_MODES, list_images
-from utils.io import atomic_write
-from utils.options import Option, describe, refuse_rest, split
-from utils.recognizer import Recognizer
+from utils.core.errors import ConfigError
+from utils.core.io import atomic_write
+from utils.core.options import Option, describe, refuse_rest, split
+from utils.data.images import INVERT_MODES, list_images
+from utils.inference.gallery import Gallery, locked
+from utils.inference.recognizer import Recognizer
 
 # options of each command, and those every command has (the model and how images are read)
 OPTIONS: dict[str, dict[str, Option]] = {
@@ -143,7 +143,7 @@ def run_command(command: str, args: list[str], model_name: str) -> None:
     if command == "export":
         import os
 
-        from utils.export import export
+        from utils.inference.export import export
 
         data_root = opts["data_root"] or os.environ.get("DATA_ROOT", "./data")
         out = output_path("out", opts["out"])

@@ -26,18 +26,18 @@ import torch
 import torch.nn.functional as F
 
 from losses import registry
-from utils import paper_plots, plots
-from utils.config import TrainParams, parse_overrides, resolve, share
-from utils.data import Splits, load_splits
-from utils.device import resolve_device
-from utils.engine import embed
-from utils.errors import CheckpointError
-from utils.experiment import prepare_run
-from utils.fit import fit
-from utils.io import atomic_write, evaluation_weights, save_figure, write_json
-from utils.options import Option, comma_list, split
-from utils.progress import say
-from utils.torch_backend import load_network
+from utils.core.config import TrainParams, parse_overrides, resolve, share
+from utils.core.device import resolve_device
+from utils.core.errors import CheckpointError
+from utils.core.io import atomic_write, evaluation_weights, save_figure, write_json
+from utils.core.options import Option, comma_list, split
+from utils.core.progress import say
+from utils.data.loading import Splits, load_splits
+from utils.inference.torch_backend import load_network
+from utils.run.experiment import prepare_run
+from utils.scoring import paper_plots, plots
+from utils.training.engine import embed
+from utils.training.fit import fit
 
 
 def toys() -> dict[str, dict]:

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from utils.errors import FolderBusy
-from utils.io import remove_stale_temps
+from utils.core.errors import FolderBusy
+from utils.core.io import remove_stale_temps
 
 
 def staging(final: Path) -> Path:

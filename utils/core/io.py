@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from utils.errors import CheckpointError, WriteError
+from utils.core.errors import CheckpointError, WriteError
 
 if TYPE_CHECKING:  # matplotlib is imported only by the code that draws
     from matplotlib.figure import Figure

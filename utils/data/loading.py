@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import datasets
-from utils.config import TrainParams, parse_classes
-from utils.device import epoch_rng
-from utils.errors import DataError, ImageError
-from utils.images import SUFFIXES, load_image, polarity_of
+from utils.data import registry as datasets
+from utils.core.config import TrainParams, parse_classes
+from utils.core.device import epoch_rng
+from utils.core.errors import DataError, ImageError
+from utils.data.images import SUFFIXES, load_image, polarity_of
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -99,7 +99,7 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
                         seed: int = 0) -> dict[str, torch.Tensor]:
     """An image folder with one sub-folder per identity (CASIA-WebFace style, or your own photos).
 
-    Images of any size, format, bit depth, grey or colour are converted as `utils.images` describes
+    Images of any size, format, bit depth, grey or colour are converted as `utils.data.images` describes
     (grey, aspect kept and padded to img_size x img_size, never inverted). Deterministic split: within
     each identity, files are sorted by name and a permutation seeded by (seed, identity index) sends
     round(test_fraction * n) of them to the test set (at least one, and never all, for identities with
@@ -136,7 +136,7 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
 
 
 def load_idx(params: TrainParams) -> dict[str, torch.Tensor]:
-    """Loader of the IDX data sets (utils/datasets.py): data_root/<folder>/raw/, downloaded when absent."""
+    """Loader of the IDX data sets (utils/data/registry.py): data_root/<folder>/raw/, downloaded when absent."""
     return load_idx_dataset(params.data_root, params.dataset_name)
 
 
@@ -146,7 +146,7 @@ def load_folder(params: TrainParams) -> dict[str, torch.Tensor]:
 
 
 def load_dataset(params: TrainParams) -> dict[str, torch.Tensor]:
-    """The data set params.dataset_name names, by its registered loader (utils/datasets.py)."""
+    """The data set params.dataset_name names, by its registered loader (utils/data/registry.py)."""
     return datasets.loader(params.dataset_name)(params)
 
 
@@ -254,7 +254,7 @@ def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.d
 
 def input_card(params: TrainParams, splits: Splits) -> dict:
     """How an image must be prepared for this model, stored with its checkpoint and its ONNX export:
-    uint8 grey of native_size x native_size (utils/images.py turns any file into that, inverting
+    uint8 grey of native_size x native_size (utils/data/images.py turns any file into that, inverting
     it to the training data's polarity), then resized to img_size (bilinear, align_corners=False,
     no antialias: torch's F.interpolate), scaled to [0, 1], normalised (x - mean) / std, repeated to
     `channels`, NCHW float32."""

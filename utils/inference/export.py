@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.config import TrainParams
-from utils.data import load_splits
-from utils.errors import RunFailed
-from utils.io import write_json
-from utils.metrics import metrics_from_histograms, score_statistics
-from utils.recognizer import Recognizer, sha256
-from utils.torch_backend import load_network, load_torch_embedder
+from utils.core.config import TrainParams
+from utils.core.errors import RunFailed
+from utils.core.io import write_json
+from utils.data.loading import load_splits
+from utils.inference.recognizer import Recognizer, sha256
+from utils.inference.torch_backend import load_network, load_torch_embedder
+from utils.scoring.metrics import metrics_from_histograms, score_statistics
 
 N_QUERIES, N_GALLERY = 1000, 2000
 MIN_COSINE, EER_TOLERANCE = 0.99999, 1e-5
@@ -92,7 +92,7 @@ def export(ckpt: Path, out: Path, data_root: str) -> dict:
     card = {"format": "arcface-mnist-export-1", "model_name": p["model_name"], "loss_fuc_type": p["loss_fuc_type"],
             "embedding_dim": p["embedding_dim"], "input": state["input"], "output": "embedding: L2-normalised",
             "polarity_rule": "invert an image whose border/centre contrast disagrees with input.polarity "
-                             "(utils/images.py); 'none': never", "thresholds": state["thresholds"],
+                             "(utils/data/images.py); 'none': never", "thresholds": state["thresholds"],
             "far_curve": state["far_curve"], "checkpoint_sha256": sha256(ckpt)}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:

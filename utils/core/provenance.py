@@ -1,7 +1,7 @@
 """What made a result: the code (git commit, uncommitted changes), the machine and the precision.
 
 Every run records these in metrics.json and its checkpoints, so that a summary can refuse to mix
-runs of different code or precision (utils/seeds.py). Nothing here ever fails a run: without git
+runs of different code or precision (utils/cli/seeds.py). Nothing here ever fails a run: without git
 (a zip download) or outside a repository the commit is recorded as unknown, with the reason.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from utils import distributed
-from utils.device import amp_dtype, cpu_has_native_bf16
-from utils.distributed import DistContext
+from utils.core import distributed
+from utils.core.device import amp_dtype, cpu_has_native_bf16
+from utils.core.distributed import DistContext
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # utils/core/provenance.py -> the repository
 PRECISION = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 

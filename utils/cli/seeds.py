@@ -22,17 +22,18 @@ from pathlib import Path
 import numpy as np
 
 from losses import registry
-from utils import plots, rundir
-from utils.config import ConfigError, TrainParams, parse_overrides, resolve, share
-from utils.errors import TrainingInterrupted
-from utils.evaluate import read_curve
-from utils.experiment import run
-from utils.grid import finished
-from utils.io import atomic_write, save_figure, write_json
-from utils.options import Option, comma_list, split
-from utils.progress import say
-from utils.provenance import ROOT, code_identity
-from utils.stats import mcnemar, paired, spread
+from utils.cli.grid import finished
+from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve, share
+from utils.core.errors import TrainingInterrupted
+from utils.core.io import atomic_write, save_figure, write_json
+from utils.core.options import Option, comma_list, split
+from utils.core.progress import say
+from utils.core.provenance import ROOT, code_identity
+from utils.run import rundir
+from utils.run.evaluate import read_curve
+from utils.run.experiment import run
+from utils.scoring import plots
+from utils.scoring.stats import mcnemar, paired, spread
 
 LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
 VOUCHED = ROOT / "results" / "numerics.json"  # commits checked to compute the golden numbers identically
