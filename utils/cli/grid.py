@@ -27,14 +27,12 @@ from tqdm import tqdm
 
 from losses import registry
 from utils.core.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
-from utils.core.errors import TrainingInterrupted
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, split
 from utils.core.progress import say
 from utils.data import registry as datasets
-from utils.run import rundir
 from utils.run.evaluate import read_curve
-from utils.run.experiment import quick_debug_params, run
+from utils.run.experiment import quick_debug_params, run_in_series
 from utils.scoring import plots
 
 DEFAULT_SEEDS = 3
@@ -173,13 +171,7 @@ def run_grid(args: list[str]) -> Path:
         bar.set_postfix_str(p.model_name)
         m = finished(p) if opts["reuse"] else None
         if m is None:
-            staged = rundir.staging(Path(p.ckpt_dir) / p.model_name) / "last.pt"
-            try:
-                m = run(dataclasses.replace(p, resume="auto") if opts["reuse"] and staged.is_file() else p)
-            except TrainingInterrupted as e:
-                raise TrainingInterrupted(e.path, e.signum, f"grid interrupted in run {p.model_name} ({i + 1}/"
-                                          f"{len(runs)}); run the same command with --reuse=true to keep the "
-                                          f"finished runs and resume this one from its checkpoint.") from None
+            m = run_in_series(p, opts["reuse"], "grid", i, len(runs))
         else:
             reused += 1
         row = {"dataset": p.dataset_name, "loss": p.loss_fuc_type, "seed": p.seed, "model_name": p.model_name,

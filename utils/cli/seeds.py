@@ -14,7 +14,6 @@ finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png}
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,14 +23,12 @@ import numpy as np
 from losses import registry
 from utils.cli.grid import finished
 from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve, share
-from utils.core.errors import TrainingInterrupted
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, comma_list, split
 from utils.core.progress import say
 from utils.core.provenance import ROOT, code_identity
-from utils.run import rundir
 from utils.run.evaluate import read_curve
-from utils.run.experiment import run
+from utils.run.experiment import run_in_series
 from utils.scoring import plots
 from utils.scoring.stats import mcnemar, paired, spread
 
@@ -124,14 +121,7 @@ def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
     for i, p in enumerate(runs):
         m = reusable(p, now, equal) if reuse else None
         if m is None:
-            staged = rundir.staging(Path(p.ckpt_dir) / p.model_name) / "last.pt"
-            again = {"resume": "auto"} if reuse and staged.is_file() else {}
-            try:
-                m = run(dataclasses.replace(p, **again))
-            except TrainingInterrupted as e:
-                raise TrainingInterrupted(e.path, e.signum, f"seeds study interrupted in {p.model_name} ({i + 1}/"
-                                          f"{len(runs)}); run the same command with --reuse=true to keep the "
-                                          f"finished runs and resume this one from its checkpoint.") from None
+            m = run_in_series(p, reuse, "seeds study", i, len(runs))
         else:
             reused += 1
         done.append(p)

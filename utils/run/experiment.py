@@ -23,7 +23,7 @@ from utils.core import distributed
 from utils.core.config import TrainParams, parse_classes, recorded
 from utils.core.device import resolve_device, seed_everything, uses_channels_last
 from utils.core.distributed import DistContext, barrier
-from utils.core.errors import ChanceLevel, CheckpointError
+from utils.core.errors import ChanceLevel, CheckpointError, TrainingInterrupted
 from utils.core.io import (
     check_writable,
     evaluation_weights,
@@ -293,3 +293,15 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     rundir.publish(results, ckpt)
     draw_det(results.parent)
     return metrics
+
+
+def run_in_series(params: TrainParams, reuse: bool, series: str, i: int, n: int) -> dict:
+    """Run `params` as run i of n of a series (the grid, the seeds study): with `reuse`, resume it from its
+    staged checkpoint when an earlier attempt was interrupted; an interruption says how to go on."""
+    staged = rundir.staging(Path(params.ckpt_dir) / params.model_name) / "last.pt"
+    try:
+        return run(dataclasses.replace(params, resume="auto") if reuse and staged.is_file() else params)
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(e.path, e.signum, f"{series} interrupted in {params.model_name} ({i + 1}/{n}); "
+                                  f"run the same command with --reuse=true to keep the finished runs and resume "
+                                  f"this one from its checkpoint.") from None
