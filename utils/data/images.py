@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from utils.core.errors import ImageError
 
@@ -125,9 +126,67 @@ def fit_square(grey: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
-def load_image(path: str | Path, size: int, polarity: str = "none", invert: str = "auto") -> np.ndarray:
-    """A file -> uint8 [size, size], as the training images of a model with `polarity` look."""
+NORMALISATIONS = ("fit", "mnist")
+MNIST_BOX = 20 / 28  # MNIST: the digit's longer side fills 20 of the 28 pixels, centred by its mass
+INK_FLOOR = 0.25  # ink below this fraction of the strongest stroke is paper texture or noise
+MIN_PART = 0.02  # a separate piece of ink smaller than this fraction of the largest is a speck, not a stroke
+
+
+def paper_and_ink(grey: np.ndarray, invert: str) -> np.ndarray:
+    """Light ink on black from a sheet: the paper's grey (the border's median) is taken away, the ink is
+    whatever differs from it in the direction the paper implies (dark ink on light paper and the reverse;
+    `invert` true/false says the ink is dark/light instead), scaled so its strongest strokes are 1."""
+    paper = border_and_centre(grey)[0]
+    dark_ink = paper >= 0.5 if invert == "auto" else invert == "true"
+    ink = np.clip(paper - grey if dark_ink else grey - paper, 0.0, None)
+    top = float(np.percentile(ink[ink > 0], 99)) if (ink > 0).any() else 0.0
+    if top < 0.1:  # nothing stands out from the paper by a tenth of the range: an empty sheet
+        return np.zeros_like(grey)
+    ink = np.clip(ink / top, 0.0, 1.0)
+    # strokes are lines a few pixels wide, paper grain and sensor noise are specks: judge each pixel by its
+    # neighbourhood (a ~1 % window of the sheet), then keep the ink's connected parts of any real size
+    k = max(3, round(max(ink.shape) / 100) | 1)
+    mask = ndimage.uniform_filter(ink, size=k) >= INK_FLOOR
+    parts, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(parts.ravel())[1:]
+        mask = np.isin(parts, 1 + np.flatnonzero(sizes >= MIN_PART * sizes.max()))
+    return np.where(mask & (ink >= INK_FLOOR), ink, 0.0).astype(np.float32)
+
+
+def mnist_normalise(ink: np.ndarray, size: int) -> np.ndarray:
+    """LeCun et al.'s recipe for MNIST: crop to the ink, scale its box so the longer side is 20/28 of
+    `size` (aspect kept, anti-aliased), and place it so its centre of mass is the field's centre."""
+    rows, cols = np.nonzero(ink)
+    out = np.zeros((size, size), np.float32)
+    if len(rows) == 0:
+        return out.astype(np.uint8)
+    box = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = MNIST_BOX * size / max(box.shape)
+    h, w = max(1, round(box.shape[0] * scale)), max(1, round(box.shape[1] * scale))
+    kernel = Image.LANCZOS if scale < 1 else Image.BICUBIC
+    digit = np.clip(np.asarray(Image.fromarray(box, mode="F").resize((w, h), kernel), dtype=np.float32), 0, 1)
+    mass = digit.sum()
+    cy, cx = ((np.arange(h) @ digit.sum(1)) / mass, (np.arange(w) @ digit.sum(0)) / mass) if mass > 0 else \
+        ((h - 1) / 2, (w - 1) / 2)
+    top, left = int(round(size / 2 - cy)), int(round(size / 2 - cx))  # MNIST: the mass at pixel (14, 14)
+    top, left = min(max(top, 0), size - h), min(max(left, 0), size - w)  # the box never leaves the field
+    out[top:top + h, left:left + w] = digit
+    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+
+
+def load_image(path: str | Path, size: int, polarity: str = "none", invert: str = "auto",
+               normalise: str = "fit") -> np.ndarray:
+    """A file -> uint8 [size, size], as the training images of a model with `polarity` look.
+
+    normalise="fit" (photos, Fashion-MNIST, folders): the whole image fitted into the square, inverted
+    to the model's polarity. normalise="mnist" (digits; the model card of MNIST models says so): the paper
+    taken away and the ink size-normalised and centred by mass as MNIST was made (`mnist_normalise`),
+    in the model's polarity."""
     grey = read_grey(path)
+    if normalise == "mnist" and polarity != "none":
+        digit = mnist_normalise(paper_and_ink(grey, invert), size)
+        return 255 - digit if polarity == "dark_on_light" else digit
     if should_invert(grey, invert, polarity):
         grey = 1.0 - grey
     return fit_square(grey, size)

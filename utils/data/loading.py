@@ -255,12 +255,13 @@ def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.d
 def input_card(params: TrainParams, splits: Splits) -> dict:
     """How an image must be prepared for this model, stored with its checkpoint and its ONNX export:
     uint8 grey of native_size x native_size (utils/data/images.py turns any file into that, inverting
-    it to the training data's polarity), then resized to img_size (bilinear, align_corners=False,
+    it to the training data's polarity; for digit sets ("normalise": "mnist") it takes the paper away and
+    size-normalises and centres the ink as MNIST was made), then resized to img_size (bilinear, align_corners=False,
     no antialias: torch's F.interpolate), scaled to [0, 1], normalised (x - mean) / std, repeated to
     `channels`, NCHW float32."""
     return {"native_size": int(splits.train_x.shape[-1]), "img_size": params.img_size,
             "channels": 3 if params.pretrained else 1, "mean": params.input_mean, "std": params.input_std,
-            "polarity": polarity_of(splits.train_x.numpy())}
+            "polarity": polarity_of(splits.train_x.numpy()), "normalise": datasets.get(params.dataset_name).normalise}
 
 
 def load_splits(params: TrainParams) -> tuple[Splits, TrainParams]:

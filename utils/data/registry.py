@@ -27,6 +27,7 @@ class DatasetSpec:
     download: str = ""  # IDX sets: the torchvision.datasets class that downloads them
     grid: bool = False  # one of the margin-loss grid's default data sets
     small: bool = False  # a few images per class: validation takes at most 1/5 of the training images
+    normalise: str = "fit"  # images from the wild: "mnist" (ink size-normalised, centred by mass) or "fit"
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -38,7 +39,7 @@ def register(spec: DatasetSpec) -> None:
 
 IDX = "utils.data.loading:load_idx"
 register(DatasetSpec("mnist", IDX, classes=10, image_size=28, stats=(0.1307, 0.3081), images=70_000, folder="MNIST",
-                     download="MNIST", grid=True))
+                     download="MNIST", grid=True, normalise="mnist"))
 register(DatasetSpec("fashion_mnist", IDX, classes=10, image_size=28, stats=(0.2860, 0.3530), images=70_000,
                      folder="FashionMNIST", download="FashionMNIST", grid=True))
 register(DatasetSpec("folder", "utils.data.loading:load_folder", small=True))  # data_root: identity sub-folders

@@ -92,7 +92,16 @@ def export(ckpt: Path, out: Path, data_root: str) -> dict:
     card = {"format": "arcface-mnist-export-1", "model_name": p["model_name"], "loss_fuc_type": p["loss_fuc_type"],
             "embedding_dim": p["embedding_dim"], "input": state["input"], "output": "embedding: L2-normalised",
             "polarity_rule": "invert an image whose border/centre contrast disagrees with input.polarity "
-                             "(utils/data/images.py); 'none': never", "thresholds": state["thresholds"],
+                             "(utils/data/images.py); 'none': never",
+            "normalise_rule": "input.normalise 'mnist': grey = luminance; paper = median of the outer 1/8 "
+                              "frame; ink = paper - grey where paper >= 0.5 (dark ink) else grey - paper, "
+                              "clipped at 0, divided by its 99th percentile, clipped to 1; pixels whose "
+                              "local mean (window max(3, side/100), odd) or own value is below 0.25 and "
+                              "separate pieces under 2 % of the largest are dropped; the ink's box is "
+                              "resized (Lanczos down, bicubic up) to 20/28 of native_size on its longer "
+                              "side and placed with its centre of mass at pixel (native_size/2, "
+                              "native_size/2); 'fit': the whole image fitted into the square",
+            "thresholds": state["thresholds"],
             "far_curve": state["far_curve"], "checkpoint_sha256": sha256(ckpt)}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:

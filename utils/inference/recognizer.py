@@ -140,8 +140,8 @@ class Recognizer:
         """Files -> uint8 [N, native, native] (see utils/data/images.py); arrays of that shape pass through."""
         if isinstance(images, np.ndarray):
             return images
-        size, polarity = self.card["native_size"], self.card["polarity"]
-        return np.stack([load_image(p, size, polarity, invert) for p in images]) if len(images) else \
+        size, polarity, norm = self.card["native_size"], self.card["polarity"], self.card.get("normalise", "fit")
+        return np.stack([load_image(p, size, polarity, invert, norm) for p in images]) if len(images) else \
             np.zeros((0, size, size), np.uint8)
 
     def embed(self, images: ImageInput, invert: str = "auto") -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Digits from the wild: MNIST's own normalisation (paper taken away, ink size-normalised to a 20 px box
+and centred by its mass) on synthetic sheets of every paper, ink, size and position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from utils.data.images import load_image, paper_and_ink
+
+
+def sheet(path: Path, paper: tuple[int, int, int], ink: tuple[int, int, int], side: int = 28, at: tuple = (0.5, 0.5),
+          canvas: tuple[int, int] = (200, 300), noise: float = 0.0, width: float = 0.12) -> Path:
+    """A '0' (a ring) of height `side` px centred at fraction `at` of a canvas (h, w) of paper colour, in ink
+    colour: its mass sits at its centre, so the 28 x 28 result has empty margins all round."""
+    h, w = canvas
+    im = Image.new("RGB", (w, h), paper)
+    d = ImageDraw.Draw(im)
+    cy, cx = at[0] * h, at[1] * w
+    stroke = max(1, round(side * width))
+    d.ellipse([cx - side * 0.35, cy - side / 2, cx + side * 0.35, cy + side / 2], outline=ink, width=stroke)
+    a = np.asarray(im, dtype=np.float64)
+    if noise:
+        a = a + np.random.default_rng(0).normal(0, noise, a.shape)
+    Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(path)
+    return path
+
+
+def check_mnist_like(x: np.ndarray) -> None:
+    """Dark background, the ink's box 20 px on its longer side, its centre of mass at pixel (14, 14)."""
+    assert x.shape == (28, 28) and x.dtype == np.uint8
+    assert x[:3].max() == 0 and x[-3:].max() == 0 and x[:, :3].max() == 0 and x[:, -3:].max() == 0
+    rows, cols = np.nonzero(x)
+    assert 19 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 21
+    m = x.astype(float)
+    cy, cx = (np.arange(28) @ m.sum(1)) / m.sum(), (np.arange(28) @ m.sum(0)) / m.sum()
+    assert abs(cy - 14) <= 1 and abs(cx - 14) <= 1, (cy, cx)
+    assert x.max() >= 150  # the strongest strokes are (nearly) full ink; thin pens lose some in the resize
+
+
+CASES = {
+    "black on white": ((255, 255, 255), (0, 0, 0), {}),
+    "white on black": ((0, 0, 0), (255, 255, 255), {}),
+    "blue ink on cream paper": ((250, 240, 210), (30, 40, 150), {}),
+    "grey paper 240": ((240, 240, 240), (40, 40, 40), {}),
+    "photographed: grey paper with noise": ((170, 170, 165), (60, 60, 60), {"noise": 10.0}),
+    "small and off-centre": ((255, 255, 255), (0, 0, 0), {"side": 24, "at": (0.2, 0.8), "canvas": (400, 600)}),
+    "thin strokes": ((255, 255, 255), (0, 0, 0), {"side": 120, "width": 0.03}),
+    "thick strokes": ((255, 255, 255), (0, 0, 0), {"side": 120, "width": 0.25}),
+    "chalk on a dark board": ((40, 60, 45), (220, 220, 210), {"noise": 6.0}),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_sheet_becomes_an_mnist_like_digit(name: str, tmp_path: Path) -> None:
+    paper, ink, kw = CASES[name]
+    x = load_image(sheet(tmp_path / "s.png", paper, ink, **{"side": 80, **kw}), 28, "light_on_dark", "auto", "mnist")
+    check_mnist_like(x)
+
+
+def test_the_same_digit_on_any_sheet_comes_out_alike(tmp_path: Path) -> None:
+    """Alike up to a pixel of placement: cosine of the images blurred by a 1.5 px Gaussian."""
+    from scipy.ndimage import gaussian_filter
+
+    def blurred(x: np.ndarray) -> np.ndarray:
+        b = gaussian_filter(x.astype(float), 1.5).ravel()
+        return b / np.linalg.norm(b)
+
+    ref = blurred(load_image(sheet(tmp_path / "a.png", (255, 255, 255), (0, 0, 0), side=80), 28, "light_on_dark",
+                             normalise="mnist"))
+    for i, (paper, ink, kw) in enumerate(CASES.values()):
+        if "width" in kw:  # other pens draw another digit
+            continue
+        x = blurred(load_image(sheet(tmp_path / f"{i}.png", paper, ink, **{"side": 80, **kw}), 28, "light_on_dark",
+                               normalise="mnist"))
+        assert x @ ref > 0.9, (i, x @ ref)
+
+
+def test_paper_is_taken_away_and_empty_sheets_stay_empty(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.png"
+    Image.new("L", (100, 100), 245).save(blank)
+    assert load_image(blank, 28, "light_on_dark", normalise="mnist").max() == 0
+    grey = np.full((50, 50), 0.94, np.float32)
+    grey[20:30, 24:27] = 0.2
+    ink = paper_and_ink(grey, "auto")
+    assert ink[:20].max() == 0 and ink[20:30, 24:27].min() == pytest.approx(1.0)  # paper 0, strokes 1
+
+
+def test_the_model_polarity_and_an_explicit_invert_are_kept(tmp_path: Path) -> None:
+    f = sheet(tmp_path / "s.png", (255, 255, 255), (0, 0, 0), side=80)
+    light = load_image(f, 28, "light_on_dark", normalise="mnist")
+    dark = load_image(f, 28, "dark_on_light", normalise="mnist")
+    assert (dark == 255 - light).all()
+    # invert=false says the ink is light: on white paper there is then no ink to find
+    assert load_image(f, 28, "light_on_dark", "false", normalise="mnist").max() == 0
+
+
+def test_fit_mode_is_unchanged_for_photos(tmp_path: Path) -> None:
+    f = sheet(tmp_path / "s.png", (255, 255, 255), (0, 0, 0), side=80)
+    assert (load_image(f, 28, "none", normalise="mnist") == load_image(f, 28, "none")).all()
