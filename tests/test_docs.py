@@ -152,3 +152,37 @@ def test_paths_named_in_code_comments_exist() -> None:
             if re.search(r"readme, \"", line):
                 missing.append(f"{py.relative_to(ROOT)}:{n}: a README section (moved to docs/)")
     assert not missing, "\n".join(missing)
+
+
+def test_the_committed_seeds_summary_recomputes_from_its_runs() -> None:
+    """results/seeds/seeds.json: every run's numbers are its own metrics.json's, the means and sample stds
+    recompute from them, and every run names a commit of this history (when there is a git history)."""
+    import statistics
+
+    path = ROOT / "results" / "seeds" / "seeds.json"
+    if not path.is_file():
+        pytest.skip("no seeds study committed yet")
+    study = json.loads(path.read_text())
+    for r in study["runs"]:
+        m = json.loads((ROOT / r["folder"] / "metrics.json").read_text())
+        assert (r["acc_1nn"], r["eer"], r["git_commit"]) == (m["acc_1nn"], m["eer"], m["git_commit"])
+        assert m["amp"] == "fp32" and m["git_dirty"] is False
+        if (ROOT / ".git").exists():
+            ok = subprocess.run(["git", "merge-base", "--is-ancestor", m["git_commit"], "HEAD"], cwd=ROOT)
+            assert ok.returncode == 0, f"{r['folder']} was trained by {m['git_commit']}, not an ancestor of HEAD"
+    for loss in ("arcface", "softmax"):
+        accs = [r["acc_1nn"] for r in study["runs"] if r["loss_fuc_type"] == loss and r["seed"] in
+                study["summary"]["seeds"]]
+        s = study["summary"][loss]["acc_1nn"]
+        assert s["mean"] == pytest.approx(statistics.fmean(accs)) and s["n"] == len(accs)
+        assert s["std"] == (pytest.approx(statistics.stdev(accs)) if len(accs) > 1 else None)
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_seeds_page_quotes_the_committed_tables(lang: str) -> None:
+    table = ROOT / "results" / "seeds" / "seeds.md"
+    if not table.is_file():
+        pytest.skip("no seeds study committed yet")
+    page = (ROOT / "docs" / lang / "seeds.md").read_text()
+    missing = [row for row in table.read_text().splitlines() if row.startswith("|") and row not in page]
+    assert not missing, missing[:3]

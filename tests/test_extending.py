@@ -85,7 +85,7 @@ def _bars(params: object) -> dict[str, torch.Tensor]:
 
 
 def test_a_data_set_registered_in_a_test_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.data import registry as datasets
+    from utils.core import datasets
 
     monkeypatch.setitem(datasets._REGISTRY, "bars", datasets.DatasetSpec("bars", _bars, classes=3, image_size=16,
                                                                           images=750))

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 # group -> what its modules may import (besides the standard library and third-party packages)
 ALLOWED = {
-    "core": {"utils.core", "losses.registry", "utils.data.registry"},
+    "core": {"utils.core", "losses.registry"},
     "data": {"utils.core", "utils.data"},
     "scoring": {"utils.core", "losses.registry", "utils.scoring"},
     "training": {"utils.core", "utils.data", "utils.scoring", "models", "utils.training"},

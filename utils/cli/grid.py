@@ -26,11 +26,11 @@ from typing import Any
 from tqdm import tqdm
 
 from losses import registry
+from utils.core import datasets
 from utils.core.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, split
 from utils.core.progress import say
-from utils.data import registry as datasets
 from utils.run.evaluate import read_curve
 from utils.run.experiment import quick_debug_params, run_in_series
 from utils.scoring import plots

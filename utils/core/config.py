@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from losses import registry
+from utils.core import datasets
 from utils.core.errors import ConfigError
 from utils.core.options import parse_value
-from utils.data import registry as datasets
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 SCHEDULES = ("cosine", "step")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.data import registry as datasets
+from utils.core import datasets
 from utils.core.config import TrainParams, parse_classes
 from utils.core.device import epoch_rng
 from utils.core.errors import DataError, ImageError
@@ -136,7 +136,7 @@ def load_folder_dataset(root: str | Path, img_size: int, test_fraction: float = 
 
 
 def load_idx(params: TrainParams) -> dict[str, torch.Tensor]:
-    """Loader of the IDX data sets (utils/data/registry.py): data_root/<folder>/raw/, downloaded when absent."""
+    """Loader of the IDX data sets (utils/core/datasets.py): data_root/<folder>/raw/, downloaded when absent."""
     return load_idx_dataset(params.data_root, params.dataset_name)
 
 
@@ -146,7 +146,7 @@ def load_folder(params: TrainParams) -> dict[str, torch.Tensor]:
 
 
 def load_dataset(params: TrainParams) -> dict[str, torch.Tensor]:
-    """The data set params.dataset_name names, by its registered loader (utils/data/registry.py)."""
+    """The data set params.dataset_name names, by its registered loader (utils/core/datasets.py)."""
     return datasets.loader(params.dataset_name)(params)
 
 
