@@ -182,9 +182,9 @@ def write_summary(root: Path, done: list[TrainParams]) -> None:
     check_combinable(rows, vouched())
     summary = summarise(rows)
     public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    machines = [json.loads(m) for m in sorted({json.dumps(r["machine"], sort_keys=True) for r in rows})]
     write_json(root / "seeds.json", {"runs": public, "summary": summary,
-                                     "commits": sorted({r["git_commit"] for r in rows}),
-                                     "machines": sorted({json.dumps(r["machine"], sort_keys=True) for r in rows}),
+                                     "commits": sorted({r["git_commit"] for r in rows}), "machines": machines,
                                      "amp": rows[0]["amp"]})
     with atomic_write(root / "seeds.md") as f:
         f.write(markdown(public, summary))
