@@ -33,8 +33,7 @@ SPEC = {
     "color": "tab:blue", "grid": True,
     "toy": {"scale": 10.0, "margin": 0.2},
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "scale": {"shared": "scale", "default": 64.0},
         "margin": {"meaning": "additive angular margin m: the target logit is cos(theta + m)", "unit": "radians",
                    "default": 0.5, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
 }

@@ -27,8 +27,7 @@ SPEC = {
     "formula": "s (cos(m1 theta_y + m2) - m3)",
     "color": "tab:brown", "grid": False,
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "scale": {"shared": "scale", "default": 64.0},
         "m1": {"meaning": "multiplicative angular margin m1 (SphereFace-like)", "unit": "multiplier",
                "default": 1.0, "low": 1.0, "high": 10.0},
         "m2": {"meaning": "additive angular margin m2 (ArcFace-like)", "unit": "radians",

@@ -21,8 +21,7 @@ SPEC = {
     "color": "tab:purple", "grid": True,
     "toy": {"scale": 10.0, "margin": 0.1},
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "scale": {"shared": "scale", "default": 64.0},
         "margin": {"meaning": "additive cosine margin m: the target logit is cos(theta) - m", "unit": "cosine",
                    "default": 0.35, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
 }

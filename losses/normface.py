@@ -19,8 +19,7 @@ SPEC = {
     "color": "tab:green", "grid": True,
     "toy": {"scale": 10.0},
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 30.0, "low": 0.0, "high": 1024.0, "low_open": True}},
+        "scale": {"shared": "scale", "default": 30.0}},
 }
 
 

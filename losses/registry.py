@@ -8,7 +8,7 @@ Code (a notebook, a test) can also `register(spec, head_class)` at run time.
 SPEC keys: name, head (class name), paper, formula, color (matplotlib), grid (part of the margin-loss
 grid's default losses), toy (the toy figures' settings, absent = not drawn) and params: one entry per
 TrainParams field the head takes, {"meaning", "unit", "default" (the paper's), "low", "high",
-"low_open", "high_open", "integer"}.
+"low_open", "high_open", "integer"}, or {"shared": NAME, "default": ...} for one of SHARED.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ BUILT_IN = (  # one line per loss: the file losses/<name>.py holds its SPEC and 
     "subcenter_arcface",
 )
 HERE = Path(__file__).resolve().parent
+# hyper-parameters several losses share: a SPEC names one ({"shared": "scale", "default": 64.0}) instead of
+# repeating its meaning and range
+SHARED = {"scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
+                    "low": 0.0, "high": 1024.0, "low_open": True}}
 _specs: dict[str, dict[str, Any]] = {}
 _heads: dict[str, type] = {}  # heads registered at run time
 
@@ -37,8 +41,15 @@ def _read_spec(name: str) -> dict[str, Any]:
     tree = ast.parse((HERE / f"{name}.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "SPEC" for t in node.targets):
-            return ast.literal_eval(node.value)
+            return expand(ast.literal_eval(node.value))
     raise LookupError(f"losses/{name}.py has no SPEC = {{...}}")
+
+
+def expand(spec: dict[str, Any]) -> dict[str, Any]:
+    """A SPEC with its shared hyper-parameters written out."""
+    params = {f: {**SHARED[p["shared"]], **{k: v for k, v in p.items() if k != "shared"}} if "shared" in p else p
+              for f, p in spec["params"].items()}
+    return {**spec, "params": params}
 
 
 def specs() -> dict[str, dict[str, Any]]:
@@ -51,7 +62,7 @@ def specs() -> dict[str, dict[str, Any]]:
 
 def register(spec: dict[str, Any], head: type) -> None:
     """Add a loss at run time (its head class given directly)."""
-    specs()[spec["name"]] = spec
+    specs()[spec["name"]] = expand(spec)
     _heads[spec["name"]] = head
 
 

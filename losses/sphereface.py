@@ -52,8 +52,7 @@ SPEC = {
     "color": "tab:red", "grid": True,
     "toy": {"scale": 10.0, "margin": 2.0},
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 30.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "scale": {"shared": "scale", "default": 30.0},
         "margin": {"meaning": "multiplicative angular margin m: psi uses cos(m theta)", "unit": "integer multiplier",
                    "default": 4, "low": 1, "high": 10, "integer": True}},
 }

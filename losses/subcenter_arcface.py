@@ -23,8 +23,7 @@ SPEC = {
     "formula": "s cos(theta_y + m), theta_y to the nearest of K sub-centres",
     "color": "tab:cyan", "grid": False,
     "params": {
-        "scale": {"meaning": "radius s of the hypersphere the logits live on", "unit": "logit units",
-                  "default": 64.0, "low": 0.0, "high": 1024.0, "low_open": True},
+        "scale": {"shared": "scale", "default": 64.0},
         "margin": {"meaning": "additive angular margin m: the target logit is cos(theta + m)", "unit": "radians",
                    "default": 0.5, "low": 0.0, "high": 3.141592653589793, "high_open": True},
         "subcenters": {"meaning": "sub-centres K per class (noisy labels fall to a minor one)", "unit": "count",
