@@ -124,3 +124,18 @@ def test_signal_handlers_raise_once_then_ignore_while_leaving() -> None:
         assert hit == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is leave_on_ctrl_c  # restored
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_native_bf16_needs_the_flags_and_kernels_that_use_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """amp=auto picks bf16 only where it is native: an AVX512-BF16 CPU running the AVX2 kernel path
+    (ATEN_CPU_CAPABILITY=avx2) emulates bf16, slower than fp32, as an AVX2 CPU does."""
+    from pathlib import Path
+
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "flags: avx2 avx512f avx512_bf16"
+                        if str(self) == "/proc/cpuinfo" else real_read(self, *a, **k))
+    for kernels, native in (("AVX512", True), ("AVX2", False), ("DEFAULT", False)):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda k=kernels: k)
+        device.cpu_has_native_bf16.cache_clear()
+        assert device.cpu_has_native_bf16() is native, kernels
+    device.cpu_has_native_bf16.cache_clear()

@@ -49,12 +49,14 @@ def place(x: torch.Tensor, how: str, device: torch.device) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and the kernels in use can: with
+    ATEN_CPU_CAPABILITY=avx2 (the other kernel path, forced) bf16 is emulated and slower, as on AVX2 CPUs."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    kernels = torch.backends.cpu.get_cpu_capability().upper()
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16")) and kernels.startswith(("AVX512", "AMX"))
 
 
 def amp_dtype(device: torch.device, mode: str) -> torch.dtype | None:
