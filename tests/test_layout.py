@@ -55,3 +55,18 @@ def test_group_docstrings_state_their_rule() -> None:
     for group in ALLOWED:
         doc = ast.get_docstring(ast.parse((ROOT / "utils" / group / "__init__.py").read_text()))
         assert doc and "may import" in doc, group
+
+
+def test_no_package_file_is_ignored_by_git() -> None:
+    # a too-broad .gitignore line ('data/') once kept utils/data/__init__.py out of every clone
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return  # a zip download: nothing to check
+    paths = [f"utils/{g}/__init__.py" for g in ALLOWED] + ["utils/__init__.py", "losses/__init__.py",
+                                                            "models/__init__.py"]
+    paths += [str(p.relative_to(ROOT)) for d in ("utils", "losses", "models", "tests", "bench")
+              for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "", f"ignored by .gitignore, so missing from every clone:\n{out.stdout}"
