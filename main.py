@@ -1,6 +1,6 @@
 """Entry point. `python main.py` runs what `flag` selects; the command line can choose too:
 
-    python main.py {arcface,softmax,compare,test,grid,figures} [--field=value ...]
+    python main.py {arcface,softmax,compare,test,grid,figures,wild} [--field=value ...]
     python main.py {embed,verify,enrol,search,export} ...   (use a trained model)
     python main.py --help
 
@@ -20,7 +20,7 @@ flag = "flag1"  # flag1: ArcFace, flag2: softmax, compare: both, test: evaluate 
 FLAGS = {"flag1": "arcface", "flag2": "softmax"}
 TRAINING = ("arcface", "softmax", "compare", "test")
 USING = ("embed", "verify", "enrol", "search", "export")
-COMMANDS = (*TRAINING, "grid", "figures", *USING)
+COMMANDS = (*TRAINING, "grid", "figures", "wild", *USING)
 _TORCH = ("this command needs PyTorch: pip install torch torchvision (the inference commands run without it "
           "on an export: --onnx=DIR, which needs only onnxruntime).")
 DEPENDENCIES = {"torch": _TORCH, "torchvision": _TORCH,
@@ -41,6 +41,10 @@ def usage(command: str | None = None) -> str:
         from utils.cli.commands import describe_command
 
         return describe_command(command, default_model())
+    if command == "wild":
+        from utils.cli.wild import describe_wild
+
+        return describe_wild(default_model())
     if command in ("arcface", "softmax"):
         params = TrainArcFaceParams() if command == "arcface" else TrainResnetParams()
         return (f"usage: python main.py {command} [--field=value ...]   train + evaluate {params.model_name}\n\n"
@@ -53,7 +57,8 @@ def usage(command: str | None = None) -> str:
             f"  test     evaluate the saved best checkpoint(s) in ckp/ without training\n"
             f"  grid     [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
             f"           the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)\n"
-            f"  figures  [--reuse=true]  the papers' pictures from the trained models (results/figures/)\n\n"
+            f"  figures  [--reuse=true]  the papers' pictures from the trained models (results/figures/)\n"
+            f"  wild     calibrate 'is it a digit?' and measure a held-out wild set of drawn digits (results/wild/)\n\n"
             f"using a trained model (--model_name=... picks it; --onnx=DIR uses an export instead;\n"
             f"python main.py COMMAND --help lists its options):\n"
             f"  embed PATH... --out=FILE.npz                    images/folders -> L2-normalised embeddings\n"
@@ -151,6 +156,11 @@ def dispatch(command: str, args: list[str]) -> None:
 
         started()
         run_figures(args)
+    elif command == "wild":
+        from utils.cli.wild import run_wild
+
+        started()
+        run_wild(args, default_model())
     elif command in USING:
         from utils.cli.commands import run_command
 

@@ -29,10 +29,13 @@ def sheet(path: Path, paper: tuple[int, int, int], ink: tuple[int, int, int], si
     return path
 
 
-def check_mnist_like(x: np.ndarray) -> None:
-    """Dark background, the ink's box 20 px on its longer side, its centre of mass at pixel (14, 14)."""
+def check_mnist_like(x: np.ndarray, margins: bool = True) -> None:
+    """Dark background, the ink's box 20 px on its longer side, its centre of mass at pixel (14, 14).
+    margins: the ink keeps 3 px from every edge (true of symmetric shapes; a top-heavy 7 moves down)."""
     assert x.shape == (28, 28) and x.dtype == np.uint8
-    assert x[:3].max() == 0 and x[-3:].max() == 0 and x[:, :3].max() == 0 and x[:, -3:].max() == 0
+    assert x[0].max() == 0 and x[:, 0].max() == 0
+    if margins:
+        assert x[:3].max() == 0 and x[-3:].max() == 0 and x[:, :3].max() == 0 and x[:, -3:].max() == 0
     rows, cols = np.nonzero(x)
     assert 19 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 21
     m = x.astype(float)
@@ -101,3 +104,45 @@ def test_the_model_polarity_and_an_explicit_invert_are_kept(tmp_path: Path) -> N
 def test_fit_mode_is_unchanged_for_photos(tmp_path: Path) -> None:
     f = sheet(tmp_path / "s.png", (255, 255, 255), (0, 0, 0), side=80)
     assert (load_image(f, 28, "none", normalise="mnist") == load_image(f, 28, "none")).all()
+
+
+@pytest.mark.parametrize("width", [0.03, 0.12, 0.25])
+def test_stroke_normalisation_gives_every_pen_mnists_width(width: float, tmp_path: Path) -> None:
+    from utils.data.images import MNIST_STROKE, WORK_BOX, normalise_stroke, read_grey, stroke_width, to_box
+
+    ink = paper_and_ink(read_grey(sheet(tmp_path / "s.png", (255, 255, 255), (0, 0, 0), side=160, width=width)),
+                        "auto")
+    before, after = stroke_width(to_box(ink, WORK_BOX)), stroke_width(normalise_stroke(ink))
+    assert abs(after - MNIST_STROKE) <= 0.2 * MNIST_STROKE, (width, before, after)
+    if abs(before - MNIST_STROKE) > 4:
+        assert abs(after - MNIST_STROKE) < abs(before - MNIST_STROKE)
+    x = load_image(tmp_path / "s.png", 28, "light_on_dark", normalise="mnist_stroke")
+    check_mnist_like(x)
+
+
+def test_stroke_width_measures_a_drawn_line() -> None:
+    from utils.data.images import stroke_width
+
+    for w in (5, 9, 15):
+        box = np.zeros((80, 80), np.float32)
+        box[10:70, 40 - w // 2:40 - w // 2 + w] = 1.0
+        assert stroke_width(box) == pytest.approx(w, abs=1.0)
+
+
+def test_the_wild_set_is_drawn_alike_every_time_from_disjoint_fonts(tmp_path: Path, monkeypatch) -> None:
+    from utils.data import wild
+
+    val, test = wild.font_files("val"), wild.font_files("test")
+    assert len(val) >= 8 and len(test) >= 8 and not set(val) & set(test)
+    one = {"val": val[:1], "test": test[:1]}
+    monkeypatch.setattr(wild, "font_files", lambda part: one[part])
+    a = wild.make_wild_set(tmp_path / "a", "val", per_font=1, nondigits_per_font=2)
+    b = wild.make_wild_set(tmp_path / "b", "val", per_font=1, nondigits_per_font=2)
+    assert len(a["digits"]) == 10 * len(wild.STYLES) and len(a["nondigits"]) == 2 * len(wild.NONDIGITS)
+    for (pa, *la), (pb, *lb) in zip(a["digits"] + a["nondigits"], b["digits"] + b["nondigits"], strict=True):
+        assert la == lb and Path(pa).read_bytes() == Path(pb).read_bytes()
+    t = wild.make_wild_set(tmp_path / "t", "test", per_font=1, nondigits_per_font=2)
+    assert Path(t["digits"][0][0]).read_bytes() != Path(a["digits"][0][0]).read_bytes()
+    for path, style, _ in a["digits"]:  # every style of sheet becomes an MNIST-like digit
+        if style != "photo":  # noise may leave a speck that shifts the box by a pixel or two
+            check_mnist_like(load_image(path, 28, "light_on_dark", normalise="mnist"), margins=False)

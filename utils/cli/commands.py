@@ -161,6 +161,12 @@ def run_command(command: str, args: list[str], model_name: str) -> None:
     rec = recognizer(opts)
     if command == "verify":
         r = rec.verify(paths[0], paths[1], far, opts["invert"])
+        if not as_json and not all(r.get("digit", [True, True])):
+            which = [f"{p} (digit-ness {s:.4f})" for p, d, s in zip(paths, r["digit"], r["digit_score"], strict=True)
+                     if not d]
+            print(f"not a digit: {', '.join(which)}; a digit scores >= {rec.reject['threshold']:.4f} (calibrated on "
+                  f"validation by python main.py wild) and has ink; no match")
+            return
         print(json.dumps(r) if as_json else
               f"{'match' if r['match'] else 'no match'}: cosine {r['score']:.4f} ({r['angle_deg']:.1f} deg), threshold "
               f"{r['threshold']:.4f} for FAR {r['far']:g} ({r['threshold_source']}); an impostor scores this high "

@@ -126,7 +126,7 @@ def fit_square(grey: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
-NORMALISATIONS = ("fit", "mnist")
+NORMALISATIONS = ("fit", "mnist", "mnist_stroke")
 MNIST_BOX = 20 / 28  # MNIST: the digit's longer side fills 20 of the 28 pixels, centred by its mass
 INK_FLOOR = 0.25  # ink below this fraction of the strongest stroke is paper texture or noise
 MIN_PART = 0.02  # a separate piece of ink smaller than this fraction of the largest is a speck, not a stroke
@@ -154,13 +154,60 @@ def paper_and_ink(grey: np.ndarray, invert: str) -> np.ndarray:
     return np.where(mask & (ink >= INK_FLOOR), ink, 0.0).astype(np.float32)
 
 
-def mnist_normalise(ink: np.ndarray, size: int) -> np.ndarray:
+WORK_BOX = 80  # stroke widths are measured and changed with the ink's box scaled to this many pixels
+# MNIST's pen: the median stroke_width() of every tenth digit of MNIST's training file, each box scaled to
+# WORK_BOX: 9.80 px (quartiles 8.16 .. 11.77); python -m utils.data.images measures it again
+MNIST_STROKE = 9.8
+
+
+def to_box(ink: np.ndarray, longer: int) -> np.ndarray:
+    """The ink cropped to its box and scaled so the longer side is `longer` pixels (aspect kept)."""
+    rows, cols = np.nonzero(ink)
+    box = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = longer / max(box.shape)
+    h, w = max(1, round(box.shape[0] * scale)), max(1, round(box.shape[1] * scale))
+    kernel = Image.LANCZOS if scale < 1 else Image.BICUBIC
+    return np.clip(np.asarray(Image.fromarray(box, mode="F").resize((w, h), kernel), dtype=np.float32), 0, 1)
+
+
+def stroke_width(box: np.ndarray) -> float:
+    """The pen's width in pixels: twice the mean distance to the paper along the strokes' ridges, less one
+    (a stroke w pixels wide has its centre (w + 1) / 2 pixels from the paper). The ink is smoothed over 5 x 5
+    first so that grainy strokes (chalk, a dry pen) count as the lines they draw; that widens a sharp line
+    by 2 pixels, taken off again."""
+    mask = ndimage.uniform_filter(box, size=5) >= 0.3
+    if not mask.any():
+        return 0.0
+    d = ndimage.distance_transform_edt(mask)
+    ridge = mask & (d >= ndimage.maximum_filter(d, size=3))
+    return float(2 * d[ridge].mean() - 3)
+
+
+def normalise_stroke(ink: np.ndarray) -> np.ndarray:
+    """The pen made as wide as MNIST's (MNIST_STROKE at WORK_BOX): the box grown or thinned by a disk.
+    Thinning that would leave under a fifth of the ink (strokes broken apart) is not done."""
+    box = np.pad(to_box(ink, WORK_BOX), WORK_BOX // 8)
+    r = round((MNIST_STROKE - stroke_width(box)) / 2)
+    if r == 0:
+        return box
+    y, x = np.ogrid[-abs(r):abs(r) + 1, -abs(r):abs(r) + 1]
+    footprint = x * x + y * y <= r * r
+    if r > 0:
+        return ndimage.grey_dilation(box, footprint=footprint)
+    thin = ndimage.grey_erosion(box, footprint=footprint)
+    return thin if thin.sum() >= 0.2 * box.sum() else box
+
+
+def mnist_normalise(ink: np.ndarray, size: int, stroke: bool = False) -> np.ndarray:
     """LeCun et al.'s recipe for MNIST: crop to the ink, scale its box so the longer side is 20/28 of
-    `size` (aspect kept, anti-aliased), and place it so its centre of mass is the field's centre."""
+    `size` (aspect kept, anti-aliased), and place it so its centre of mass is the field's centre.
+    stroke=True first makes the pen as wide as MNIST's (`normalise_stroke`)."""
     rows, cols = np.nonzero(ink)
     out = np.zeros((size, size), np.float32)
     if len(rows) == 0:
         return out.astype(np.uint8)
+    ink = normalise_stroke(ink) if stroke else ink
+    rows, cols = np.nonzero(ink)
     box = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
     scale = MNIST_BOX * size / max(box.shape)
     h, w = max(1, round(box.shape[0] * scale)), max(1, round(box.shape[1] * scale))
@@ -184,8 +231,8 @@ def load_image(path: str | Path, size: int, polarity: str = "none", invert: str 
     taken away and the ink size-normalised and centred by mass as MNIST was made (`mnist_normalise`),
     in the model's polarity."""
     grey = read_grey(path)
-    if normalise == "mnist" and polarity != "none":
-        digit = mnist_normalise(paper_and_ink(grey, invert), size)
+    if normalise.startswith("mnist") and polarity != "none":
+        digit = mnist_normalise(paper_and_ink(grey, invert), size, stroke=normalise == "mnist_stroke")
         return 255 - digit if polarity == "dark_on_light" else digit
     if should_invert(grey, invert, polarity):
         grey = 1.0 - grey
@@ -223,3 +270,15 @@ def list_images(paths: list[str | Path], skipped: list[str] | None = None) -> li
         else:
             raise ImageError(f"{p} not found; give image files or folders of images.")
     return out
+
+
+if __name__ == "__main__":  # measures MNIST_STROKE: python -m utils.data.images [DATA_ROOT]
+    import sys
+
+    from utils.data.loading import read_idx
+
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATA_ROOT", "./data")) / "MNIST" / "raw"
+    x = read_idx(root / "train-images-idx3-ubyte").numpy()[::10].astype(np.float32) / 255.0
+    widths = [stroke_width(to_box(d, WORK_BOX)) for d in x if d.any()]
+    print(f"MNIST stroke width at a {WORK_BOX} px box: median {np.median(widths):.2f}, quartiles "
+          f"{np.percentile(widths, 25):.2f} .. {np.percentile(widths, 75):.2f} ({len(widths)} training images)")

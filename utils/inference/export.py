@@ -27,6 +27,7 @@ from utils.core.errors import RunFailed
 from utils.core.io import write_json
 from utils.data.loading import load_splits
 from utils.inference.recognizer import Recognizer, sha256
+from utils.inference.reject import load_reject
 from utils.inference.torch_backend import load_network, load_torch_embedder
 from utils.scoring.metrics import metrics_from_histograms, score_statistics
 
@@ -103,13 +104,17 @@ def export(ckpt: Path, out: Path, data_root: str) -> dict:
                               "native_size/2); 'fit': the whole image fitted into the square",
             "thresholds": state["thresholds"],
             "far_curve": state["far_curve"], "checkpoint_sha256": sha256(ckpt)}
+    reject = load_reject(ckpt.parent, card["checkpoint_sha256"])  # "is it a digit?" (python main.py wild)
+    if reject is not None:
+        card["reject"] = reject
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         tmp = Path(tmp)
         export_onnx(net, state["input"], tmp / "model.onnx")
         write_json(tmp / "model.json", card)
         embedder, _ = load_torch_embedder(ckpt)
-        ref = Recognizer(embedder, card["input"], card["thresholds"], card["far_curve"], card["checkpoint_sha256"])
+        ref = Recognizer(embedder, card["input"], card["thresholds"], card["far_curve"], card["checkpoint_sha256"],
+                         reject=reject)
         result = parity(ref, Recognizer.from_onnx(tmp), queries, qy, gallery, gy)
         if not result["pass"]:
             write_json(out / "parity_failed.json", result)

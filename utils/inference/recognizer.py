@@ -27,6 +27,7 @@ import numpy as np
 from utils.core.errors import CheckpointError, ConfigError, ImageError
 from utils.data.images import list_images, load_image
 from utils.inference.gallery import Gallery
+from utils.inference.reject import is_digit, load_reject
 
 Embedder = Callable[[np.ndarray], np.ndarray]  # float32 [N, C, img_size, img_size] -> [N, D] unit rows
 ImageInput = Sequence[str | Path] | np.ndarray
@@ -97,9 +98,10 @@ class Recognizer:
     """One trained model with its input card and calibrated thresholds, behind any embedder."""
 
     def __init__(self, embedder: Embedder, card: dict, thresholds: dict, curve: dict, model_id: str,
-                 batch_size: int = 256, dim: int | None = None) -> None:
+                 batch_size: int = 256, dim: int | None = None, reject: dict | None = None) -> None:
         self.embedder, self.card, self.thresholds, self.curve = embedder, card, thresholds, curve
         self.model_id, self.batch_size, self.dim = model_id, batch_size, dim
+        self.reject = reject  # "is it a digit at all?" (utils/inference/reject.py); None: not calibrated
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
@@ -110,8 +112,9 @@ class Recognizer:
         from utils.inference.torch_backend import load_torch_embedder  # torch only on this path
 
         embedder, state = load_torch_embedder(path, device)
-        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(path),
-                   dim=int(state["params"]["embedding_dim"]))
+        model_id = sha256(path)
+        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], model_id,
+                   dim=int(state["params"]["embedding_dim"]), reject=load_reject(path.parent, model_id))
 
     @classmethod
     def from_onnx(cls, folder: str | Path) -> Recognizer:
@@ -133,7 +136,7 @@ class Recognizer:
                                   f"again.") from None
         name, dim = session.get_inputs()[0].name, session.get_outputs()[0].shape[1]
         return cls(lambda x: session.run(None, {name: x})[0], card["input"], card["thresholds"], card["far_curve"],
-                   card["checkpoint_sha256"], dim=dim if isinstance(dim, int) else None)
+                   card["checkpoint_sha256"], dim=dim if isinstance(dim, int) else None, reject=card.get("reject"))
 
     # --------------------------------------------------------------------------------- images
     def load(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
@@ -146,11 +149,22 @@ class Recognizer:
 
     def embed(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
         """L2-normalised float32 embeddings [N, D] of image files or uint8 arrays."""
-        x = self.load(images, invert)
+        return self.embed_loaded(self.load(images, invert))
+
+    def embed_loaded(self, x: np.ndarray) -> np.ndarray:
         out = [self.embedder(network_input(x[a:a + self.batch_size], self.card))
                for a in range(0, len(x), self.batch_size)]
         emb = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
         return (emb / np.linalg.norm(emb, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+    def digits(self, x: np.ndarray, emb: np.ndarray) -> list[dict]:
+        """Per loaded image {"digit": bool, "digit_score": float} ({} when the model has no reject
+        calibration): a sheet without any ink is never a digit."""
+        if self.reject is None:
+            return [{} for _ in range(len(x))]
+        flat = x.reshape(len(x), -1)
+        score, ok = is_digit(emb, flat.max(1) == flat.min(1), self.reject)
+        return [{"digit": bool(o), "digit_score": round(float(s), 6)} for s, o in zip(score, ok, strict=True)]
 
     # --------------------------------------------------------------------------------- decisions
     def decide(self, score: float, far: float) -> dict:
@@ -163,8 +177,14 @@ class Recognizer:
     def verify(self, a: str | Path, b: str | Path, far: float = 1e-3, invert: str = "auto") -> dict:
         """Do two images show the same identity? score = cosine of their embeddings."""
         lookup(self.thresholds, far, self.curve)  # refuse an unusable target before any work
-        e = self.embed([a, b], invert)
-        return self.decide(float(e[0] @ e[1]), far)
+        x = self.load([a, b], invert)
+        e = self.embed_loaded(x)
+        out = self.decide(float(e[0] @ e[1]), far)
+        both = self.digits(x, e)
+        if both[0]:
+            out |= {"digit": [d["digit"] for d in both], "digit_score": [d["digit_score"] for d in both]}
+            out["match"] = out["match"] and all(out["digit"])  # a sheet without a digit matches nothing
+        return out
 
     def enrol(self, folder: str | Path, gallery: Gallery | None = None, invert: str = "auto",
               skipped: list[str] | None = None) -> Gallery:
@@ -198,14 +218,16 @@ class Recognizer:
         names, index = np.unique(gallery.identities, return_inverse=True)
         order = np.argsort(index, kind="stable")
         starts = np.searchsorted(index[order], np.arange(len(names)))
-        emb = self.embed(list(queries), invert)
+        x = self.load(list(queries), invert)
+        emb = self.embed_loaded(x)
         out = []
-        for q, e in zip(queries, emb, strict=True):
+        for q, e, d in zip(queries, emb, self.digits(x, emb), strict=True):
             per_identity = np.maximum.reduceat((gallery.embeddings @ e)[order], starts)
             best = np.argsort(-per_identity, kind="stable")[:k]
             top = [[str(names[i]), round(float(per_identity[i]), 6)] for i in best]
             score = float(per_identity[best[0]])
-            out.append({"query": str(q), "identity": top[0][0] if score >= threshold else "unknown",
+            identity = top[0][0] if score >= threshold else "unknown"
+            out.append({"query": str(q), "identity": identity if d.get("digit", True) else "not a digit",
                         "score": round(score, 6), "top": top, "threshold": threshold,
-                        "threshold_source": entry["source"]})
+                        "threshold_source": entry["source"], **d})
         return out

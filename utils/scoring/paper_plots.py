@@ -126,3 +126,21 @@ def embedding_map(models: Sequence[dict]) -> Figure:
         ax.set_title(m["label"])
     fig.colorbar(sc, ax=axes[0].tolist(), ticks=range(10), shrink=0.8, label="digit")
     return fig
+
+
+def wild_sheets(columns: Sequence[dict], rows: Sequence[str]) -> Figure:
+    """One column per style: {'title', 'images': [one image per row: the sheet (any size, grey or RGB(A)),
+    then the network's inputs]}; `rows` names the rows (e.g. sheet, fit, mnist)."""
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.15 * len(columns), 1.25 * len(rows)), squeeze=False)
+    for c, col in enumerate(columns):
+        for r, im in enumerate(col["images"]):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(im, cmap="gray", vmin=0, vmax=255)
+            if r == 0:
+                ax.set_title(col["title"], fontsize=6)
+            if c == 0:
+                ax.set_ylabel(rows[r], fontsize=7)
+    fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.2)
+    return fig

@@ -1,0 +1,148 @@
+"""Is it a digit at all? The reject scores against a float64 reference, the calibration's operating point,
+the verdict in verify and search (a sheet without ink is never a digit), and the stored calibration."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils.core.errors import CheckpointError
+from utils.inference.gallery import Gallery
+from utils.inference.recognizer import Recognizer
+from utils.inference.reject import DIGIT_ACCEPT, TEMPERATURE, calibrate, class_centres, load_reject, scores
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_scores_match_a_naive_float64_reference() -> None:
+    rng = np.random.default_rng(0)
+    emb, centres = unit(rng.normal(size=(20, 8))).astype(np.float32), unit(rng.normal(size=(10, 8))).astype(np.float32)
+    for i, e in enumerate(emb.astype(np.float64)):
+        cos = [float(e @ c) for c in centres.astype(np.float64)]
+        assert scores(emb, centres, "centre")[i] == pytest.approx(max(cos), abs=1e-12)
+        energy = TEMPERATURE * math.log(math.fsum(math.exp(c / TEMPERATURE) for c in cos))
+        assert scores(emb, centres, "energy")[i] == pytest.approx(energy, abs=1e-9)
+
+
+def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accepts_fewer_nondigits() -> None:
+    rng = np.random.default_rng(1)
+    centres = np.eye(10, 16, dtype=np.float32)
+    labels = rng.integers(0, 10, 2000)
+    digits = unit(centres[labels] + rng.normal(0, 0.15, (2000, 16))).astype(np.float32)
+    assert np.allclose(class_centres(digits, labels) @ centres.T, np.eye(10), atol=0.05)
+    # halfway between two classes: near both (energy counts both), near neither exactly (centre does not)
+    between = unit(centres[labels[:300]] + centres[(labels[:300] + 1) % 10] + rng.normal(0, 0.05, (300, 16)))
+    far = unit(rng.normal(size=(300, 16)))
+    r = calibrate(digits, {"between": between.astype(np.float32), "far": far.astype(np.float32)}, centres)
+    for kind, c in r["candidates"].items():
+        assert c["digits_accepted"] >= DIGIT_ACCEPT
+        assert c["threshold"] == pytest.approx(np.sort(scores(digits, centres, kind))[int(0.01 * 2000) - 1], abs=1e-9)
+        assert c["nondigits_accepted"]["between"] == pytest.approx(
+            float((scores(between, centres, kind) >= c["threshold"]).mean()))
+    means = {k: c["nondigits_accepted_mean"] for k, c in r["candidates"].items()}
+    assert means["centre"] != means["energy"] and r["score"] == min(means, key=means.get)
+    assert r["threshold"] == r["candidates"][r["score"]]["threshold"] and len(r["centres"]) == 10
+
+
+def recogniser(reject: dict | None) -> Recognizer:
+    """A stand-in embedder that sends every image to class 0's direction: only the verdict logic is tested."""
+    card = {"native_size": 28, "img_size": 28, "channels": 1, "mean": 0.1307, "std": 0.3081,
+            "polarity": "light_on_dark", "normalise": "mnist"}
+    thresholds = {"1e-03": {"threshold": 0.5, "far_val": 1e-3, "n_impostor_val": 10**6},
+                  "eer": {"threshold": 0.4, "far_val": 0.01, "n_impostor_val": 10**6}}
+    curve = {"threshold": [0.0, 0.5, 1.0], "far": [1.0, 1e-3, 0.0]}
+    return Recognizer(lambda x: np.tile(np.eye(1, 4, dtype=np.float32), (len(x), 1)), card, thresholds, curve, "m",
+                      reject=reject)
+
+
+def test_verdicts_reach_verify_and_search_and_an_empty_sheet_is_never_a_digit(tmp_path: Path) -> None:
+    digit, blank = tmp_path / "digit.png", tmp_path / "blank.png"
+    a = np.full((60, 60), 255, np.uint8)
+    a[10:50, 27:33] = 0
+    Image.fromarray(a).save(digit)
+    Image.new("L", (60, 60), 250).save(blank)
+    reject = {"score": "centre", "threshold": 0.9, "centres": np.eye(2, 4).tolist()}
+    rec = recogniser(reject)
+    v = rec.verify(digit, digit)
+    assert v["match"] and v["digit"] == [True, True] and v["digit_score"] == [1.0, 1.0]
+    v = rec.verify(digit, blank)  # the embedding is the same: only the missing ink says "no"
+    assert v["score"] == pytest.approx(1.0) and not v["match"] and v["digit"] == [True, False]
+    g = Gallery("m")
+    g.embeddings, g.identities, g.paths = np.eye(1, 4, dtype=np.float32), np.array(["7"]), np.array(["x.png"])
+    found = rec.search([digit, blank], g, k=1)
+    assert [f["identity"] for f in found] == ["7", "not a digit"] and [f["digit"] for f in found] == [True, False]
+    rec = recogniser({**reject, "threshold": 1.5})  # a threshold no score reaches: nothing is a digit
+    assert rec.search([digit], g, k=1)[0]["identity"] == "not a digit" and not rec.verify(digit, digit)["match"]
+    plain = recogniser(None)  # not calibrated: the answers are as before, without the digit keys
+    assert "digit" not in plain.verify(digit, blank) and plain.search([blank], g, k=1)[0]["identity"] == "7"
+
+
+def test_the_stored_calibration_belongs_to_its_weights(tmp_path: Path) -> None:
+    assert load_reject(tmp_path, "abc") is None
+    good = {"score": "energy", "threshold": 0.7, "centres": np.eye(3, 4).tolist(), "checkpoint_sha256": "abc"}
+    (tmp_path / "reject.json").write_text(json.dumps(good))
+    assert load_reject(tmp_path, "abc")["score"] == "energy"
+    with pytest.raises(CheckpointError, match="calibrated for other weights.*python main.py wild"):
+        load_reject(tmp_path, "def")
+    for bad in ("{", json.dumps({**good, "score": "magic"}), json.dumps({**good, "threshold": "x"}), "[]"):
+        (tmp_path / "reject.json").write_text(bad)
+        with pytest.raises(CheckpointError, match="damaged"):
+            load_reject(tmp_path, "abc")
+
+
+def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_copy: Path, monkeypatch) -> None:
+    """`python main.py wild` (one font per part, small samples): reject.json beside the checkpoint with its
+    hash, the measured report; verify says "not a digit" for a blank sheet on the checkpoint and on the
+    ONNX export, whose model.json carries the same calibration."""
+    from conftest import call_main
+
+    from utils.cli import wild as command
+    from utils.data import wild
+
+    one = {"val": wild.font_files("val")[:1], "test": wild.font_files("test")[:1]}
+    monkeypatch.setattr(wild, "font_files", lambda part: one[part])
+    monkeypatch.setattr(command, "N_FASHION", 50)
+    monkeypatch.setattr(command, "N_CENTRES", 300)
+    tmp = compared_copy
+    r = call_main("wild", f"--ckpt_dir={tmp / 'ckp'}", f"--results_dir={tmp / 'results'}", "--per_font=1", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert "reject score:" in r.stdout and "images/s" in r.stdout
+    from utils.inference.recognizer import sha256
+
+    ckpt = tmp / "ckp" / "resnet18_arcface" / "best.pt"
+    stored = json.loads((ckpt.parent / "reject.json").read_text())
+    assert stored["checkpoint_sha256"] == sha256(ckpt) and stored["score"] in ("centre", "energy")
+    report = json.loads((tmp / "results" / "wild" / "resnet18_arcface.json").read_text())
+    assert set(report["test"]["top1"]["after"]) == set(wild.STYLES) and report["reject"]["threshold"] == \
+        stored["threshold"]
+    assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, "fashion_mnist"}
+    assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
+    assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
+    blank = tmp / "blank.png"
+    Image.new("RGB", (90, 70), (250, 240, 215)).save(blank)
+    a = np.full((60, 60), 255, np.uint8)
+    a[10:50, 27:33] = 0
+    Image.fromarray(a).save(digit := tmp / "one.png")
+    common = [f"--ckpt_dir={tmp / 'ckp'}", "--json=true"]
+    v = json.loads(call_main("verify", str(digit), str(blank), *common, cwd=tmp).stdout)
+    assert v["digit"] == [True, False] or v["digit"] == [False, False]
+    assert not v["match"]
+    text = call_main("verify", str(blank), str(blank), f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp).stdout
+    assert text.startswith("not a digit:")
+    r = call_main("export", f"--out={tmp / 'exp'}", f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    card = json.loads((tmp / "exp" / "model.json").read_text())
+    assert card["reject"]["threshold"] == stored["threshold"] and card["reject"]["centres"] == stored["centres"]
+    o = json.loads(call_main("verify", str(digit), str(blank), f"--onnx={tmp / 'exp'}", "--json=true", cwd=tmp).stdout)
+    assert o["digit"] == v["digit"] and o["digit_score"] == pytest.approx(v["digit_score"], abs=1e-5)
+    # retrained weights: the old calibration is refused, not silently applied
+    (ckpt.parent / "reject.json").write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
+    r = call_main("verify", str(digit), str(blank), f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
+    assert r.returncode == 2 and "calibrated for other weights" in r.stderr

@@ -1,0 +1,185 @@
+"""A wild set made here: digits drawn with fonts in the styles people photograph or scan, and sheets
+that hold no digit, written as image files so that they take the same path as a user's images.
+
+Fonts: the TrueType fonts matplotlib ships (DejaVu, STIX, Computer Modern), the same on every machine
+with the same matplotlib. They are split by their sorted position: even -> "val" (the set every
+choice is made on: the reject threshold, the stroke rule), odd -> "test" (held out, only reported).
+The two parts also use different random seeds for every style, so no sheet is shared.
+
+Digit styles (each digit of each font, `per_font` sheets each, positions/angles/noise drawn per sheet):
+  clean           black ink on white paper
+  white_on_black  white ink on black (MNIST's own polarity)
+  transparent     black ink on a transparent sheet (RGBA)
+  thin, thick     pen width shrunk / grown by a disk of a few pixels at 128 px
+  ink_on_paper    blue, green, red or violet ink on cream, yellow, pink or light blue paper
+  grey_paper      paper of grey 225-250 (JPEG)
+  photo           grey paper with uneven light, blur and sensor noise (JPEG)
+  small_offcentre a 24-40 px digit anywhere on a 320 px sheet
+  rotated         turned by 5-15 degrees either way
+  chalk           light broken strokes on a dark green board
+Non-digits: letters (A-Z, a-z), symbols, blank sheets, noise sheets and scribbles (random curves).
+Fashion-MNIST images, the fourth kind of non-digit, come from the data set itself.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from scipy import ndimage
+
+STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_paper", "grey_paper", "photo",
+          "small_offcentre", "rotated", "chalk")
+NONDIGITS = ("letters", "symbols", "blank", "noise", "scribble")
+SYMBOLS = "+-=*#@%&?!$<>/\\()[]{}~^|"
+SHEET = 128  # the side of a sheet in pixels (small_offcentre: 320)
+SEEDS = {"val": 1_000, "test": 2_000}
+INKS = [(25, 45, 160), (20, 110, 50), (170, 30, 30), (90, 40, 140)]
+PAPERS = [(250, 243, 215), (252, 246, 170), (250, 220, 225), (215, 232, 250)]
+
+
+def font_files(part: str) -> list[Path]:
+    """The fonts of one part ("val" or "test"): matplotlib's text fonts that draw all ten digits."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    text = sorted(p for p in folder.glob("*.ttf")
+                  if p.stem.startswith(("DejaVuSans", "DejaVuSerif", "STIXGeneral", "cmr", "cmb", "cmss", "cmti",
+                                        "cmtt")) and "Display" not in p.stem)
+    return text[0 if part == "val" else 1::2]
+
+
+def glyph(text: str, font: Path, px: int) -> np.ndarray:
+    """Ink (1) on nothing (0), float32, cropped to its box: `text` drawn with `font` at `px` pixels."""
+    f = ImageFont.truetype(str(font), px)
+    left, top, right, bottom = f.getbbox(text)
+    im = Image.new("L", (right - left + 4, bottom - top + 4), 0)
+    ImageDraw.Draw(im).text((2 - left, 2 - top), text, fill=255, font=f)
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    rows, cols = np.nonzero(a > 0.05)
+    return a[rows.min():rows.max() + 1, cols.min():cols.max() + 1] if len(rows) else a
+
+
+def place(ink: np.ndarray, side: int, height: int, rng: np.random.Generator, centre: bool = True) -> np.ndarray:
+    """The ink scaled to `height` pixels on its longer side (aspect kept) on an empty `side` x `side` field."""
+    scale = height / max(ink.shape)
+    h, w = max(1, round(ink.shape[0] * scale)), max(1, min(side - 2, round(ink.shape[1] * scale)))
+    small = np.asarray(Image.fromarray(ink, mode="F").resize((w, h), Image.LANCZOS), dtype=np.float32)
+    out = np.zeros((side, side), np.float32)
+    if centre:
+        top, left = (side - h) // 2 + rng.integers(-6, 7), (side - w) // 2 + rng.integers(-6, 7)
+    else:
+        top, left = rng.integers(0, side - h), rng.integers(0, side - w)
+    top, left = int(np.clip(top, 0, side - h)), int(np.clip(left, 0, side - w))
+    out[top:top + h, left:left + w] = small
+    return np.clip(out, 0.0, 1.0)
+
+
+def disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def style_ink(ink: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray:
+    """The style's changes to the strokes themselves (pen width, rotation, chalk's broken lines)."""
+    if style == "thin":
+        return ndimage.grey_erosion(ink, footprint=disk(int(rng.integers(2, 4))))
+    if style == "thick":
+        return ndimage.grey_dilation(ink, footprint=disk(int(rng.integers(4, 7))))
+    if style == "rotated":
+        angle = float(rng.uniform(5, 15)) * rng.choice([-1, 1])
+        return np.clip(ndimage.rotate(ink, angle, reshape=False, order=1), 0, 1)
+    if style == "chalk":
+        grain = ndimage.uniform_filter(rng.random(ink.shape).astype(np.float32), 3)
+        return ink * np.clip((grain - 0.35) * 5, 0.15, 1.0)
+    return ink
+
+
+def paint(ink: np.ndarray, style: str, rng: np.random.Generator) -> Image.Image:
+    """Ink in [0, 1] on a field -> the sheet as the style's camera or scanner would save it."""
+    a = ink[..., None]
+    if style == "white_on_black":
+        return Image.fromarray(np.uint8(np.rint(255 * ink)), mode="L")
+    if style == "transparent":
+        rgba = np.zeros((*ink.shape, 4), np.uint8)
+        rgba[..., 3] = np.uint8(np.rint(255 * ink))
+        return Image.fromarray(rgba, mode="RGBA")
+    if style == "ink_on_paper":
+        paper, colour = np.array(PAPERS[rng.integers(len(PAPERS))]), np.array(INKS[rng.integers(len(INKS))])
+        return Image.fromarray(np.uint8(np.rint(paper * (1 - a) + colour * a)), mode="RGB")
+    if style == "grey_paper":
+        paper = float(rng.uniform(225, 250))
+        return Image.fromarray(np.uint8(np.rint(paper * (1 - ink) + 20 * ink)), mode="L")
+    if style == "photo":
+        h, w = ink.shape
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        light = rng.uniform(150, 200) + rng.uniform(-30, 30) * xx + rng.uniform(-30, 30) * yy
+        grey = light * (1 - ink) + rng.uniform(20, 60) * ink + rng.normal(0, rng.uniform(6, 14), ink.shape)
+        im = Image.fromarray(np.uint8(np.clip(np.rint(grey), 0, 255)), mode="L")
+        return im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 1.2))))
+    if style == "chalk":
+        board = np.array([40, 62, 48]) + rng.normal(0, 6, (*ink.shape, 1))
+        return Image.fromarray(np.uint8(np.clip(np.rint(board * (1 - a) + 225 * a), 0, 255)), mode="RGB")
+    return Image.fromarray(np.uint8(np.rint(255 * (1 - ink))), mode="L")  # black ink on white paper
+
+
+def digit_sheet(ink: np.ndarray, style: str, rng: np.random.Generator) -> Image.Image:
+    if style == "small_offcentre":
+        return paint(place(ink, 320, int(rng.integers(24, 41)), rng, centre=False), "clean", rng)
+    field = place(ink, SHEET, int(rng.integers(70, 96)), rng)
+    return paint(style_ink(field, style, rng), style, rng)
+
+
+def scribble(rng: np.random.Generator) -> np.ndarray:
+    """A random smooth curve of 2-4 bends drawn with a pen of 6-12 px."""
+    im = Image.new("L", (SHEET, SHEET), 0)
+    pts = rng.uniform(20, SHEET - 20, size=(int(rng.integers(3, 6)), 2))
+    t = np.linspace(0, 1, 60)[:, None]
+    curve = [tuple(p) for p in ((1 - t) ** 2 * pts[0] + 2 * t * (1 - t) * pts[1] + t ** 2 * pts[-1])]
+    ImageDraw.Draw(im).line(curve, fill=255, width=int(rng.integers(6, 13)), joint="curve")
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def nondigit_sheet(kind: str, font: Path, i: int, rng: np.random.Generator) -> Image.Image:
+    style = ("clean", "ink_on_paper", "grey_paper", "photo", "white_on_black")[i % 5]
+    if kind in ("letters", "symbols"):
+        chars = string.ascii_letters if kind == "letters" else SYMBOLS
+        ink = place(glyph(chars[i % len(chars)], font, 96), SHEET, int(rng.integers(50, 96)), rng)
+    elif kind == "scribble":
+        ink = scribble(rng)
+    else:
+        ink = np.zeros((SHEET, SHEET), np.float32)
+    if kind == "noise":
+        return Image.fromarray(np.uint8(rng.integers(0, 256, (SHEET, SHEET))), mode="L")
+    return paint(ink, style, rng)
+
+
+def make_wild_set(folder: Path, part: str, per_font: int = 2, nondigits_per_font: int = 20) -> dict[str, list]:
+    """Write one part's sheets under `folder` (digits/<style>/<digit>/*.png|jpg, nondigits/<kind>/*.png)
+    and return {"digits": [(path, style, digit)], "nondigits": [(path, kind)]}; the same files every time."""
+    fonts, out = font_files(part), {"digits": [], "nondigits": []}
+    for s, style in enumerate(STYLES):
+        rng = np.random.default_rng(SEEDS[part] + s)
+        suffix = ".jpg" if style in ("grey_paper", "photo") else ".png"
+        for font in fonts:
+            for d in range(10):
+                ink = glyph(str(d), font, 96)
+                for k in range(per_font):
+                    path = folder / "digits" / style / str(d) / f"{font.stem}_{k}{suffix}"
+                    save(digit_sheet(ink, style, rng), path)
+                    out["digits"].append((str(path), style, d))
+    for n, kind in enumerate(NONDIGITS):
+        rng = np.random.default_rng(SEEDS[part] + 100 + n)
+        for font in fonts:
+            for i in range(nondigits_per_font):
+                path = folder / "nondigits" / kind / f"{font.stem}_{i}.png"
+                save(nondigit_sheet(kind, font, i + fonts.index(font), rng), path)
+                out["nondigits"].append((str(path), kind))
+    return out
+
+
+def save(im: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path, quality=90) if path.suffix == ".jpg" else im.save(path)
