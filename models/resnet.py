@@ -120,13 +120,6 @@ class Embedder(nn.Module):
         return self.bn(self.fc(self.trunk(x)))
 
 
-def get_model(name: str, embedding_dim: int = 512, stem: str = "s2", pretrained: bool = False) -> Embedder:
-    """Factory by backbone name; grey input is replicated to 3 channels only for pretrained weights."""
-    if name != "resnet18":
-        raise ValueError(f"unknown backbone '{name}'; available: resnet18")
-    return Embedder(embedding_dim, stem, in_channels=input_channels(pretrained), pretrained=pretrained)
-
-
 def input_channels(pretrained: bool) -> int:
     """ImageNet weights expect RGB: grey images are then replicated to 3 channels."""
     return 3 if pretrained else 1

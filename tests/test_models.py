@@ -41,3 +41,25 @@ def test_embedder_builds_what_the_torchvision_version_built(stem: str) -> None:
     ref.trunk, ref.fc, ref.bn = net, torch.nn.Linear(512, 64), torch.nn.BatchNorm1d(64)
     for k, v in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_the_toy_network_gives_signed_features_of_its_dimension(dim: int) -> None:
+    """LeNet++-style: [B, 1, 28, 28] -> [B, dim], no activation after the last layer (features in every
+    quadrant), trainable end to end; refused by name only when unknown."""
+    torch.manual_seed(0)
+    net = get_model("toy", dim)
+    x = torch.randn(64, 1, 28, 28)
+    out = net(x)
+    assert out.shape == (64, dim) and out.requires_grad
+    out.square().sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():  # the output is the last linear layer's, nothing after it: flipping it flips the sign
+        net.fc.weight.neg_()
+        net.fc.bias.neg_()
+        assert torch.allclose(net(x).detach(), -out.detach(), atol=1e-5)
+        net.fc.weight.neg_()
+        net.fc.bias.neg_()
+    assert sum(p.numel() for p in net.parameters()) < 400_000  # a toy: far below ResNet18's 11 M
+    with pytest.raises(ValueError, match="available: resnet18, toy"):
+        get_model("vgg")

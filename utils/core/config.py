@@ -24,6 +24,7 @@ from utils.core.errors import ConfigError
 from utils.core.options import parse_value
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
+BACKBONES = ("resnet18", "toy")  # models/__init__.py builds them
 SCHEDULES = ("cosine", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -167,7 +168,7 @@ def validate(p: TrainParams) -> None:
          f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {registry.names()}."),
         (p.dataset_name in datasets.names(),
          f"dataset_name '{p.dataset_name}' unknown; choose one of {datasets.names()}."),
-        (p.backbone_type == "resnet18", f"backbone_type '{p.backbone_type}' unknown; use resnet18."),
+        (p.backbone_type in BACKBONES, f"backbone_type '{p.backbone_type}' unknown; choose one of {BACKBONES}."),
         (p.stem in STEMS, f"stem '{p.stem}' unknown; choose one of {tuple(STEMS)}."),
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
         (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
@@ -297,7 +298,7 @@ def recorded(params: TrainParams) -> dict[str, Any]:
 FIELD_HELP = {
     "model_name": "names results/<model_name>/ and ckp/<model_name>/",
     "loss_fuc_type": "the head and loss: " + "|".join(registry.names()),
-    "backbone_type": "the backbone: resnet18",
+    "backbone_type": "the backbone: resnet18, or toy (the small CNN of the papers' feature figures)",
     "dataset_name": "the data set: " + "|".join(datasets.names()) + " (folder: identity sub-folders in data_root)",
     "n_class": "number of classes (identities)",
     "preset": "values laid over the defaults: cpu (the defaults) | original (the paper's GPU recipe)",
