@@ -119,12 +119,13 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     ckpt = tmp / "ckp" / "resnet18_arcface" / "best.pt"
     stored = json.loads((ckpt.parent / "reject.json").read_text())
     assert stored["checkpoint_sha256"] == sha256(ckpt) and stored["score"] in ("centre", "energy")
-    report = json.loads((tmp / "results" / "wild" / "resnet18_arcface.json").read_text())
+    report = json.loads((tmp / "results" / "wild" / "wild.json").read_text())["resnet18_arcface"]
     assert set(report["test"]["top1"]["after"]) == set(wild.STYLES) and report["reject"]["threshold"] == \
         stored["threshold"]
     assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, "fashion_mnist"}
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
+    assert (tmp / "results" / "wild" / "sheets.png").stat().st_size > 10_000
     blank = tmp / "blank.png"
     Image.new("RGB", (90, 70), (250, 240, 215)).save(blank)
     a = np.full((60, 60), 255, np.uint8)

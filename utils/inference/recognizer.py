@@ -102,6 +102,8 @@ class Recognizer:
         self.embedder, self.card, self.thresholds, self.curve = embedder, card, thresholds, curve
         self.model_id, self.batch_size, self.dim = model_id, batch_size, dim
         self.reject = reject  # "is it a digit at all?" (utils/inference/reject.py); None: not calibrated
+        if reject and "normalise" in reject:  # the calibration chose how new images are normalised
+            self.card = {**card, "normalise": reject["normalise"]}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
