@@ -31,24 +31,44 @@ def test_scores_match_a_naive_float64_reference() -> None:
         assert scores(emb, centres, "energy")[i] == pytest.approx(energy, abs=1e-9)
 
 
+def strokes(n: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [n, 28, 28] images of one vertical bar 2-3 px wide and 14-20 px tall: ink statistics of a stroke."""
+    x = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        h, w = int(rng.integers(14, 21)), int(rng.integers(2, 4))
+        x[i, 14 - h // 2:14 - h // 2 + h, 13:13 + w] = 255
+    return x
+
+
 def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accepts_fewer_nondigits() -> None:
+    from utils.inference.reject import in_band, ink_band
+
     rng = np.random.default_rng(1)
     centres = np.eye(10, 16, dtype=np.float32)
     labels = rng.integers(0, 10, 2000)
     digits = unit(centres[labels] + rng.normal(0, 0.15, (2000, 16))).astype(np.float32)
     assert np.allclose(class_centres(digits, labels) @ centres.T, np.eye(10), atol=0.05)
+    band = ink_band(strokes(2000, rng))
+    images = strokes(2000, rng)
     # halfway between two classes: near both (energy counts both), near neither exactly (centre does not)
     between = unit(centres[labels[:300]] + centres[(labels[:300] + 1) % 10] + rng.normal(0, 0.05, (300, 16)))
     far = unit(rng.normal(size=(300, 16)))
-    r = calibrate(digits, {"between": between.astype(np.float32), "far": far.astype(np.float32)}, centres)
+    noise = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)  # no stroke: out of the ink band
+    assert in_band(images, band).mean() > 0.98 and not in_band(noise, band).any()
+    nondigits = {"between": (images[:300], between.astype(np.float32)), "far": (images[:300], far.astype(np.float32)),
+                 "noise": (noise, digits[:300])}
+    r = calibrate((images, digits), nondigits, centres, band)
     for kind, c in r["candidates"].items():
-        assert c["digits_accepted"] >= DIGIT_ACCEPT
-        assert c["threshold"] == pytest.approx(np.sort(scores(digits, centres, kind))[int(0.01 * 2000) - 1], abs=1e-9)
+        assert DIGIT_ACCEPT <= c["digits_accepted"] <= DIGIT_ACCEPT + 2 / 2000  # both tests together
+        ok = in_band(images, band) & (scores(digits, centres, kind) >= c["threshold"])
+        assert ok.mean() == pytest.approx(c["digits_accepted"])
         assert c["nondigits_accepted"]["between"] == pytest.approx(
             float((scores(between, centres, kind) >= c["threshold"]).mean()))
+        assert c["nondigits_accepted"]["noise"] == 0.0  # near a centre, but not a stroke
     means = {k: c["nondigits_accepted_mean"] for k, c in r["candidates"].items()}
     assert means["centre"] != means["energy"] and r["score"] == min(means, key=means.get)
     assert r["threshold"] == r["candidates"][r["score"]]["threshold"] and len(r["centres"]) == 10
+    assert r["band_alone"]["nondigits_accepted"]["noise"] == 0.0
 
 
 def recogniser(reject: dict | None) -> Recognizer:

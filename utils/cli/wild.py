@@ -31,11 +31,11 @@ from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, describe, refuse_rest, split
 from utils.core.progress import say
 from utils.core.provenance import code_identity
-from utils.data.images import load_image
+from utils.data.images import load_image, prepare_grey
 from utils.data.loading import load_idx_dataset, load_splits
 from utils.data.wild import NONDIGITS, STYLES, make_wild_set
 from utils.inference.recognizer import Recognizer, sha256
-from utils.inference.reject import SCORES, calibrate, class_centres, scores
+from utils.inference.reject import SCORES, calibrate, class_centres, in_band, ink_band, scores
 from utils.inference.torch_backend import load_torch_embedder
 from utils.scoring import paper_plots, plots
 
@@ -88,7 +88,10 @@ def nondigit_embeddings(rec: Recognizer, items: list[tuple], fashion: np.ndarray
     for kind in NONDIGITS:
         x = load_files(rec, [p for p, k in items if k == kind], rec.card["normalise"])
         out[kind] = (x, rec.embed_loaded(x))
-    out["fashion_mnist"] = (fashion, rec.embed_loaded(fashion))
+    c = rec.card  # Fashion-MNIST images go through the same normalisation as image files would
+    x = np.stack([prepare_grey(a.astype(np.float32) / 255.0, c["native_size"], c["polarity"], "auto", c["normalise"])
+                  for a in fashion])
+    out["fashion_mnist"] = (x, rec.embed_loaded(x))
     return out
 
 
@@ -136,7 +139,7 @@ def run_wild(args: list[str], model_name: str) -> None:
         rec.card = {**rec.card, "normalise": chosen}
         val_digits = rec.embed_loaded(splits.val_x.numpy())
         val_non = nondigit_embeddings(rec, sets["val"]["nondigits"], fashion["train_x"].numpy()[:N_FASHION])
-        reject = calibrate(val_digits, {k: e for k, (_, e) in val_non.items()}, centres)
+        reject = calibrate((splits.val_x.numpy(), val_digits), val_non, centres, ink_band(train_x[rest]))
         reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                    "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
                                      "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
@@ -163,7 +166,7 @@ def run_wild(args: list[str], model_name: str) -> None:
                                    "accepted": float(accepted(rec, mnist_x, mnist_emb).mean()), "images": len(mnist_y)},
                  "nondigits_accepted": {k: float(accepted(rec, x, e).mean()) for k, (x, e) in test_non.items()},
                  "nondigits": {k: len(e) for k, (_, e) in test_non.items()}},
-        "det": det_curves(mnist_emb, {k: e for k, (_, e) in test_non.items()}, centres)}
+        "det": det_curves((mnist_x, mnist_emb), test_non, centres, reject["band"])}
     out = Path(opts["results_dir"]) / "wild"
     reports = json.loads((out / "wild.json").read_text()) if (out / "wild.json").is_file() else {}
     reports[opts["model_name"]] = report  # one entry per model measured
@@ -217,18 +220,27 @@ def markdown(name: str, r: dict) -> str:
     rows += [f"| {s} | " + " | ".join(pct(v[n][s]) for n in norms) + " |" for s in STYLES]
     rows += ["", "| score | threshold | validation digits accepted | validation non-digits accepted (mean of kinds) |",
              "|---|---|---|---|"]
-    rows += [f"| {k} | {c['threshold']:.4f} | {pct(c['digits_accepted'])} | {pct(c['nondigits_accepted_mean'])} |"
-             for k, c in r["reject"]["candidates"].items()]
+    rows += [f"| {k} + ink band | {c['threshold']:.4f} | {pct(c['digits_accepted'])} | "
+             f"{pct(c['nondigits_accepted_mean'])} |" for k, c in r["reject"]["candidates"].items()]
+    b = r["reject"]["band_alone"]
+    rows += [f"| ink band alone | | {pct(b['digits_accepted'])} | "
+             f"{pct(sum(b['nondigits_accepted'].values()) / len(b['nondigits_accepted']))} |"]
     return "\n".join(rows) + "\n\n"
 
 
-def det_curves(digits: np.ndarray, nondigits: dict[str, np.ndarray], centres: np.ndarray) -> dict:
-    """Per score: non-digits accepted (FAR) against digits rejected (FRR) over thresholds."""
+def det_curves(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
+               centres: np.ndarray, band: dict) -> dict:
+    """Per score (within the ink band): non-digits accepted (FAR) against digits rejected (FRR) over
+    thresholds; (images, embeddings) pairs."""
+    def banded(x: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
+        return np.where(in_band(x, band), scores(e, centres, kind), -np.inf)
+
     out = {}
     for kind in SCORES:
-        d = scores(digits, centres, kind)
-        n = np.concatenate([scores(e, centres, kind) for e in nondigits.values()])
-        thr = np.unique(np.quantile(np.concatenate([d, n]), np.linspace(0, 1, 400)))
+        d = banded(*digits, kind)
+        n = np.concatenate([banded(x, e, kind) for x, e in nondigits.values()])
+        both = np.concatenate([d, n])
+        thr = np.unique(np.quantile(both[np.isfinite(both)], np.linspace(0, 1, 400)))
         far, frr = np.array([(n >= t).mean() for t in thr]), np.array([(d < t).mean() for t in thr])
         i = int(np.argmin(np.abs(far - frr)))
         out[kind] = {"far": far.tolist(), "frr": frr.tolist(), "eer": float((far[i] + frr[i]) / 2)}

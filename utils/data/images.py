@@ -229,8 +229,13 @@ def load_image(path: str | Path, size: int, polarity: str = "none", invert: str 
     normalise="fit" (photos, Fashion-MNIST, folders): the whole image fitted into the square, inverted
     to the model's polarity. normalise="mnist" (digits; the model card of MNIST models says so): the paper
     taken away and the ink size-normalised and centred by mass as MNIST was made (`mnist_normalise`),
-    in the model's polarity."""
-    grey = read_grey(path)
+    in the model's polarity (normalise="mnist_stroke": with the pen made MNIST's width first)."""
+    return prepare_grey(read_grey(path), size, polarity, invert, normalise)
+
+
+def prepare_grey(grey: np.ndarray, size: int, polarity: str = "none", invert: str = "auto",
+                 normalise: str = "fit") -> np.ndarray:
+    """`load_image` after decoding: grey float32 [H, W] in [0, 1] -> uint8 [size, size]."""
     if normalise.startswith("mnist") and polarity != "none":
         digit = mnist_normalise(paper_and_ink(grey, invert), size, stroke=normalise == "mnist_stroke")
         return 255 - digit if polarity == "dark_on_light" else digit

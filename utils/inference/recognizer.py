@@ -164,8 +164,7 @@ class Recognizer:
         calibration): a sheet without any ink is never a digit."""
         if self.reject is None:
             return [{} for _ in range(len(x))]
-        flat = x.reshape(len(x), -1)
-        score, ok = is_digit(emb, flat.max(1) == flat.min(1), self.reject)
+        score, ok = is_digit(x, emb, self.reject)
         return [{"digit": bool(o), "digit_score": round(float(s), 6)} for s, o in zip(score, ok, strict=True)]
 
     # --------------------------------------------------------------------------------- decisions

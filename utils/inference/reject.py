@@ -9,10 +9,13 @@ training split's embeddings of class j):
   energy  T log sum_j exp(cos(e, c_j) / T), T = 1/16: the free energy of Liu et al. (NeurIPS 2020) over
           cosine logits at ArcFace's scale; it also counts closeness to the other classes.
 
-A score's threshold is its 1st percentile on the MNIST validation digits (99 % of digits accepted); the
-score kept is the one that accepts fewer of the validation non-digits (Fashion-MNIST's training file,
-the wild set's "val" letters, symbols, blank and noise sheets and scribbles: utils/data/wild.py).
-A sheet in which no ink stands out from the paper (`images.paper_and_ink` finds none) is never a digit.
+Embeddings alone let most non-digits through (measured: results/wild/), since an ArcFace embedding puts
+nearly any input near some class centre. So a digit must also look like one in pixels: its ink statistics
+(`ink_statistics`: share of ink, mean ink level, edges per ink, pieces) within the range of 99.5 % of
+MNIST's training digits. The score's threshold then lets exactly 99 % of the MNIST validation digits pass
+both tests; the score kept is the one that accepts fewer of the validation non-digits (Fashion-MNIST's
+training file, the wild set's "val" letters, symbols, blank and noise sheets and scribbles:
+utils/data/wild.py). A sheet in which no ink stands out from the paper is never a digit.
 The calibration lives in ckp/<model>/reject.json beside the checkpoint (the checkpoint, whose hash
 galleries record, stays untouched) and in an export's model.json.
 """
@@ -23,6 +26,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from utils.core.errors import CheckpointError
 
@@ -46,25 +50,65 @@ def class_centres(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
 
 
-def calibrate(digits: np.ndarray, nondigits: dict[str, np.ndarray], centres: np.ndarray) -> dict:
-    """Each score's threshold (99 % of `digits` accepted) and its acceptance of each kind of non-digit;
-    the score that accepts the fewest non-digits (mean over the kinds) is chosen. Embeddings are unit rows."""
+INK = ("ink fraction", "mean ink", "edges per ink", "pieces")
+BAND = 0.0025  # each ink statistic must lie within MNIST's 0.25 % .. 99.75 % quantiles
+
+
+def ink_statistics(x: np.ndarray) -> np.ndarray:
+    """[N, 4] statistics of uint8 network inputs [N, H, W] (light ink on dark, as MNIST): the share of
+    pixels with ink, the mean level of those pixels, the edge length per unit of ink (total variation /
+    ink mass: noise and texture are all edges, strokes are not) and the number of separate pieces."""
+    a = x.astype(np.float32) / 255.0
+    ink = a.reshape(len(a), -1)
+    on = ink > 0.2
+    edges = np.abs(np.diff(a, axis=1)).sum((1, 2)) + np.abs(np.diff(a, axis=2)).sum((1, 2))
+    pieces = [ndimage.label(i > 0.3)[1] for i in a]
+    return np.stack([on.mean(1), ink.sum(1) / np.maximum(on.sum(1), 1), edges / np.maximum(ink.sum(1), 1e-6),
+                     np.asarray(pieces, np.float64)], axis=1)
+
+
+def ink_band(digit_images: np.ndarray) -> dict:
+    """The range of each ink statistic over MNIST digits (BAND cut from either end)."""
+    s = ink_statistics(digit_images)
+    return {"names": list(INK), "low": np.quantile(s, BAND, axis=0).tolist(),
+            "high": np.quantile(s, 1 - BAND, axis=0).tolist()}
+
+
+def in_band(x: np.ndarray, band: dict) -> np.ndarray:
+    s = ink_statistics(x)
+    return ((s >= np.asarray(band["low"])) & (s <= np.asarray(band["high"]))).all(1)
+
+
+def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
+              centres: np.ndarray, band: dict) -> dict:
+    """Each score's threshold and its acceptance of each kind of non-digit, a digit being an image whose
+    ink statistics lie in `band` and whose score reaches the threshold; the threshold makes exactly
+    DIGIT_ACCEPT of the validation `digits` pass both. The score that accepts the fewest non-digits (mean
+    over the kinds) is chosen. (images uint8, unit embeddings) pairs."""
     cands = {}
+    x, emb = digits
+    ok = in_band(x, band)
     for kind in SCORES:
-        d = scores(digits, centres, kind)
+        d = np.where(ok, scores(emb, centres, kind), -np.inf)  # out of band: never accepted
         thr = float(np.quantile(d, 1 - DIGIT_ACCEPT, method="lower"))
-        per = {k: float((scores(v, centres, kind) >= thr).mean()) for k, v in nondigits.items()}
+        per = {k: float(((scores(e, centres, kind) >= thr) & in_band(xi, band)).mean())
+               for k, (xi, e) in nondigits.items()}
         cands[kind] = {"threshold": thr, "digits_accepted": float((d >= thr).mean()), "nondigits_accepted": per,
                        "nondigits_accepted_mean": float(np.mean(list(per.values())))}
     best = min(SCORES, key=lambda k: cands[k]["nondigits_accepted_mean"])
+    per_band = {k: float(in_band(xi, band).mean()) for k, (xi, _) in nondigits.items()}
     return {"score": best, "threshold": cands[best]["threshold"], "temperature": TEMPERATURE,
-            "centres": centres.tolist(), "candidates": cands}
+            "centres": centres.tolist(), "band": band, "candidates": cands,
+            "band_alone": {"digits_accepted": float(ok.mean()), "nondigits_accepted": per_band}}
 
 
-def is_digit(emb: np.ndarray, empty: np.ndarray, reject: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(digit-ness scores, verdicts) of unit embeddings; `empty` marks inputs with no ink at all."""
+def is_digit(x: np.ndarray, emb: np.ndarray, reject: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(digit-ness scores, verdicts) of network inputs (uint8 [N, H, W]) and their unit embeddings: ink,
+    ink statistics within the band (when calibrated with one) and a score at or above the threshold."""
     s = scores(emb, np.asarray(reject["centres"], np.float32), reject["score"])
-    return s, (s >= reject["threshold"]) & ~empty
+    flat = x.reshape(len(x), -1)
+    ok = (s >= reject["threshold"]) & (flat.max(1) > flat.min(1))  # a sheet without ink is no digit
+    return s, ok & in_band(x, reject["band"]) if "band" in reject else ok
 
 
 def load_reject(folder: Path, checkpoint_sha256: str) -> dict | None:
