@@ -80,8 +80,7 @@ def test_search_ranks_identities_by_their_nearest_image_and_rejects_unknowns() -
     left[0, :, :4], right[0, :, 4:], both[0] = 255, 255, 255
     g = Gallery("toy", rec.embed(np.concatenate([left, right, right])), np.array(["L", "R", "R"]),
                 np.array(["a", "b", "c"]))
-    rec_embed = rec.embed
-    rec.embed = lambda images, invert="auto": rec_embed(np.concatenate([left, both]))  # two queries
+    rec.load = lambda images, invert="auto": np.concatenate([left, both])  # two queries
     out = rec.search(["q_left", "q_both"], g, k=2)
     assert out[0]["identity"] == "L" and out[0]["top"][0] == ["L", 1.0] and len(out[0]["top"]) == 2
     assert out[1]["identity"] == "unknown" and out[1]["score"] == pytest.approx(np.sqrt(0.5), abs=1e-3)
