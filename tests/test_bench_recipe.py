@@ -91,3 +91,19 @@ def test_time_to_accuracy_reports_reached_and_given_up(tmp_path: Path) -> None:
     d = json.loads(out.read_text())
     assert not d["reached"] and d["seconds"] is None and d["params"]["total_epochs"] == 3
     assert [r["epochs"] for r in d["log"]] == [1.0]
+
+
+@needs_mnist
+def test_toy_recipe_candidates_record_validation_accuracy_per_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "toy.json"
+    args = ["--losses=softmax,arcface", "--epochs=2", "--train_images=512", "--widths=8", "--arcface=8:0.1,10:0.2",
+            f"--out={out}"]
+    r = call_module("bench.toy_recipe", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    c = report["candidates"]
+    assert [(x["loss"], x.get("margin")) for x in c] == [("softmax", None), ("arcface", 0.1), ("arcface", 0.2)]
+    assert all(len(x["val_acc"]) == 2 and all(0 <= a <= 1 for a in x["val_acc"]) for x in c)
+    assert report["machine"]["kernels"] and "git_commit" in report["made_by"]
+    r = call_module("bench.toy_recipe", "--epochs=0", f"--out={out}", cwd=tmp_path)
+    assert r.returncode == 2 and "--epochs" in r.stderr
