@@ -5,7 +5,8 @@
                                [--sphereface=...] [--normface=10,16] [--out=results/bench/toy_recipe.json]
 
 Each candidate trains the toy network (models/toy.py) with the project's engine on the full 50,000-image
-train split (cosine schedule, AdamW, no augmentation, no EMA) and records the validation accuracy of its
+train split (the figures' TOY_FIT: cosine schedule, AdamW, no augmentation, no EMA, fp32) with the
+learning rate, batch size, width, scale and margin under test and records the validation accuracy of its
 head after every epoch, the seconds and images per second, and the CPU kernel path, so that a recipe can
 be chosen within the toy figures' time budget. Results are added to --out (one entry per candidate).
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models.toy import ToyNet
+from utils.cli.figures import TOY_FIT
 from utils.core.config import TrainParams, resolve
 from utils.core.device import resolve_device
 from utils.core.errors import ConfigError
@@ -49,10 +51,9 @@ def head_settings(loss: str, opts: dict) -> list[dict]:
 
 
 def one(loss: str, dim: int, width: int, lr: float, batch: int, epochs: int, head: dict, n_train: int) -> dict:
-    params = resolve(TrainParams(), {"loss_fuc_type": loss, "backbone_type": "toy", "embedding_dim": dim, "lr": lr,
+    params = resolve(TrainParams(), {**TOY_FIT, "loss_fuc_type": loss, "embedding_dim": dim, "lr": lr,
                                      "batch_size": batch, "total_epochs": epochs, "early_stop_epochs": epochs,
-                                     "ema_decay": 0.0, "augment": False, "warmup_epochs": 0.2, "use_tqdm": False,
-                                     "amp": "off", "model_name": f"toy_{loss}_{dim}d", **head})
+                                     "use_tqdm": False, "model_name": f"toy_{loss}_{dim}d", **head})
     device = resolve_device(params.device)
     splits, params, _, head_module = prepare_run(params, device)
     splits = dataclasses.replace(splits, train_x=splits.train_x[:n_train], train_y=splits.train_y[:n_train])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,7 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     import os
 
     import utils.cli.figures as figs
+    from models.toy import ToyNet
     from trainArcFace import TrainArcFaceParams
     from utils.core.config import resolve
 
@@ -131,36 +133,51 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     monkeypatch.setattr(figs, "TOY_TRAIN", 128)
     monkeypatch.setattr(figs, "TOY_VAL", 64)
     monkeypatch.setattr(figs, "TOY_POINTS", 32)
+    monkeypatch.setattr(figs, "TOY_EPOCHS", {2: 2, 3: 1})
+    monkeypatch.setattr(figs, "STRIP_EPOCHS", (1,))
     seen, real_fit = [], figs.fit
 
-    def spy_fit(params, *a, **k):  # noqa: ANN001, ANN202 - records what each toy run trained with
-        seen.append((params.lr, params.batch_size, params.warmup_epochs, params.total_epochs, params.ema_decay))
-        return real_fit(params, *a, **k)
+    def spy_fit(params, model, *a, **k):  # noqa: ANN001, ANN202 - records what each toy run trained with
+        seen.append((type(model), params.lr, params.batch_size, params.warmup_epochs, params.total_epochs,
+                     params.ema_decay, params.amp, params.augment, params.scale, params.margin))
+        return real_fit(params, model, *a, **k)
 
     monkeypatch.setattr(figs, "fit", spy_fit)
-    base = resolve(TrainArcFaceParams(), {"data_root": os.environ["DATA_ROOT"], "device": "cpu", "use_tqdm": False})
+    base = resolve(TrainArcFaceParams(), {"data_root": os.environ["DATA_ROOT"], "device": "cpu", "use_tqdm": False,
+                                          "scale": 16.0, "margin": 0.5})
     out = tmp_path / "figures"
     summary = figs.toy_figures(base, out, reuse=False)
     fit_opts = figs.TOY_FIT
-    assert seen == [(fit_opts["lr"], fit_opts["batch_size"], fit_opts["warmup_epochs"], 1, 0.0)] * 2
+    assert seen == [(ToyNet, fit_opts["lr"], fit_opts["batch_size"], fit_opts["warmup_epochs"], epochs, 0.0, "off",
+                     False, 10.0, 0.2) for epochs in (2, 1)]  # the toy's scale and margin, not the base run's
     saved = json.loads((out / "features.json").read_text())
     assert saved == json.loads(json.dumps(summary)) and saved["fit"] == fit_opts
-    for key in ("2d_arcface", "3d_arcface"):
+    for key, epochs, snaps in (("2d_arcface", 2, [1]), ("3d_arcface", 1, [])):
         with np.load(out / "toy" / f"{key}.npz", allow_pickle=False) as z:
             assert saved["runs"][key]["val_acc"] == round(float(z["val_acc"]), 4)
+            assert len(saved["runs"][key]["val_acc_epochs"]) == epochs
+            assert saved["runs"][key]["val_acc_epochs"][-1] == saved["runs"][key]["val_acc"]
             # 64 validation images: the accuracy is a multiple of 1/64
             assert float(z["val_acc"]) * 64 == pytest.approx(round(float(z["val_acc"]) * 64), abs=1e-6)
-    assert (out / "features_2d.png").is_file() and (out / "features_3d.png").is_file()
+            assert z["snap_epochs"].tolist() == snaps and z["snap_x"].shape == (len(snaps), 32, int(key[0]))
+            assert z["x"].shape == (32, int(key[0])) and np.allclose(np.linalg.norm(z["x"], axis=1), 1, atol=1e-5)
+    for name in ("features_2d.png", "features_3d.png", "features_2d_epochs.png"):
+        assert (out / name).stat().st_size > 10_000
 
-    retrained = []
+    retrained, kept = [], tmp_path / "kept"
+    shutil.copytree(out / "toy", kept)
 
     def spy_train(loss: str, dim: int, *a: object) -> dict:  # the saved run stands in for a new one
         retrained.append((loss, dim))
-        with np.load(out / "toy" / f"{dim}d_{loss}.npz", allow_pickle=False) as z:
+        with np.load(kept / f"{dim}d_{loss}.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
     monkeypatch.setattr(figs, "train_toy", spy_train)
     assert figs.toy_figures(base, out, reuse=True) == summary and retrained == []  # redrawn without training
+    (out / "toy" / "3d_arcface.npz").write_bytes(b"not an npz")  # damaged: trained again, not a crash
+    figs.toy_figures(base, out, reuse=True)
+    assert retrained == [("arcface", 3)]
+    retrained.clear()
     monkeypatch.setattr(figs, "TOY_FIT", {**fit_opts, "lr": fit_opts["lr"] / 2})
     figs.toy_figures(base, out, reuse=True)  # saved under another recipe: trained again, not passed off as new
     assert retrained == [("arcface", 2), ("arcface", 3)]

@@ -31,8 +31,8 @@ from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, describe, refuse_rest, split
 from utils.core.progress import say
 from utils.core.provenance import code_identity
-from utils.data.images import load_image, prepare_grey
-from utils.data.loading import load_idx_dataset, load_splits
+from utils.data.images import prepare_grey
+from utils.data.loading import Splits, load_idx_dataset, load_splits
 from utils.data.wild import NONDIGITS, STYLES, make_wild_set
 from utils.inference.recognizer import Recognizer, sha256
 from utils.inference.reject import SCORES, calibrate, class_centres, in_band, ink_band, scores
@@ -60,11 +60,6 @@ def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndar
     return gallery_y[np.argmax(emb @ gallery.T, axis=1)]
 
 
-def load_files(rec: Recognizer, paths: list[str], norm: str) -> np.ndarray:
-    c = rec.card
-    return np.stack([load_image(p, c["native_size"], c["polarity"], "auto", norm) for p in paths])
-
-
 def measure_digits(rec: Recognizer, items: list[tuple], norms: tuple[str, ...], gal: tuple) -> dict:
     """Top-1 per style for each normalisation; the images and embeddings of the last one."""
     paths = [p for p, _, _ in items]
@@ -72,7 +67,7 @@ def measure_digits(rec: Recognizer, items: list[tuple], norms: tuple[str, ...], 
     out: dict = {"top1": {}, "emb": None}
     for norm in norms:
         t0 = time.perf_counter()
-        x = load_files(rec, paths, norm)
+        x = rec.load(paths, normalise=norm)
         emb = rec.embed_loaded(x)
         hit = top1(emb, *gal) == labels
         out["top1"][norm] = {s: float(hit[styles == s].mean()) for s in STYLES}
@@ -86,7 +81,7 @@ def nondigit_embeddings(rec: Recognizer, items: list[tuple], fashion: np.ndarray
     """{kind: (uint8 images, unit embeddings)} of the wild set's non-digits and of Fashion-MNIST images."""
     out = {}
     for kind in NONDIGITS:
-        x = load_files(rec, [p for p, k in items if k == kind], rec.card["normalise"])
+        x = rec.load([p for p, k in items if k == kind])
         out[kind] = (x, rec.embed_loaded(x))
     c = rec.card  # Fashion-MNIST images go through the same normalisation as image files would
     x = np.stack([prepare_grey(a.astype(np.float32) / 255.0, c["native_size"], c["polarity"], "auto", c["normalise"])
@@ -97,6 +92,26 @@ def nondigit_embeddings(rec: Recognizer, items: list[tuple], fashion: np.ndarray
 
 def accepted(rec: Recognizer, x: np.ndarray, emb: np.ndarray) -> np.ndarray:
     return np.array([d["digit"] for d in rec.digits(x, emb)])
+
+
+def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fashion: dict, gal: tuple,
+                            centres: np.ndarray, centre_images: np.ndarray) -> tuple[dict, dict]:
+    """Choose the normalisation of new images and calibrate the reject option, on validation data only: the
+    validation wild fonts, MNIST's validation split, Fashion-MNIST's train split. Sets both on `rec`."""
+    say("validation: normalisation and the reject score", False)
+    val = measure_digits(rec, wild_val["digits"], NORMS, gal)
+    # the normalisation that reads the validation wild digits best (mean over styles)
+    chosen = max(NORMS, key=lambda n: np.mean(list(val["top1"][n].values())))
+    rec.card = {**rec.card, "normalise": chosen}
+    val_digits = rec.embed_loaded(splits.val_x.numpy())
+    val_non = nondigit_embeddings(rec, wild_val["nondigits"], fashion["train_x"].numpy()[:N_FASHION])
+    reject = calibrate((splits.val_x.numpy(), val_digits), val_non, centres, ink_band(centre_images))
+    reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
+               "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
+                                 "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
+                                 "centres": f"{len(centre_images)} training-split images (not the gallery's)"}}
+    rec.reject = reject
+    return val, reject
 
 
 def run_wild(args: list[str], model_name: str) -> None:
@@ -132,25 +147,14 @@ def run_wild(args: list[str], model_name: str) -> None:
         rest = np.setdiff1d(np.arange(len(train_y)), pick)[:N_CENTRES]
         gal = (rec.embed_loaded(train_x[pick]), train_y[pick])
         centres = class_centres(rec.embed_loaded(train_x[rest]), train_y[rest])
-        say("validation: normalisation and the reject score", False)
-        val = measure_digits(rec, sets["val"]["digits"], NORMS, gal)
-        # the normalisation of new images: the one that reads the validation wild digits best (mean over styles)
-        chosen = max(NORMS, key=lambda n: np.mean(list(val["top1"][n].values())))
-        rec.card = {**rec.card, "normalise": chosen}
-        val_digits = rec.embed_loaded(splits.val_x.numpy())
-        val_non = nondigit_embeddings(rec, sets["val"]["nondigits"], fashion["train_x"].numpy()[:N_FASHION])
-        reject = calibrate((splits.val_x.numpy(), val_digits), val_non, centres, ink_band(train_x[rest]))
-        reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
-                   "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
-                                     "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
-                                     "centres": f"{len(rest)} training-split images (not the gallery's)"}}
+        val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, centres, train_x[rest])
+        chosen = reject["normalise"]
         with atomic_write(ckpt.parent / "reject.json", "w") as f:
             json.dump(reject, f)
-        rec.reject = reject
         say(f"normalisation of new images: {chosen}; reject score: {reject['score']}, threshold "
             f"{reject['threshold']:.4f} -> {ckpt.parent / 'reject.json'}", False)
         say("held out: the test fonts, seeds and splits", False)
-        test = measure_digits(rec, sets["test"]["digits"], ("fit", rec.card["normalise"]), gal)
+        test = measure_digits(rec, sets["test"]["digits"], tuple(dict.fromkeys(("fit", chosen))), gal)
         draw_sheets(rec, sets["test"]["digits"], Path(opts["results_dir"]) / "wild" / "sheets.png")
         test_non = nondigit_embeddings(rec, sets["test"]["nondigits"], fashion["test_x"].numpy()[:N_FASHION])
     mnist_x, mnist_y = splits.test_x.numpy(), splits.test_y.numpy()
@@ -160,7 +164,7 @@ def run_wild(args: list[str], model_name: str) -> None:
         "model": opts["model_name"], "checkpoint_sha256": rec.model_id, "made_by": code_identity(),
         "per_font": opts["per_font"], "reject": {k: v for k, v in reject.items() if k != "centres"},
         "validation": {"top1": val["top1"]},
-        "test": {"top1": {"before": test["top1"]["fit"], "after": test["top1"][rec.card["normalise"]]},
+        "test": {"top1": {"before": test["top1"]["fit"], "after": test["top1"][chosen]},
                  "digits_accepted": {s: float(digit_ok[test["styles"] == s].mean()) for s in STYLES},
                  "mnist_control": {"top1": float((top1(mnist_emb, *gal) == mnist_y).mean()),
                                    "accepted": float(accepted(rec, mnist_x, mnist_emb).mean()), "images": len(mnist_y)},
@@ -191,10 +195,9 @@ def draw_sheets(rec: Recognizer, items: list[tuple], path: Path) -> None:
             sheet = np.asarray(im.convert("RGBA" if im.mode == "RGBA" else "RGB"))
         if sheet.shape[-1] == 4:  # show a transparent sheet on a checkerboard-free grey
             sheet = (sheet[..., :3] * (sheet[..., 3:] / 255) + 128 * (1 - sheet[..., 3:] / 255)).astype(np.uint8)
-        cols.append({"title": style.replace("_", " "), "images": [sheet, *load_files(rec, [first[style]], "fit"),
-                                                                   *load_files(rec, [first[style]], "mnist"),
-                                                                   *load_files(rec, [first[style]], "mnist_stroke")]})
-    fig = paper_plots.wild_sheets(cols, ["sheet", "fit (before)", "mnist", "mnist_stroke"])
+        cols.append({"title": style.replace("_", " "),
+                     "images": [sheet, *(rec.load([first[style]], normalise=n)[0] for n in NORMS)]})
+    fig = paper_plots.wild_sheets(cols, ["sheet", *(f"{n} (before)" if n == "fit" else n for n in NORMS)])
     save_figure(fig, path)
     plots.close(fig)
 

@@ -141,11 +141,13 @@ class Recognizer:
                    card["checkpoint_sha256"], dim=dim if isinstance(dim, int) else None, reject=card.get("reject"))
 
     # --------------------------------------------------------------------------------- images
-    def load(self, images: ImageInput, invert: str = "auto") -> np.ndarray:
-        """Files -> uint8 [N, native, native] (see utils/data/images.py); arrays of that shape pass through."""
+    def load(self, images: ImageInput, invert: str = "auto", normalise: str | None = None) -> np.ndarray:
+        """Files -> uint8 [N, native, native] (see utils/data/images.py); arrays of that shape pass through.
+        `normalise` overrides the card's normalisation (to compare them, as `python main.py wild` does)."""
         if isinstance(images, np.ndarray):
             return images
-        size, polarity, norm = self.card["native_size"], self.card["polarity"], self.card.get("normalise", "fit")
+        size, polarity = self.card["native_size"], self.card["polarity"]
+        norm = normalise or self.card.get("normalise", "fit")
         return np.stack([load_image(p, size, polarity, invert, norm) for p in images]) if len(images) else \
             np.zeros((0, size, size), np.uint8)
 

@@ -17,12 +17,15 @@ from utils.scoring.plots import plt
 DIGITS = plt.get_cmap("tab10")
 
 
-def features(panels: Sequence[dict], dim: int) -> Figure:
-    """One panel per loss: {'title', 'x' [N, dim], 'y' [N], 'weights' [C, dim], 'normalised'}. Normalised
-    features are drawn on the unit circle / sphere; each class weight's direction as a line."""
-    fig = plt.figure(figsize=(3.3 * len(panels), 3.6))
+def features(panels: Sequence[dict], dim: int, columns: int | None = None) -> Figure:
+    """One panel per run: {'title', 'x' [N, dim], 'y' [N], 'weights' [C, dim], 'normalised'}, `columns` a row
+    (all in one row by default). Normalised features are drawn on the unit circle / sphere; each class
+    weight's direction as a line."""
+    cols = columns or len(panels)
+    rows = -(-len(panels) // cols)
+    fig = plt.figure(figsize=(3.3 * cols, 3.6 * rows))
     for i, p in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1, **({"projection": "3d"} if dim == 3 else {}))
+        ax = fig.add_subplot(rows, cols, i + 1, **({"projection": "3d"} if dim == 3 else {}))
         x, w = np.asarray(p["x"]), np.asarray(p["weights"], dtype=float)
         reach = 1.15 if p["normalised"] else float(np.percentile(np.linalg.norm(x, axis=1), 98)) * 1.1
         ends = w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12) * reach
