@@ -68,7 +68,15 @@ def assert_quotes(path: Path, folders: tuple[str, ...]) -> None:
 
 @pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
 def test_headline_numbers_are_the_committed_ones(readme: Path) -> None:
+    """The headline: each loss's mean ± std over the seeds study with its n; the single pair behind DET.png."""
     assert_quotes(readme, PAIR)
+    study = json.loads((ROOT / "results" / "seeds" / "seeds.json").read_text())["summary"]
+    text = readme.read_text(encoding="utf-8")
+    for loss in ("arcface", "softmax"):
+        acc, eer = study[loss]["acc_1nn"], study[loss]["eer"]
+        assert f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f} %" in text, loss
+        assert f"{100 * eer['mean']:.3f} ± {100 * eer['std']:.3f} %" in text, loss
+        assert f"{acc['n']} seeds" in text or f"{acc['n']} 个种子" in text
 
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
