@@ -64,7 +64,8 @@ def one(loss: str, dim: int, width: int, lr: float, batch: int, epochs: int, hea
     seconds = time.perf_counter() - t0
     return {"loss": loss, "dim": dim, "width": width, "lr": lr, "batch_size": batch, "epochs": epochs, **head,
             "val_acc": [round(h["val_acc"], 4) for h in history], "seconds": round(seconds, 1),
-            "train_images_per_s": round(epochs * len(splits.train_x) / seconds)}
+            "train_images_per_s": round(epochs * len(splits.train_x) / seconds),
+            "kernels": machine(device)["kernels"], "made_by": code_identity()["git_commit"]}
 
 
 def main(argv: list[str]) -> None:

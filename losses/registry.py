@@ -6,9 +6,10 @@ to build its head. Adding a loss = one file with a SPEC and a head class + one l
 Code (a notebook, a test) can also `register(spec, head_class)` at run time.
 
 SPEC keys: name, head (class name), paper, formula, color (matplotlib), grid (part of the margin-loss
-grid's default losses), toy (the toy figures' settings, absent = not drawn) and params: one entry per
-TrainParams field the head takes, {"meaning", "unit", "default" (the paper's), "low", "high",
-"low_open", "high_open", "integer"}, or {"shared": NAME, "default": ...} for one of SHARED.
+grid's default losses), toy (the toy figures' settings: TrainParams fields such as scale, margin, lr;
+absent = not drawn) and params: one entry per TrainParams field the head takes, {"meaning", "unit",
+"default" (the paper's), "low", "high", "low_open", "high_open", "integer"}, or {"shared": NAME, "default": ...}
+for one of SHARED.
 """
 
 from __future__ import annotations

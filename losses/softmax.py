@@ -16,7 +16,7 @@ SPEC = {
     "name": "softmax", "head": "Softmax", "paper": "none (plain cross-entropy)",
     "formula": "W_y x + b_y",
     "color": "tab:orange", "grid": True,
-    "toy": {},
+    "toy": {"lr": 3e-3},
     "params": {},
 }
 

@@ -135,6 +135,7 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     monkeypatch.setattr(figs, "TOY_POINTS", 32)
     monkeypatch.setattr(figs, "TOY_EPOCHS", {2: 2, 3: 1})
     monkeypatch.setattr(figs, "STRIP_EPOCHS", (1,))
+    monkeypatch.setattr(figs, "TOY_FIT", {**figs.TOY_FIT, "batch_size": 32})  # 128 images: four steps an epoch
     seen, real_fit = [], figs.fit
 
     def spy_fit(params, model, *a, **k):  # noqa: ANN001, ANN202 - records what each toy run trained with

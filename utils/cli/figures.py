@@ -1,6 +1,7 @@
 """`python main.py figures`: the papers' pictures, drawn from this project's own runs -> results/figures/.
 
     python main.py figures [--models=resnet18_arcface,resnet18_softmax] [--reuse=true] [--toy=false]
+    python main.py figures --models=                  # the toy panels only (no trained model needed)
 
 features_2d.png, features_3d.png  the toy experiment of the ArcFace/CosFace/SphereFace papers: a small CNN
                                   (models/toy.py) with a 2-D and a 3-D embedding, one panel per loss, trained
@@ -53,10 +54,13 @@ def toys() -> dict[str, dict]:
 # results/bench/toy_recipe.json, the choice and each run's accuracy in results/figures/features.json.
 # The full train split; accuracy on the full validation split; points drawn from the test split.
 TOY_TRAIN, TOY_VAL, TOY_POINTS = 50_000, 10_000, 2_000
-TOY_EPOCHS = {2: 12, 3: 6}  # 2-D needs more epochs than 3-D to reach its targets (bench/toy_recipe.py)
-TOY_FIT = {"backbone_type": "toy", "lr": 3e-3, "batch_size": 256, "warmup_epochs": 0.2, "schedule": "cosine",
+# 2-D ArcFace: 97.4 % after 8 epochs, 98.0 % after 12 (lr 3e-2); 3-D is easier and has half the epochs
+TOY_EPOCHS = {2: 12, 3: 5}
+# lr 3e-2 for the normalised heads (2-D ArcFace after 8 epochs: 95.3 % at 3e-3, 96.7 % at 1e-2, 97.4 % at 3e-2);
+# softmax keeps 3e-3 in its SPEC["toy"] (97.7 % after 8 epochs)
+TOY_FIT = {"backbone_type": "toy", "lr": 3e-2, "batch_size": 256, "warmup_epochs": 0.2, "schedule": "cosine",
            "augment": False, "ema_decay": 0.0, "amp": "off"}
-STRIP_LOSSES, STRIP_EPOCHS = ("softmax", "arcface"), (1, 3, 10)  # the 2-D epochs strip; the last epoch is added
+STRIP_LOSSES, STRIP_EPOCHS = ("softmax", "arcface"), (1, 3, 6)  # the 2-D epochs strip; the last epoch is added
 TSNE_POINTS = 3_000
 OPTIONS = {"reuse": Option("false", "redraw the toy panels from saved toy runs of the current recipe", bool),
            "models": Option("resnet18_arcface,resnet18_softmax", "trained models whose figures to draw"),
@@ -111,9 +115,9 @@ def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
            "weights": head.weight.detach().cpu().numpy(), "normalised": np.array(normalised),
            "seconds": np.array(seconds), "val_acc": np.array(history[-1]["val_acc"]),
            "val_acc_epochs": np.array([h["val_acc"] for h in history]), "recipe": np.array(toy_recipe(loss, dim)),
-           "snap_epochs": np.array([e for e, *_ in snaps], dtype=np.int64).reshape(-1),
-           "snap_x": np.array([v for _, v, _ in snaps]).reshape(len(snaps), -1, dim),
-           "snap_weights": np.array([w for *_, w in snaps]).reshape(len(snaps), -1, dim)}
+           "snap_epochs": np.array([e for e, *_ in snaps], dtype=np.int64),
+           "snap_x": np.stack([v for _, v, _ in snaps]) if snaps else np.zeros((0, len(points), dim), np.float32),
+           "snap_weights": np.stack([w for *_, w in snaps]) if snaps else np.zeros((0, *head.weight.shape), np.float32)}
     with atomic_write(out / f"{dim}d_{loss}.npz", "wb") as f:
         np.savez(f, **run)
     return run
@@ -230,7 +234,8 @@ def run_figures(args: list[str]) -> None:
     if opts["toy"]:
         toy_figures(base, out, opts["reuse"])
     t1 = time.perf_counter()
-    draw_model_figures(models, base, out)
+    if models:  # --models= (empty): the toy panels only
+        draw_model_figures(models, base, out)
     say(f"figures in {out}: toy panels {t1 - t0:.0f} s, model figures {time.perf_counter() - t1:.0f} s", False)
 
 
