@@ -77,7 +77,6 @@ def main(argv: list[str]) -> None:
     out = Path(opts["out"])
     report = json.loads(out.read_text()) if out.is_file() else {"candidates": []}
     report["machine"] = machine(torch.device("cpu"))
-    report["made_by"] = code_identity()
     for loss in comma_list("losses", opts["losses"]):
         for dim in comma_list("dims", opts["dims"], int):
             for width in comma_list("widths", opts["widths"], int):
