@@ -157,6 +157,8 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
         with np.load(out / "toy" / f"{key}.npz", allow_pickle=False) as z:
             assert saved["runs"][key]["val_acc"] == round(float(z["val_acc"]), 4)
             assert len(saved["runs"][key]["val_acc_epochs"]) == epochs
+            made_by = saved["runs"][key]["made_by"]
+            assert made_by["precision"] == "fp32" and "git_commit" in made_by and "kernels" in made_by
             assert saved["runs"][key]["val_acc_epochs"][-1] == saved["runs"][key]["val_acc"]
             # 64 validation images: the accuracy is a multiple of 1/64
             assert float(z["val_acc"]) * 64 == pytest.approx(round(float(z["val_acc"]) * 64), abs=1e-6)

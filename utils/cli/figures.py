@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from losses import registry
 from utils.core.config import TrainParams, parse_overrides, resolve, share
 from utils.core.device import resolve_device
-from utils.core.errors import CheckpointError
+from utils.core.errors import CheckpointError, TrainingInterrupted
 from utils.core.io import atomic_write, evaluation_weights, save_figure, write_json
 from utils.core.options import Option, comma_list, split
 from utils.core.progress import say
+from utils.core.provenance import code_identity, machine, precision
 from utils.data.loading import Splits, load_splits
 from utils.inference.torch_backend import load_network
 from utils.run.experiment import prepare_run
@@ -107,14 +108,20 @@ def train_toy(loss: str, dim: int, base: TrainParams, out: Path) -> dict:
             snaps.append((len(st["history"]), unit_if(x, normalised), head.weight.detach().cpu().numpy().copy()))
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        history = fit(params, model, head, splits, device, Path(tmp), snapshot)["history"]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            history = fit(params, model, head, splits, device, Path(tmp), snapshot)["history"]
+    except TrainingInterrupted as e:  # its checkpoint went with the temporary folder: say what is kept
+        raise TrainingInterrupted(e.path, e.signum, f"toy run {dim}-D {loss} interrupted; the toy runs finished "
+                                  f"before it are kept: run the command again with --reuse=true") from None
     seconds = time.perf_counter() - t0
     x = embed(model, points, params, device, line=False).cpu().numpy()
     run = {"x": unit_if(x, normalised), "y": splits.test_y[:TOY_POINTS].numpy(),
            "weights": head.weight.detach().cpu().numpy(), "normalised": np.array(normalised),
            "seconds": np.array(seconds), "val_acc": np.array(history[-1]["val_acc"]),
            "val_acc_epochs": np.array([h["val_acc"] for h in history]), "recipe": np.array(toy_recipe(loss, dim)),
+           "made_by": np.array(json.dumps({**code_identity(), **machine(device),
+                                           "precision": precision(device, params.amp)})),
            "snap_epochs": np.array([e for e, *_ in snaps], dtype=np.int64),
            "snap_x": np.stack([v for _, v, _ in snaps]) if snaps else np.zeros((0, len(points), dim), np.float32),
            "snap_weights": np.stack([w for *_, w in snaps]) if snaps else np.zeros((0, *head.weight.shape), np.float32)}
@@ -159,6 +166,7 @@ def toy_figures(base: TrainParams, out: Path, reuse: bool) -> dict:
                 f"{left * rate / 60:.0f} min if none is reused)", False)
         runs[(dim, loss)] = run
         summary["runs"][f"{dim}d_{loss}"] = {"seconds": round(float(run["seconds"]), 1),
+                                             "made_by": json.loads(str(run.get("made_by", "{}"))),
                                              "val_acc": round(float(run["val_acc"]), 4),
                                              "val_acc_epochs": [round(float(a), 4) for a in run["val_acc_epochs"]]}
     for dim in (2, 3):
