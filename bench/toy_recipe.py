@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +41,11 @@ OPTIONS = {"losses": Option("softmax,arcface", "heads to try"), "dims": Option("
            "arcface": Option("10:0.2", "scale:margin pairs"), "cosface": Option("10:0.1", "scale:margin pairs"),
            "sphereface": Option("10:2", "scale:margin pairs"), "normface": Option("10", "scales"),
            "train_images": Option("50000", "training images used (the first N of the train split)", int),
+           "avx2": Option("false", "also time each candidate on this CPU's AVX2 kernels (a subprocess) and "
+                           "print the ratio", bool),
            "out": Option("results/bench/toy_recipe.json", "where the measurements are added")}
+# ATen's and oneDNN's AVX2 kernels on an AVX-512 CPU (as tests/golden.py checks the AVX2 numerics)
+FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def head_settings(loss: str, opts: dict) -> list[dict]:
@@ -68,6 +75,20 @@ def one(loss: str, dim: int, width: int, lr: float, batch: int, epochs: int, hea
             "kernels": machine(device)["kernels"], "made_by": code_identity()["git_commit"]}
 
 
+def on_avx2_kernels(r: dict, train_images: int) -> dict:
+    """The same candidate again in a subprocess that runs AVX2 kernels: its seconds and the slowdown."""
+    head = f"{r['scale']:g}" + (f":{r['margin']:g}" if "margin" in r else "") if "scale" in r else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = [f"--losses={r['loss']}", f"--dims={r['dim']}", f"--widths={r['width']}", f"--lrs={r['lr']}",
+                f"--batch_sizes={r['batch_size']}", f"--epochs={r['epochs']}", f"--train_images={train_images}",
+                *([f"--{r['loss']}={head}"] if head else []), f"--out={Path(tmp) / 'avx2.json'}"]
+        subprocess.run([sys.executable, "-m", "bench.toy_recipe", *args], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, **FORCED_AVX2}, cwd=Path(__file__).resolve().parents[1])
+        other = json.loads((Path(tmp) / "avx2.json").read_text())["candidates"][0]
+    return {"seconds_on": {r["kernels"]: r["seconds"], other["kernels"]: other["seconds"]},
+            "slowdown_on_avx2_kernels": round(other["seconds"] / r["seconds"], 2)}
+
+
 def main(argv: list[str]) -> None:
     opts, rest = split(argv, OPTIONS)
     if rest:
@@ -84,6 +105,8 @@ def main(argv: list[str]) -> None:
                     for batch in comma_list("batch_sizes", opts["batch_sizes"], int):
                         for head in head_settings(loss, opts):
                             r = one(loss, dim, width, lr, batch, opts["epochs"], head, opts["train_images"])
+                            if opts["avx2"] and r["kernels"] != "avx2":
+                                r |= on_avx2_kernels(r, opts["train_images"])
                             print(json.dumps(r), flush=True)
                             report["candidates"].append(r)
                             write_json(out, report)

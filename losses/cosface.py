@@ -19,7 +19,7 @@ SPEC = {
     "name": "cosface", "head": "CosFace", "paper": "Wang et al., CVPR 2018",
     "formula": "s (cos(theta_y) - m)",
     "color": "tab:purple", "grid": True,
-    "toy": {"scale": 10.0, "margin": 0.1},
+    "toy": {"scale": 10.0, "margin": 0.15},
     "params": {
         "scale": {"shared": "scale", "default": 64.0},
         "margin": {"meaning": "additive cosine margin m: the target logit is cos(theta) - m", "unit": "cosine",

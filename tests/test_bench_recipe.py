@@ -104,6 +104,14 @@ def test_toy_recipe_candidates_record_validation_accuracy_per_epoch(tmp_path: Pa
     c = report["candidates"]
     assert [(x["loss"], x.get("margin")) for x in c] == [("softmax", None), ("arcface", 0.1), ("arcface", 0.2)]
     assert all(len(x["val_acc"]) == 2 and all(0 <= a <= 1 for a in x["val_acc"]) for x in c)
-    assert report["machine"]["kernels"] and "git_commit" in report["made_by"]
+    assert report["machine"]["kernels"] and all(x["made_by"] and x["kernels"] for x in c)
+    args = ["--losses=normface", "--epochs=1", "--train_images=512", "--widths=8", "--avx2=true", f"--out={out}"]
+    r = call_module("bench.toy_recipe", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    last = json.loads(out.read_text())["candidates"][-1]
+    if last["kernels"] != "avx2":  # timed again on the AVX2 kernels, side by side
+        assert set(last["seconds_on"]) == {last["kernels"], "avx2"} and last["slowdown_on_avx2_kernels"] > 0
+    else:  # nothing faster to compare with
+        assert "slowdown_on_avx2_kernels" not in last
     r = call_module("bench.toy_recipe", "--epochs=0", f"--out={out}", cwd=tmp_path)
     assert r.returncode == 2 and "--epochs" in r.stderr
