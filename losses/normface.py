@@ -17,7 +17,7 @@ SPEC = {
     "name": "normface", "head": "NormFace", "paper": "Wang et al., ACM MM 2017",
     "formula": "s cos(theta_y)",
     "color": "tab:green", "grid": True,
-    "toy": {"scale": 16.0},
+    "toy": {"scale": 10.0},
     "params": {
         "scale": {"shared": "scale", "default": 30.0}},
 }
