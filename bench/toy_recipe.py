@@ -31,7 +31,7 @@ from utils.core.device import resolve_device
 from utils.core.errors import ConfigError
 from utils.core.io import write_json
 from utils.core.options import Option, comma_list, run_script, split
-from utils.core.provenance import code_identity, machine
+from utils.core.provenance import FORCED_AVX2, code_identity, machine
 from utils.run.experiment import prepare_run
 from utils.training.fit import fit
 
@@ -44,8 +44,6 @@ OPTIONS = {"losses": Option("softmax,arcface", "heads to try"), "dims": Option("
            "avx2": Option("false", "also time each candidate on this CPU's AVX2 kernels (a subprocess) and "
                            "print the ratio", bool),
            "out": Option("results/bench/toy_recipe.json", "where the measurements are added")}
-# ATen's and oneDNN's AVX2 kernels on an AVX-512 CPU (as tests/golden.py checks the AVX2 numerics)
-FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def head_settings(loss: str, opts: dict) -> list[dict]:

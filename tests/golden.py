@@ -27,7 +27,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "golden_quick_debug.json"
 LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 METRICS = ("acc_1nn", "acc_head", "val_acc_1nn", "eer", "eer_threshold", "auc", "tar_at_far")
 HISTORY = ("train_loss", "val_loss", "val_acc", "val_angle_deg")
-FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+sys.path.insert(0, str(ROOT))
+from utils.core.provenance import FORCED_AVX2  # noqa: E402 - the repository is on the path only now
 
 
 def kernel_path() -> str:

@@ -21,6 +21,8 @@ from utils.core.distributed import DistContext
 
 ROOT = Path(__file__).resolve().parents[2]  # utils/core/provenance.py -> the repository
 PRECISION = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# environment that makes ATen and oneDNN take their AVX2 kernels on an AVX-512 CPU
+FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _git(*args: str) -> str | None:
