@@ -1,20 +1,28 @@
-"""The golden quick_debug numbers: what one `--quick_debug=true --amp=off` run of every loss computes.
+"""The golden check: this commit computes the same training numbers as the reference commit, on this machine.
 
-A refactor that changes no number leaves these identical; a change to the training numerics (data
-order, initialisation, a loss formula, the schedule) moves them. Recorded per CPU kernel path, because
-AVX-512 and AVX2 kernels round differently and training amplifies that:
+One `--quick_debug=true --amp=off` run of every loss (fp32, CPU) gives ~100 numbers (metrics and the
+per-epoch history). A refactor that changes no number leaves them identical; a change to the training
+numerics (data order, initialisation, a loss formula, the schedule) moves them. The numbers themselves
+depend on the machine: another CPU, kernel path (AVX-512 or AVX2), thread count or torch version picks
+other kernels that round differently, and training amplifies that. So the reference is a *commit*
+(REFERENCE, before any redesign), and its numbers are computed on the machine that compares, from a
+temporary `git worktree` of that commit, and cached by (commit, machine fingerprint):
 
-    python tests/golden.py --record          # this machine's native path, into tests/fixtures/
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python tests/golden.py --record   # the AVX2 path
-    python tests/golden.py                   # compare with the fixture, print what differs
-    python tests/golden.py --vouch           # compare on every kernel path here; if identical, record this
-                                             # clean commit in results/numerics.json (utils/cli/seeds.py reads it)
+    python tests/golden.py                   # this checkout against the reference, every kernel path here
+    python tests/golden.py --vouch           # the same for HEAD (clean); if identical, record it in
+    python tests/golden.py --vouch=SHA       #   results/numerics.json (utils/cli/seeds.py reads it)
+    python tests/golden.py --record          # compute the reference here and keep it in the fixture
 
-tests/test_golden.py runs the comparison for every kernel path this machine can run.
+tests/fixtures/golden_quick_debug.json holds entries recorded on machines this project ran on; an entry
+serves only a machine with the same fingerprint, never as truth for another one. Entries computed at test
+time go to a cache in the user's cache folder. Without git history (an unpacked archive) nothing can be
+compared and the tests skip, saying why.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import os
 import subprocess
@@ -24,25 +32,47 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "golden_quick_debug.json"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface-mnist" / "golden.json"
+REFERENCE = "9431e89c7604d9be20cb608a0fbe4a72a2173616"  # the last commit before the redesign (issue 24)
 LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 METRICS = ("acc_1nn", "acc_head", "val_acc_1nn", "eer", "eer_threshold", "auc", "tar_at_far")
 HISTORY = ("train_loss", "val_loss", "val_acc", "val_angle_deg")
-sys.path.insert(0, str(ROOT))
-from utils.core.provenance import FORCED_AVX2  # noqa: E402 - the repository is on the path only now
+# ATen and oneDNN take their AVX2 kernels on an AVX-512 CPU under this environment (read at start-up).
+# Written here, not imported: this file also drives the reference commit's tree, whose modules differ.
+FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def kernel_path() -> str:
-    """'avx512', 'avx2', ... as ATen dispatches on this machine under the current environment."""
+class NoHistory(Exception):
+    """The reference commit cannot be checked out here (no git, or no history)."""
+
+
+def fingerprint() -> dict:
+    """What decides which kernels run and how they round: CPU model and flags, threads, torch, kernel path."""
     import torch
 
-    return torch.backends.cpu.get_cpu_capability().lower()
+    flags, cpu = "", "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        import platform
+
+        cpu, flags = platform.processor() or platform.machine(), platform.platform()
+    return {"cpu": cpu, "cpu_flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "kernel_path": torch.backends.cpu.get_cpu_capability().lower()}
 
 
-def measure(losses: tuple[str, ...] = LOSSES) -> dict[str, dict]:
-    """Train and evaluate each loss with quick_debug in fp32 on the CPU; the numbers that must not move."""
-    sys.path.insert(0, str(ROOT))
+def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, dict]:
+    """Train and evaluate each loss with quick_debug in fp32 on the CPU with the code in `root`."""
+    if str(root) not in sys.path[:1]:
+        sys.path.insert(0, str(root))
     import main
 
+    assert Path(main.__file__).resolve().parent == Path(root).resolve(), f"imported {main.__file__}, not {root}"
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for loss in losses:
@@ -63,17 +93,101 @@ def measure(losses: tuple[str, ...] = LOSSES) -> dict[str, dict]:
     return out
 
 
-def in_subprocess(env: dict[str, str]) -> tuple[str, dict]:
-    """(kernel path, measurements) from a fresh interpreter with `env` added: ATen reads the capability
-    once, at start-up."""
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import golden; "
-            "print(json.dumps([golden.kernel_path(), golden.measure()]))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True,
-                       text=True, timeout=900)
+def _script(env: dict[str, str], *args: str, root: Path = ROOT, timeout: int = 900) -> list:
+    """Run this file in a fresh interpreter (ATen reads the kernel path once, at start-up) in `root`."""
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), *args], cwd=root,
+                       env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-2000:])
-    path, numbers = json.loads(r.stdout.strip().splitlines()[-1])
-    return path, numbers
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def probe(env: dict[str, str]) -> dict:
+    """This machine's fingerprint under `env` (seconds: nothing is trained)."""
+    return _script(env, "--fingerprint")
+
+
+def in_subprocess(env: dict[str, str], root: Path = ROOT) -> tuple[dict, dict]:
+    """(fingerprint, numbers) of the code in `root`, measured in a fresh interpreter with `env` added."""
+    fp, numbers = _script(env, "--measure", f"--root={root}", root=root)
+    return fp, numbers
+
+
+def git(*args: str) -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise NoHistory(f"git cannot run here ({e})") from None
+    if r.returncode != 0:
+        raise NoHistory(f"git {' '.join(args[:2])}: {r.stderr.strip()[:200]}")
+    return r.stdout.strip()
+
+
+def full_sha(commit: str) -> str:
+    try:
+        return git("rev-parse", "--verify", f"{commit}^{{commit}}")
+    except NoHistory:
+        raise NoHistory(f"commit {commit[:10]} is not in this checkout's history (an archive or a shallow "
+                        f"clone); clone the repository with its history to run the golden check") from None
+
+
+def _entries(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text()).get("entries", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def cached(commit: str, fp: dict) -> dict | None:
+    """Numbers of `commit` on a machine of fingerprint `fp`: from the fixture, else the user's cache."""
+    for path in (FIXTURE, CACHE):
+        for e in _entries(path):
+            if e.get("commit") == commit and e.get("machine") == fp:
+                return e["numbers"]
+    return None
+
+
+def store(path: Path, commit: str, fp: dict, numbers: dict) -> None:
+    """Add (or replace) the entry of (commit, fingerprint) in a fixture-shaped file, written atomically."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc.setdefault("about", "golden quick_debug numbers per (commit, machine fingerprint): tests/golden.py")
+    doc["reference"] = REFERENCE
+    kept = [e for e in doc.get("entries", []) if not (e.get("commit") == commit and e.get("machine") == fp)]
+    doc["entries"] = [*kept, {"commit": commit, "machine": fp, "recorded": str(datetime.date.today()),
+                              "numbers": numbers}]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def numbers_of(commit: str, env: dict[str, str]) -> tuple[dict, dict]:
+    """(fingerprint, numbers) of `commit` here under `env`: cached, or trained from a temporary worktree."""
+    commit = full_sha(commit)
+    fp = probe(env)
+    hit = cached(commit, fp)
+    if hit is not None:
+        return fp, hit
+    with tempfile.TemporaryDirectory(prefix="golden-") as tmp:
+        tree = Path(tmp) / "tree"
+        git("worktree", "add", "--detach", "--quiet", str(tree), commit)
+        try:
+            got, numbers = in_subprocess(env, root=tree)
+        finally:
+            git("worktree", "remove", "--force", str(tree))
+    if got != fp:
+        raise RuntimeError(f"the machine changed while measuring: {fp} then {got}")
+    store(CACHE, commit, fp, numbers)
+    return fp, numbers
+
+
+def kernel_envs() -> list[dict[str, str]]:
+    """The native kernel path, and the AVX2 path where this CPU has a better one (forced by environment)."""
+    native = probe({})["kernel_path"]
+    return [{}] if native == "avx2" else [{}, FORCED_AVX2]
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -92,60 +206,75 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def vouch() -> int:
-    """Record HEAD in results/numerics.json when every kernel path this machine runs gives the golden numbers."""
-    sys.path.insert(0, str(ROOT))
-    from utils.core.provenance import code_identity
+def compare(env: dict[str, str], commit: str | None = None) -> tuple[dict, list[str]]:
+    """(fingerprint, differences) between `commit` (None: this checkout as it is) and the reference."""
+    fp, ref = numbers_of(REFERENCE, env)
+    got, numbers = in_subprocess(env) if commit is None else numbers_of(commit, env)
+    if got != fp:
+        raise RuntimeError(f"the machine changed while measuring: {fp} then {got}")
+    return fp, differences(ref, numbers)
 
-    code = code_identity()
-    if code["git_commit"] is None or code["git_dirty"]:
-        print("vouch needs a clean checkout of a commit (commit or stash your changes first)")
+
+def vouch(commit: str = "HEAD") -> int:
+    """Record `commit` in results/numerics.json when every kernel path here gives the reference's numbers."""
+    sha = full_sha(commit)
+    if commit == "HEAD" and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"):
+        print("vouch needs a clean checkout of a commit (commit or stash your changes first), or --vouch=SHA")
         return 2
-    fixture, checked = json.loads(FIXTURE.read_text()), []
-    envs = [{}] + ([FORCED_AVX2] if kernel_path() != "avx2" else [])
-    for env in envs:
-        path, numbers = in_subprocess(env)
-        if path in checked or path not in fixture:
-            continue
-        diff = differences(fixture[path]["numbers"], numbers)
+    checked, fps = [], []
+    for env in kernel_envs():
+        fp, diff = compare(env, sha)
         if diff:
-            print(f"{path} kernel path differs from the golden numbers; not vouched:\n" + "\n".join(diff[:20]))
+            print(f"{sha[:10]} on the {fp['kernel_path']} kernel path differs from {REFERENCE[:10]}; not vouched:\n"
+                  + "\n".join(diff[:20]))
             return 1
-        checked.append(path)
-    if not checked:
-        print("no kernel path of this machine has golden numbers; nothing vouched")
-        return 2
+        checked.append(fp["kernel_path"])
+        fps.append(fp)
     out = ROOT / "results" / "numerics.json"
-    record = json.loads(out.read_text()) if out.is_file() else {
-        "about": "commits whose training numerics were checked identical to the golden quick_debug numbers "
-                 "(tests/fixtures/golden_quick_debug.json) by `python tests/golden.py --vouch`; runs of these "
-                 "commits may share one seeds-study summary", "commits": {}}
-    record["commits"][code["git_commit"]] = {"kernel_paths": checked}
+    record = json.loads(out.read_text())
+    entry = record["commits"].setdefault(sha, {})
+    entry["kernel_paths"] = sorted(set(entry.get("kernel_paths", [])) | set(checked))
+    check = {"reference": REFERENCE, "cpu": fps[0]["cpu"], "cpu_flags": fps[0]["cpu_flags"],
+             "threads": fps[0]["threads"], "torch": fps[0]["torch"], "kernel_paths": checked,
+             "date": str(datetime.date.today())}
+    entry["checks"] = [c for c in entry.get("checks", []) if {**c, "date": None} != {**check, "date": None}] + [check]
     out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"vouched {code['git_commit'][:10]} ({', '.join(checked)}) in {out.relative_to(ROOT)}")
+    print(f"vouched {sha[:10]} ({', '.join(checked)} on {fps[0]['cpu']}, {fps[0]['threads']} threads) "
+          f"in {out.relative_to(ROOT)}")
     return 0
 
 
-def cli() -> int:
+def cli(argv: list[str]) -> int:
     os.environ.setdefault("DATA_ROOT", str(ROOT.parent / "shared" / "data"))
-    if "--vouch" in sys.argv:
-        return vouch()
-    path, numbers = kernel_path(), measure()
-    fixture = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
-    if "--record" in sys.argv:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        fixture[path] = {"recorded_at": commit, "numbers": numbers}
-        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(fixture, indent=1) + "\n")
-        print(f"recorded the {path} kernel path's numbers into {FIXTURE.relative_to(ROOT)}")
+    opts = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "") for a in argv)
+    if "fingerprint" in opts:
+        print(json.dumps(fingerprint()))
         return 0
-    if path not in fixture:
-        print(f"no golden numbers for the {path} kernel path; record them with --record")
+    if "measure" in opts:
+        root = Path(opts.get("root") or ROOT)
+        print(json.dumps([fingerprint(), measure(root)]))
+        return 0
+    try:
+        if "vouch" in opts:
+            return vouch(opts["vouch"] or "HEAD")
+        if "record" in opts:
+            for env in kernel_envs():
+                fp, numbers = numbers_of(REFERENCE, env)
+                store(FIXTURE, REFERENCE, fp, numbers)
+                print(f"recorded {REFERENCE[:10]} on {fp['cpu']} ({fp['kernel_path']}, {fp['threads']} threads) "
+                      f"in {FIXTURE.relative_to(ROOT)}")
+            return 0
+        worst = 0
+        for env in kernel_envs():
+            fp, diff = compare(env)
+            print("\n".join(diff) if diff else f"identical to {REFERENCE[:10]} ({fp['kernel_path']} kernel path, "
+                  f"{fp['cpu']}, {fp['threads']} threads)")
+            worst = max(worst, 1 if diff else 0)
+        return worst
+    except NoHistory as e:
+        print(f"cannot compare: {e}")
         return 2
-    diff = differences(fixture[path]["numbers"], numbers)
-    print("\n".join(diff) if diff else f"identical to the golden numbers ({path} kernel path)")
-    return 1 if diff else 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli(sys.argv[1:]))
