@@ -155,7 +155,9 @@ def write_digits(root: Path) -> Path:
 
 @needs_mnist
 def test_the_same_digit_from_the_wild_embeds_alike(compared: Path, tmp_path: Path) -> None:
-    """28 px grey PNG, 200 px RGB JPEG, and inverted (dark ink on light paper): within cosine 0.95."""
+    """28 px grey PNG, 200 px RGB JPEG and an inverted copy (dark ink on light paper) become the same network
+    input, so they embed alike by construction, on any CPU: the inverted copy exactly, the enlarged JPEG
+    within a few grey levels. (A cosine threshold on a barely trained model would test the kernels instead.)"""
     from conftest import mnist_root
 
     from utils.data.loading import load_idx_dataset
@@ -167,10 +169,14 @@ def test_the_same_digit_from_the_wild_embeds_alike(compared: Path, tmp_path: Pat
         Image.fromarray(digit).resize((200, 200), Image.BICUBIC).convert("RGB").save(tmp_path / f"{i}.jpg",
                                                                                      quality=90)
         Image.fromarray(255 - digit).save(tmp_path / f"{i}_inv.png")
-        e = rec.embed([tmp_path / f"{i}.png", tmp_path / f"{i}.jpg", tmp_path / f"{i}_inv.png"])
-        assert (e @ e.T).min() >= 0.95, (i, e @ e.T)
+        png, jpg, inv = rec.load([tmp_path / f"{i}.png", tmp_path / f"{i}.jpg", tmp_path / f"{i}_inv.png"])
+        assert np.array_equal(png, inv), i  # polarity is undone exactly
+        gap = np.abs(png.astype(float) - jpg.astype(float))
+        assert gap.mean() < 8 and np.corrcoef(png.ravel(), jpg.ravel())[0, 1] > 0.97, (i, gap.mean())
+        e = rec.embed(np.stack([png, inv]))
+        assert np.array_equal(e[0], e[1])  # the same input, the same embedding
         # an MNIST digit is already size-normalised and centred: MNIST's own normalisation barely moves it
-        assert np.abs(rec.load([tmp_path / f"{i}.png"])[0].astype(float) - digit).mean() < 3
+        assert np.abs(png.astype(float) - digit).mean() < 3
 
 
 @needs_mnist
