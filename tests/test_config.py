@@ -77,3 +77,16 @@ def test_every_command_parses_options_with_the_one_parser() -> None:
         text = path.read_text()
         assert "argparse" not in text and "script_args" not in text, path.name
         assert not re.search(r"in \(\"true\", \"false\"\)", text), path.name  # a private boolean parser
+
+
+def test_a_quick_debug_run_never_writes_into_the_published_results() -> None:
+    """`compare --quick_debug=true` once replaced the committed results/resnet18_*/ and DET.png with a tiny run."""
+    p = resolve(TrainArcFaceParams(), {"quick_debug": True})
+    assert (p.results_dir, p.ckpt_dir) == ("results/quick_debug", "ckp/quick_debug")
+    study = resolve(TrainArcFaceParams(), {"quick_debug": True, "results_dir": "results/seeds",
+                                           "ckpt_dir": "ckp/seeds"})
+    assert (study.results_dir, study.ckpt_dir) == ("results/quick_debug/seeds", "ckp/quick_debug/seeds")
+    assert resolve(study, {}).results_dir == "results/quick_debug/seeds"  # resolving twice moves nothing
+    own = resolve(TrainArcFaceParams(), {"quick_debug": True, "results_dir": "/tmp/mine"})
+    assert own.results_dir == "/tmp/mine"  # a folder of the user's own is theirs
+    assert resolve(TrainArcFaceParams(), {}).results_dir == "results"

@@ -131,9 +131,20 @@ def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> Tra
     values["preset"] = preset
     if "data_root" not in overrides and os.environ.get("DATA_ROOT"):
         values["data_root"] = os.environ["DATA_ROOT"]
+    if values["quick_debug"]:  # a tiny run never replaces published results: results/quick_debug/...
+        for key in ("results_dir", "ckpt_dir"):
+            values[key] = quick_folder(values[key])
     out = type(params)(**values)
     validate(out)
     return out
+
+
+def quick_folder(folder: str) -> str:
+    """results/<rest> -> results/quick_debug/<rest> (and ckp/ alike); any other folder is the user's own."""
+    parts = Path(folder).parts
+    if parts and parts[0] in ("results", "ckp") and parts[1:2] != ("quick_debug",):
+        return str(Path(parts[0], "quick_debug", *parts[1:]))
+    return folder
 
 
 def share(overrides: dict[str, Any], losses: list[str]) -> list[dict[str, Any]]:
