@@ -18,6 +18,7 @@ from conftest import ROOT, call_main, needs_mnist
 
 COMMON = ["arcface", "--quick_debug=true", "--use_tqdm=false", "--amp=off", "--log_steps=true"]
 OPEN = ["--known_classes=0-5"]  # every rank must take part in the open-set embedding too
+QUICK = Path("results", "quick_debug")  # where quick_debug runs write when no --results_dir is given
 
 
 def torchrun(tmp: Path, *args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -42,14 +43,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     r1 = call_main(*COMMON, *OPEN, "--batch_size=64", cwd=single)
     assert r1.returncode == 0, r1.stderr
     # one set of results, written once (by rank 0), open set included
-    files = sorted(p.relative_to(ddp).as_posix() for p in (ddp / "results").rglob("[!.]*") if p.is_file())
-    assert files == ["results/DET.png", "results/DET_open.png", *(f"results/resnet18_arcface/{f}" for f in (
+    files = sorted(p.relative_to(ddp / QUICK).as_posix() for p in (ddp / QUICK).rglob("[!.]*") if p.is_file())
+    assert files == ["DET.png", "DET_open.png", *(f"resnet18_arcface/{f}" for f in (
         "eval.npz", "failures.json", "far_frr.csv", "far_frr_open.csv", "history.csv", "loss.png", "metrics.json",
         "params.json", "train_steps.csv"))]
     assert r.stdout.count("resnet18_arcface: 1-NN acc") == 1
-    md, ms = (json.loads((d / "results" / "resnet18_arcface" / "metrics.json").read_text()) for d in (ddp, single))
+    md, ms = (json.loads((d / QUICK / "resnet18_arcface" / "metrics.json").read_text()) for d in (ddp, single))
     assert md["open_set"]["n_query"] == ms["open_set"]["n_query"] > 0
-    a, b = step_losses(ddp / "results"), step_losses(single / "results")
+    a, b = step_losses(ddp / QUICK), step_losses(single / QUICK)
     assert len(a) == len(b) == 4
     # Same samples, augmentation, global BatchNorm statistics and averaged gradients: the first
     # losses agree to float rounding; Adam then amplifies rounding differences, so only the first 3.
@@ -89,7 +90,7 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path: Path) -> None:
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0, err.decode()[-2000:]
-    assert not (tmp_path / "results" / "resnet18_arcface" / "metrics.json").exists()
+    assert not (tmp_path / QUICK / "resnet18_arcface" / "metrics.json").exists()
 
 
 def test_global_batchnorm_equals_batchnorm_single_process() -> None:
