@@ -38,12 +38,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import input_channels
 from trainArcFace import TrainArcFaceParams
 from utils.core.config import TrainParams, recorded, resolve
-from utils.core.device import amp_dtype, cpu_has_native_bf16, uses_channels_last
+from utils.core.device import amp_dtype, cpu_has_native_bf16
 from utils.core.io import write_json
 from utils.core.options import Option, refuse_rest, run_script, split
 from utils.core.provenance import cpu_model
 from utils.data.loading import dataset_stats, load_idx_dataset
 from utils.run.experiment import build_models
+from utils.training import tuning
 from utils.training.engine import TrainNet
 from utils.training.engine import train_one_epoch as engine_epoch
 from utils.training.fit import make_optimizer, make_scheduler
@@ -71,8 +72,7 @@ def time_engine(params: TrainParams, data: dict, steps: int, compile_net: bool =
     """images/s of the engine's training loop over `steps` batches (after 2 warm-up batches)."""
     device = torch.device("cpu")
     model, head = build_models(params, device)
-    if uses_channels_last(params.channels_last, device, params.amp):
-        model = model.to(memory_format=torch.channels_last)
+    model = tuning.apply(model, params)
     net = TrainNet(model, head)
     if compile_net:
         net = torch.compile(net)
@@ -95,7 +95,7 @@ def time_naive(params: TrainParams, steps: int) -> float:
     tf = T.Compose([T.RandomAffine(10, (0.1, 0.1), (0.9, 1.1)), T.Resize(params.img_size), T.ToTensor(),
                     T.Normalize((0.1307,), (0.3081,))])
     ds = MNIST(params.data_root, train=True, download=True, transform=tf)
-    loader = torch.utils.data.loading.DataLoader(ds, batch_size=params.batch_size, shuffle=True, num_workers=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=params.batch_size, shuffle=True, num_workers=0)
     model, head = build_models(params, torch.device("cpu"))
     opt = make_optimizer(params, model, head)
     it = iter(loader)
@@ -208,18 +208,21 @@ def main(argv: list[str]) -> None:
     configs = [("naive: PIL + DataLoader, fp32, NCHW", dataclasses.replace(base, amp="off"), "naive")]
     # bf16 rows only where the CPU computes bf16 natively: emulated bf16 is several times slower than fp32
     amps = ("fp32", "bf16") if native_bf16 else ("fp32",)
-    configs += [(f"engine default preset, {amp}, {'NHWC' if cl else 'NCHW'}",
-                 dataclasses.replace(base, amp="bf16" if amp == "bf16" else "off", channels_last=str(cl).lower()),
-                 "engine") for amp in amps for cl in (False, True)]
+    configs += [(f"engine default preset, {amp}, {'NHWC' if cl else 'NCHW'}{', tiny maps as matmul' if tiny else ''}",
+                 dataclasses.replace(base, amp="bf16" if amp == "bf16" else "off", channels_last=str(cl).lower(),
+                                     tiny_conv=str(tiny).lower()),
+                 "engine") for amp in amps for cl in (False, True) for tiny in (False, True)]
     if not native_bf16:
         print("no native bf16 on this CPU: bf16 rows skipped (amp=auto trains in fp32 here)")
     if opts["compile"]:
         configs.append((f"engine default preset, {amps[-1]}, NCHW, torch.compile",
-                        dataclasses.replace(base, amp="bf16" if native_bf16 else "off", channels_last="false"),
+                        dataclasses.replace(base, amp="bf16" if native_bf16 else "off", channels_last="false",
+                                            tiny_conv="false"),
                         "compile"))
     # ImageNet weights cannot be fetched offline: random init, 1-channel stem (conv1 is <1% of the FLOPs)
     orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False,
-                                          "input_mean": mean, "input_std": std})
+                                          "input_mean": mean, "input_std": std, "channels_last": "false",
+                                          "tiny_conv": "false"})
     configs.append(("engine original preset (128 px, 7x7 stem, fp32)", orig, "original"))
 
     rows = []

@@ -73,6 +73,11 @@ def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, di
     import main
 
     assert Path(main.__file__).resolve().parent == Path(root).resolve(), f"imported {main.__file__}, not {root}"
+    # Newer code times the layouts once per machine and keeps the fastest (utils/training/tuning.py):
+    # pin the one the reference took on every CPU (NHWC, library convolutions), to compare numerics only.
+    config = Path(root) / "utils" / "core" / "config.py"
+    layout = ["--channels_last=true", "--tiny_conv=false"] if config.is_file() and "tiny_conv" in \
+        config.read_text() else []
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for loss in losses:
@@ -80,7 +85,7 @@ def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, di
             extra = [] if loss in ("softmax", "arcface") else [f"--loss_fuc_type={loss}", f"--model_name=golden_{loss}"]
             extra += ["--margin=4"] if loss == "sphereface" else []  # an integer multiplier there
             rc = main.main([cmd, "--quick_debug=true", "--amp=off", "--device=cpu", "--use_tqdm=false",
-                            f"--results_dir={tmp}/results", f"--ckpt_dir={tmp}/ckp", *extra])
+                            f"--results_dir={tmp}/results", f"--ckpt_dir={tmp}/ckp", *layout, *extra])
             if rc != 0:
                 raise SystemExit(f"golden run of {loss} failed (exit {rc})")
             name = f"golden_{loss}" if extra else f"resnet18_{loss}"

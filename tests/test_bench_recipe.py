@@ -46,8 +46,8 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
     seen: dict = {}
     real_prepare, real_embed = br.prepare_run, br.embed
 
-    def prepare(params, device):
-        out = real_prepare(params, device)
+    def prepare(params, device, measure=True):
+        out = real_prepare(params, device, measure)
         seen["splits"] = out[0]
         return out
 
@@ -58,10 +58,13 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
     monkeypatch.setattr(br, "prepare_run", prepare)
     monkeypatch.setattr(br, "embed", embed)
     params = resolve(TrainResnetParams(), {"quick_debug": True, "use_tqdm": False, "ckpt_dir": str(tmp_path)})
-    r = br.train_and_score(params)
+    r = br.train_and_score(params, per_epoch=True)
     s = seen["splits"]
-    assert [x is s.val_x or x is s.train_x for x in seen["embedded"]] == [True, True]
+    # after the one quick_debug epoch, then the best checkpoint: validation queries against the train gallery
+    assert [x is s.val_x or x is s.train_x for x in seen["embedded"]] == [True] * 4
     assert 0 <= r["val_acc_1nn"] <= 1
+    assert [e["epoch"] for e in r["epochs"]] == [1] and 0 <= r["epochs"][0]["val_eer"] <= 1
+    assert r["precision"] in ("fp32", "bf16") and r["machine"]["kernels"] and r["tiny_conv"] in ("true", "false")
 
 
 @needs_mnist

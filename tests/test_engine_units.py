@@ -139,3 +139,44 @@ def test_native_bf16_needs_the_flags_and_kernels_that_use_them(monkeypatch: pyte
         device.cpu_has_native_bf16.cache_clear()
         assert device.cpu_has_native_bf16() is native, kernels
     device.cpu_has_native_bf16.cache_clear()
+
+
+def test_onecycle_rises_then_falls_linearly_to_zero() -> None:
+    p = resolve(TrainArcFaceParams(), {"schedule": "onecycle", "total_epochs": 2, "warmup_epochs": 0.5})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = fit_mod.make_scheduler(p, opt, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert lrs[5:] == pytest.approx([1 - k / 15 for k in range(15)])  # linear, reaching 0 at the end
+
+
+def test_augmentation_strength_and_label_smoothing_reach_the_step() -> None:
+    """Default strength = the former fixed augmentation, bit for bit; zero strength = no augmentation;
+    label smoothing changes the training loss of the same batches."""
+    from conftest import tiny_run
+
+    from utils.data.loading import augmentation_table, prepare_batch
+
+    x = torch.randint(0, 255, (6, 28, 28), dtype=torch.uint8)
+    table = augmentation_table(6, 0, 0)
+    cpu = torch.device("cpu")
+    assert torch.equal(prepare_batch(x, 28, 1, cpu, aug=table),
+                       prepare_batch(x, 28, 1, cpu, aug=table, strength=(10.0, 0.1, 0.1)))
+    torch.testing.assert_close(prepare_batch(x, 28, 1, cpu, aug=table, strength=(0.0, 0.0, 0.0)),
+                               prepare_batch(x, 28, 1, cpu), atol=1e-5, rtol=0)
+    shift_only = prepare_batch(x, 28, 1, cpu, aug=table, strength=(0.0, 0.1, 0.0))
+    assert not torch.allclose(shift_only, prepare_batch(x, 28, 1, cpu))
+    losses = []
+    for smoothing in (0.0, 0.2):
+        params, splits, model, head = tiny_run(8, 40, 32, label_smoothing=smoothing)
+        net = engine.TrainNet(model, head)
+        opt = fit_mod.make_optimizer(params, model, head)
+        losses.append(engine.train_one_epoch(net, opt, fit_mod.make_scheduler(params, opt, 4), splits.train_x,
+                                             splits.train_y, params, cpu, 0))
+    assert losses[0] != losses[1]
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        resolve(TrainArcFaceParams(), {"label_smoothing": 1.0})

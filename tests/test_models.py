@@ -63,3 +63,47 @@ def test_the_toy_network_gives_signed_features_of_its_dimension(dim: int) -> Non
     assert sum(p.numel() for p in net.parameters()) < 400_000  # a toy: far below ResNet18's 11 M
     with pytest.raises(ValueError, match="available: resnet18, toy"):
         get_model("vgg")
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,pad,side", [
+    (512, 512, 3, 1, 1, 2),   # layer4 at 28 px: a 2x2 map
+    (256, 512, 3, 2, 1, 4),   # layer4's first, strided
+    (256, 512, 1, 2, 0, 4),   # its 1x1 projection
+    (8, 16, 3, 1, 1, 5),      # odd map
+    (4, 6, 3, 2, 1, 7),
+])
+def test_matmul_convolution_equals_the_library_in_float64(cin: int, cout: int, k: int, stride: int, pad: int,
+                                                          side: int) -> None:
+    """Forward and both gradients of MatmulConv2d against F.conv2d, in float64, NCHW and NHWC input."""
+    from models.matmul_conv import MatmulConv2d, to_matmul
+
+    torch.manual_seed(0)
+    lib = torch.nn.Conv2d(cin, cout, k, stride, pad, bias=False).double()
+    mm = to_matmul(lib)
+    assert isinstance(mm, MatmulConv2d) and mm.weight is lib.weight
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(3, cin, side, side, dtype=torch.float64).contiguous(memory_format=layout)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = lib(xa), mm(xb)
+        torch.testing.assert_close(yb, ya, rtol=1e-12, atol=1e-12)
+        g = torch.randn_like(ya)
+        ga = torch.autograd.grad(ya, (xa, lib.weight), g)
+        gb = torch.autograd.grad(yb, (xb, mm.weight), g)
+        for a, b in zip(ga, gb, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_matmul_convolution_keeps_the_state_dict_and_the_parameters() -> None:
+    """Swapped in place: the same keys and Parameter objects (optimiser and EMA stay valid), same output."""
+    from models.matmul_conv import MatmulConv2d, swap
+
+    torch.manual_seed(0)
+    net = get_model("resnet18", 32).eval()
+    x = torch.randn(2, 1, 28, 28)
+    before, params = net(x), list(net.parameters())
+    keys = list(net.state_dict())
+    names = {n for n, m in net.named_modules() if n.startswith("trunk.layer4") and isinstance(m, torch.nn.Conv2d)}
+    assert swap(net, names) == 5  # four 3x3 and the 1x1 projection
+    assert sum(isinstance(m, MatmulConv2d) for m in net.modules()) == 5
+    assert list(net.state_dict()) == keys and all(a is b for a, b in zip(params, net.parameters(), strict=True))
+    torch.testing.assert_close(net(x), before, rtol=1e-4, atol=1e-4)

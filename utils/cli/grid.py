@@ -44,10 +44,11 @@ BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay":
           "ema_decay": 0.0, "use_tqdm": False}
 # fields that do not change a run's result (or are derived from the data when planned as 0)
 NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval_batch_size", "log_steps",
-                "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tensorboard")
+                "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tiny_conv", "tensorboard")
 # fields added after runs were committed, with the value that reproduces those runs' behaviour
 # (eval_amp: runs before it existed embedded under autocast, bf16 on the CPU that ran them)
-ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True}
+ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True, "aug_degrees": 10.0, "aug_shift": 0.1, "aug_scale": 0.1,
+               "label_smoothing": 0.0}
 # fields the grid sets itself for each run
 OWN_FIELDS = ("model_name", "loss_fuc_type", "dataset_name", "seed", "resume")
 MAX_SEEDS = 100

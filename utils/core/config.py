@@ -25,7 +25,7 @@ from utils.core.options import parse_value
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 BACKBONES = ("resnet18", "toy")  # models/__init__.py builds them
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("cosine", "onecycle", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
@@ -57,7 +57,7 @@ class TrainParams:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine: per-step warmup + cosine decay; step: StepLR per epoch
+    schedule: str = "cosine"  # cosine: per-step warmup + cosine decay; onecycle: warm-up + linear decay; step: StepLR
     warmup_epochs: float = 0.5
     step_size: int = 10
     gamma: float = 0.99
@@ -65,8 +65,13 @@ class TrainParams:
     early_stop_epochs: int = 20
     ema_decay: float = 0.995  # > 0: validate, select, evaluate an EMA of the weights (utils/training/ema.py)
     augment: bool = True
+    aug_degrees: float = 10.0  # augmentation strength: rotation up to +-degrees,
+    aug_shift: float = 0.1  # shift up to +-this fraction of the side,
+    aug_scale: float = 0.1  # scale within 1 +- this
+    label_smoothing: float = 0.0  # of the training loss's targets (any head)
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
-    channels_last: str = "auto"  # NHWC: auto (on for fp32 CPU training, where it measured faster), true, false
+    channels_last: str = "auto"  # NHWC: auto (measured on this machine: utils/training/tuning.py), true, false
+    tiny_conv: str = "auto"  # convolutions on maps <= 4x4 as one matrix product: auto (measured), true, false
     eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: docs/en/evaluation.md)
     # --- data ---
     data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
@@ -184,8 +189,13 @@ def validate(p: TrainParams) -> None:
         (p.schedule in SCHEDULES, f"schedule '{p.schedule}' unknown; choose one of {SCHEDULES}."),
         (p.amp in AMP_MODES, f"amp '{p.amp}' unknown; choose one of {AMP_MODES}."),
         (p.channels_last in ("auto", "true", "false"), f"channels_last '{p.channels_last}': use auto, true or false."),
+        (p.tiny_conv in ("auto", "true", "false"), f"tiny_conv '{p.tiny_conv}': use auto, true or false."),
         (0 < p.lr <= 10, f"lr={p.lr} must be in (0, 10] (1e-3 is usual for AdamW)."),
         (0 <= p.weight_decay <= 10, f"weight_decay={p.weight_decay} must be in [0, 10]."),
+        (0 <= p.aug_degrees <= 180, f"aug_degrees={p.aug_degrees} must be in [0, 180]."),
+        (0 <= p.aug_shift <= 0.5, f"aug_shift={p.aug_shift} must be in [0, 0.5] (a fraction of the side)."),
+        (0 <= p.aug_scale < 1, f"aug_scale={p.aug_scale} must be in [0, 1)."),
+        (0 <= p.label_smoothing < 1, f"label_smoothing={p.label_smoothing} must be in [0, 1)."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
         (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),
         (p.embedding_dim >= 2, f"embedding_dim={p.embedding_dim} must be >= 2."),
@@ -320,7 +330,7 @@ FIELD_HELP = {
     "batch_size": "images per training step",
     "lr": "AdamW learning rate",
     "weight_decay": "AdamW weight decay",
-    "schedule": "cosine (per-step warm-up + cosine decay) | step (StepLR per epoch)",
+    "schedule": "cosine (per-step warm-up + cosine decay) | onecycle (warm-up + linear decay to 0) | step (StepLR)",
     "warmup_epochs": "linear warm-up length in epochs (schedule=cosine)",
     "step_size": "epochs between lr steps (schedule=step)",
     "gamma": "lr factor per step (schedule=step)",
@@ -328,8 +338,13 @@ FIELD_HELP = {
     "early_stop_epochs": "stop after this many epochs without a lower validation loss",
     "ema_decay": "weight EMA decay validated, selected and evaluated (0 = off)",
     "augment": "random shifts/rotations of training images (true|false)",
+    "aug_degrees": "augmentation: rotation up to +- this many degrees",
+    "aug_shift": "augmentation: shift up to +- this fraction of the image side",
+    "aug_scale": "augmentation: scale within 1 +- this",
+    "label_smoothing": "label smoothing of the training loss (0 = off; validation loss is always plain)",
     "amp": "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)",
-    "channels_last": "NHWC memory layout: auto | true | false",
+    "channels_last": "NHWC memory layout: auto (the faster here, measured once per machine) | true | false",
+    "tiny_conv": "convolutions on maps <= 4x4 as one matrix product: auto (if faster here, measured) | true | false",
     "eval_amp": "embed for evaluation under autocast too (default fp32; true|false)",
     "data_root": "folder holding MNIST/raw/ (or the identity folders); DATA_ROOT sets it too",
     "known_classes": "train on these classes only (e.g. 0-5), report open-set on the rest; empty = all",

@@ -77,14 +77,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def uses_channels_last(mode: str, device: torch.device, amp: str) -> bool:
-    """'auto': NHWC on CPUs training in fp32, NCHW otherwise.
-
-    Measured with bench/train.py (results/bench/train*.json): fp32 NHWC was 1.11x (AVX-512 EPYC) and
-    1.26x (AVX2 EPYC) faster than NCHW; with native bf16 NHWC was 5 % slower. CUDA keeps NCHW (cuDNN's
-    autotuner already picks good kernels; not measured here)."""
-    if mode != "auto":
-        return mode == "true"
-    return device.type == "cpu" and amp_dtype(device, amp) is None
+    """NHWC for 'true'. A training run resolves 'auto' by measuring both layouts on its machine
+    (utils/training/tuning.py) before it starts; anything that meets 'auto' unresolved keeps NCHW."""
+    return mode == "true"
 
 
 def epoch_rng(seed: int, epoch: int, stream: str) -> np.random.Generator:

@@ -57,6 +57,22 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def cpu_kind() -> str:
+    """The CPU's class for speed: 'amx' (AVX-512 with AMX tiles), 'avx512_bf16' (AVX-512 with native bf16),
+    'avx512', 'avx2' or 'other', read from the CPU's flags (what the kernels in use do is another matter:
+    ATEN_CPU_CAPABILITY can force the AVX2 path on any of them)."""
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    for kind, need in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if need in flags:
+            return kind
+    return "other"
+
+
 def device_description(device: torch.device, ctx: DistContext = distributed.SINGLE) -> str:
     if device.type == "cuda":
         desc = f"cuda ({torch.cuda.get_device_name(device)})"

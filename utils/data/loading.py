@@ -234,14 +234,17 @@ def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,
 
 def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.device,
                   aug: torch.Tensor | None = None, channels_last: bool = False,
-                  mean: float = MEAN, std: float = STD) -> torch.Tensor:
+                  mean: float = MEAN, std: float = STD,
+                  strength: tuple[float, float, float] = (10.0, 0.1, 0.1)) -> torch.Tensor:
     """uint8 [B, H, W] -> normalised float [B, channels, img_size, img_size] on `device`.
 
-    aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation).
+    aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation);
+    strength: (degrees, shift as a fraction of the side, scale change) of random_affine.
     """
     x = x.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
     if aug is not None:
-        x = random_affine(x, aug)
+        deg, shift, zoom = strength
+        x = random_affine(x, aug, deg, shift, (1 - zoom, 1 + zoom))
     if x.shape[-1] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     x = (x - mean) / std

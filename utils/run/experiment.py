@@ -21,7 +21,7 @@ from losses import build_head, registry
 from models import get_model
 from utils.core import distributed
 from utils.core.config import TrainParams, parse_classes, recorded
-from utils.core.device import resolve_device, seed_everything, uses_channels_last
+from utils.core.device import resolve_device, seed_everything
 from utils.core.distributed import DistContext, barrier
 from utils.core.errors import ChanceLevel, CheckpointError, TrainingInterrupted
 from utils.core.io import (
@@ -39,6 +39,7 @@ from utils.data.loading import Splits, input_card, load_splits
 from utils.run import rundir
 from utils.run.evaluate import draw_det, evaluate, write_results
 from utils.scoring import plots
+from utils.training import tuning
 from utils.training.fit import fit
 
 if TYPE_CHECKING:
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 CKPT_KEYS = ("model_name", "loss_fuc_type", "n_class", "embedding_dim", "stem", "img_size", "pretrained",
              "dataset_name", "known_classes")
 # fields a resume may change: they cannot change the training trajectory (every other field must match)
-RESUME_FREE = ("use_tqdm", "device", "channels_last", "eval_batch_size", "results_dir", "ckpt_dir", "resume",
-               "data_root", "log_steps", "hist_bins", "tensorboard")
+RESUME_FREE = ("use_tqdm", "device", "channels_last", "tiny_conv", "eval_batch_size", "results_dir", "ckpt_dir",
+               "resume", "data_root", "log_steps", "hist_bins", "tensorboard")
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_acc", "val_angle_deg", "lr", "seconds"]
 
 
@@ -65,17 +66,17 @@ def build_models(params: TrainParams, device: torch.device) -> tuple[torch.nn.Mo
     return model.to(device), head.to(device)
 
 
-def prepare_run(params: TrainParams, device: torch.device) -> tuple[Splits, TrainParams, torch.nn.Module,
-                                                                   torch.nn.Module]:
+def prepare_run(params: TrainParams, device: torch.device, measure: bool = True) -> tuple[
+        Splits, TrainParams, torch.nn.Module, torch.nn.Module]:
     """Seed, load and split the data, build model and head: the start every training run shares.
 
-    Returns params with the data set's pixel statistics filled in."""
+    Returns params with the data set's pixel statistics filled in and channels_last / tiny_conv resolved
+    ('auto': the faster on this machine, measured once and cached unless `measure` is off)."""
     seed_everything(params.seed)
     splits, params = load_splits(params)
     model, head = build_models(params, device)
-    if uses_channels_last(params.channels_last, device, params.amp):
-        model = model.to(memory_format=torch.channels_last)
-    return splits, params, model, head
+    params, _ = tuning.choose(params, device, measure)
+    return splits, params, tuning.apply(model, params), head
 
 
 def load_weights(model: torch.nn.Module, head: torch.nn.Module, state: dict, averaged: bool = True) -> None:
@@ -238,7 +239,7 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
     _stage(train, ckpt, results, src, resume_state, ctx)
     barrier(ctx)
-    splits, params, model, head = prepare_run(params, device)
+    splits, params, model, head = prepare_run(params, device, measure=not ctx.enabled)
     if ctx.is_main:
         say(f"{'training' if train else 'evaluating'} {params.model_name} ({params.loss_fuc_type}): "
             f"{params.dataset_name}, {len(splits.train_y)} train / {len(splits.val_y)} validation / "
@@ -277,6 +278,7 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
                **summary, "train_seconds": round(summary["train_seconds"], 1),
                "device": device_description(device, ctx), "n_query": len(splits.test_y),
                "n_gallery": len(splits.train_y), "hist_bins": params.hist_bins, "quick_debug": params.quick_debug,
+               "channels_last": params.channels_last, "tiny_conv": params.tiny_conv,
                "thresholds": ev["calibration"]["thresholds"], **provenance}
     if params.known_classes:
         metrics["known_classes"] = params.known_classes

@@ -46,7 +46,8 @@ def model_input(x: torch.Tensor, params: TrainParams, device: torch.device,
     """uint8 images -> the network's input for `params` (channels, size, layout, normalisation)."""
     return prepare_batch(x, params.img_size, input_channels(params.pretrained), device, aug=aug,
                          channels_last=uses_channels_last(params.channels_last, device, params.amp),
-                         mean=params.input_mean, std=params.input_std)
+                         mean=params.input_mean, std=params.input_std,
+                         strength=(params.aug_degrees, params.aug_shift, params.aug_scale))
 
 
 class TrainNet(nn.Module):
@@ -98,7 +99,7 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         xb = model_input(x[idx], params, device, None if aug is None else aug[idx])
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
-            loss = F.cross_entropy(net(xb, yb), yb)
+            loss = F.cross_entropy(net(xb, yb), yb, label_smoothing=params.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -43,7 +43,8 @@ def make_optimizer(params: TrainParams, model: nn.Module, head: nn.Module) -> to
 def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer,
                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """'step': StepLR(step_size, gamma) stepped per epoch (the original).
-    'cosine': linear warm-up then cosine decay to 0 over total_epochs, stepped per batch."""
+    'cosine': linear warm-up then cosine decay to 0 over total_epochs, stepped per batch.
+    'onecycle': linear warm-up then linear decay to 0 (the triangular one-cycle of speed recipes), per batch."""
     if params.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, params.step_size, params.gamma)
     total = max(1, params.total_epochs * steps_per_epoch)
@@ -52,7 +53,8 @@ def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer,
     def factor(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        done = min(1.0, (step - warm) / max(1, total - warm))
+        return 1.0 - done if params.schedule == "onecycle" else 0.5 * (1 + math.cos(math.pi * done))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

@@ -1,0 +1,126 @@
+"""How the network runs fastest on this machine, measured once and cached, never assumed from the CPU's name.
+
+Two choices move a CPU training step by up to several times and depend on the CPU, the precision and
+the thread count: the memory layout (NCHW or NHWC: NHWC was 1.11x faster in fp32 on an AMD AVX-512 EPYC,
+1.26x on an AVX2 EPYC and 17 % slower on an Intel Xeon with AMX) and whether the convolutions on tiny
+maps (4x4 and smaller) run as one matrix product (models/matmul_conv.py). `--channels_last=auto` and
+`--tiny_conv=auto` time one forward + backward pass of the run's network at its precision and input size
+under each combination and keep the fastest; a value set by hand is kept. The answer is cached per
+machine (CPU model and flags, threads, torch, kernel path) in the user's cache folder, so every run of a
+machine makes the same choice and computes the same numbers; metrics.json records it.
+
+Not measured (a fixed NCHW, library choice): CUDA, where cuDNN's autotuner chooses, and torchrun
+processes without a cached answer, which would time each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models import get_model, input_channels
+from models.matmul_conv import convertible, swap
+from utils.core.config import TrainParams
+from utils.core.device import amp_dtype, autocast
+from utils.core.progress import say
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface-mnist" / "tuning.json"
+TINY_SIDE = 4  # convolutions whose input map is at most 4x4 are candidates for the matrix product
+COMBOS = ((False, False), (True, False), (False, True), (True, True))  # (channels_last, tiny_conv)
+
+
+def machine_key() -> str:
+    flags = ""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        pass
+    name = torch.backends.cpu.get_cpu_capability()
+    return hashlib.sha256(f"{flags}|{torch.get_num_threads()}|{torch.__version__}|{name}".encode()).hexdigest()[:16]
+
+
+def tiny_convs(model: nn.Module, params: TrainParams) -> set[str]:
+    """Names of the convolutions that see a map of at most TINY_SIDE x TINY_SIDE at the run's input size."""
+    seen: set[str] = set()
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.add(n) if max(i[0].shape[-2:]) <= TINY_SIDE else None)
+             for n, m in model.named_modules() if convertible(m)]
+    was = model.training
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, input_channels(params.pretrained), params.img_size, params.img_size))
+    model.train(was)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def apply(model: nn.Module, params: TrainParams) -> nn.Module:
+    """The network laid out and computed as params say (channels_last / tiny_conv already resolved)."""
+    if params.tiny_conv == "true":
+        swap(model, tiny_convs(model, params))
+    return model.to(memory_format=torch.channels_last) if params.channels_last == "true" else model
+
+
+def _time(params: TrainParams, cl: bool, tiny: bool, batch: int, reps: int) -> float:
+    p = dataclasses.replace(params, channels_last=str(cl).lower(), tiny_conv=str(tiny).lower())
+    net = apply(get_model(p.backbone_type, p.embedding_dim, p.stem, p.pretrained), p).train()
+    x = torch.randn(batch, input_channels(p.pretrained), p.img_size, p.img_size)
+    x = x.contiguous(memory_format=torch.channels_last) if cl else x
+    dtype = amp_dtype(torch.device("cpu"), p.amp)
+    best = float("inf")
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        with autocast(torch.device("cpu"), dtype):
+            out = net(x)
+        out.float().square().mean().backward()
+        if i:  # the first pass warms oneDNN's kernel caches
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _load() -> dict:
+    try:
+        return json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def choose(params: TrainParams, device: torch.device, measure: bool = True) -> tuple[TrainParams, dict]:
+    """params with channels_last and tiny_conv resolved to 'true'/'false', and how they were chosen."""
+    wanted = {"channels_last": params.channels_last, "tiny_conv": params.tiny_conv}
+    if "auto" not in wanted.values():
+        return params, {**wanted, "source": "set"}
+    if device.type != "cpu" or params.backbone_type != "resnet18":
+        fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
+        return dataclasses.replace(params, **fixed), {**fixed, "source": "default (not measured here)"}
+    batch = min(params.batch_size, 128)
+    precision = "bf16" if amp_dtype(device, params.amp) == torch.bfloat16 else "fp32"
+    key = (f"{machine_key()}|{precision}|{params.img_size}|{params.stem}|{params.embedding_dim}|{params.pretrained}"
+           f"|{batch}")
+    cache = _load()
+    if key not in cache:
+        if not measure:
+            fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
+            return dataclasses.replace(params, **fixed), {**fixed, "source": "default (no cached measurement)"}
+        say(f"measuring the fastest layout and convolution path on this machine ({precision}, batch {batch}; once, "
+            f"cached in {CACHE})", False)
+        with torch.random.fork_rng():  # the run's own random streams are not touched
+            torch.manual_seed(0)
+            cache = {**_load(), key: {f"{cl}|{tiny}": _time(params, cl, tiny, batch, 2) for cl, tiny in COMBOS}}
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.replace(CACHE)
+    seconds = cache[key]
+    allowed = {c: s for c, s in seconds.items() if all(
+        wanted[k] == "auto" or wanted[k] == v.lower() for k, v in zip(("channels_last", "tiny_conv"), c.split("|"),
+                                                                        strict=True))}
+    cl, tiny = min(allowed, key=allowed.get).split("|")
+    chosen = {"channels_last": cl.lower(), "tiny_conv": tiny.lower()}
+    return dataclasses.replace(params, **chosen), {**chosen, "source": "measured", "seconds_per_pass": seconds}
