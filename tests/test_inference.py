@@ -210,3 +210,23 @@ def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path) -> None:
         assert r.returncode == 2 and match in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "other.npz").read_bytes() == other and not (tmp_path / "x.npz").exists()
+
+
+@needs_mnist
+def test_a_toy_backbone_checkpoint_verifies_and_exports(tmp_path: Path) -> None:
+    """Every backbone get_model builds is rebuilt from its checkpoint (issue 34: the toy one was called damaged)."""
+    r = call_main("softmax", "--backbone_type=toy", "--embedding_dim=32", "--lr=0.01", "--quick_debug=true",
+                  "--use_tqdm=false", "--amp=off", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ckp = tmp_path / "ckp" / "quick_debug"
+    digits = write_digits(tmp_path / "digits")
+    a, b = digits / "test" / "3" / "0.png", digits / "test" / "5" / "0.png"
+    r = call_main("verify", str(a), str(b), "--json=true", "--model_name=resnet18_softmax", f"--ckpt_dir={ckp}",
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)) == VERIFY_KEYS
+    r = call_main("export", f"--out={tmp_path / 'exp'}", "--model_name=resnet18_softmax", f"--ckpt_dir={ckp}",
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    card = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert card["embedding_dim"] == 32 and json.loads((tmp_path / "exp" / "parity.json").read_text())["pass"]

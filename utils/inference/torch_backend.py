@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import Embedder
+from models import get_model
 from utils.core.errors import CheckpointError
 from utils.core.io import evaluation_weights, load_checkpoint
 
@@ -19,7 +19,7 @@ CARD_KEYS = ("input", "thresholds", "far_curve")
 class NormalisedEmbedder(nn.Module):
     """The network as deployed: NCHW float input -> L2-normalised embedding (also the ONNX graph)."""
 
-    def __init__(self, net: Embedder) -> None:
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
@@ -35,7 +35,11 @@ def load_network(path: Path) -> tuple[NormalisedEmbedder, dict]:
         raise CheckpointError(f"{path} has no {', '.join(missing)} (it was trained before thresholds were "
                               f"calibrated); add them with python main.py test --model_name=... first.")
     p, card = state["params"], state["input"]
-    net = Embedder(p["embedding_dim"], p["stem"], in_channels=card["channels"], pretrained=False)
+    try:  # every backbone get_model builds; the weights come from the checkpoint, never a download
+        net = get_model(p.get("backbone_type", "resnet18"), p["embedding_dim"], p["stem"], in_channels=card["channels"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} names a network this code cannot build ({e}); use a checkpoint of "
+                              f"this project's backbones.") from None
     try:
         net.load_state_dict(evaluation_weights(state)["model"])
     except (RuntimeError, KeyError) as e:
