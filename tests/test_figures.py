@@ -94,6 +94,12 @@ def test_figures_says_what_to_run_first(tmp_path: Path, compared_copy: Path) -> 
     r = call_main("figures", f"--results_dir={compared_copy / 'results'}", f"--ckpt_dir={compared_copy / 'ckp'}")
     assert r.returncode == 2 and "lacks eval.npz" in r.stderr
     assert "python main.py test --model_name=resnet18_softmax" in r.stderr
+    # a checkpoint beside another run's evaluation (issue 34: an IndexError) is refused in one line
+    for f in ("metrics.json", "eval.npz", "failures.json"):
+        shutil.copy(compared_copy / "results" / "resnet18_arcface" / f, compared_copy / "results" / "resnet18_softmax")
+    r = call_main("figures", "--toy=false", f"--results_dir={compared_copy / 'results'}",
+                  f"--ckpt_dir={compared_copy / 'ckp'}")
+    assert r.returncode == 2 and "come from different runs" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     (compared_copy / "ckp" / "resnet18_arcface" / "best.pt").write_bytes(b"foreign")
     r = call_main("figures", f"--results_dir={compared_copy / 'results'}", f"--ckpt_dir={compared_copy / 'ckp'}")
     assert r.returncode == 2 and "unreadable" in r.stderr and len(r.stderr.strip().splitlines()) == 1

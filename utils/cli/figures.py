@@ -209,9 +209,16 @@ def model_inputs(name: str, base: TrainParams) -> dict:
     import json
 
     net, state = load_network(ckpt)
+    metrics = json.loads((res / "metrics.json").read_text())
+    # the evaluation writes one calibration into both: different ones mean two runs (a quick_debug
+    # checkpoint beside full results), whose indices and scores would be drawn together wrongly
+    if metrics.get("thresholds") != state.get("thresholds"):
+        raise CheckpointError(f"{ckpt} and {res}/ come from different runs; evaluate the checkpoint again "
+                              f"(python main.py test --model_name={name}) or point --ckpt_dir and --results_dir "
+                              f"at one run.")
     with np.load(res / "eval.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    return {"name": name, "net": net, "state": state, "metrics": json.loads((res / "metrics.json").read_text()),
+    return {"name": name, "net": net, "state": state, "metrics": metrics,
             "arrays": arrays, "failures": json.loads((res / "failures.json").read_text())}
 
 
