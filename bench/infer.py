@@ -116,7 +116,7 @@ def main(argv: list[str]) -> None:
             "exact_search_1m": exact_search_1m(rec.embed(images[:1]).shape[1])}
     if a.onnx:
         ort = Recognizer.from_onnx(a.onnx)
-        rows["cold_verify_seconds"]["onnx"] = cold_verify(*pair, [*common, f"--onnx={a.onnx}"], a.repeats)
+        rows["cold_verify_seconds"]["onnx"] = cold_verify(*pair, [f"--onnx={a.onnx}"], a.repeats)
         rows["embed_images_per_s"]["onnxruntime"] = throughput(ort, images)
     for k, v in rows.items():
         print(f"{k}: " + ", ".join(f"{n} {x:.3g}" for n, x in v.items()))

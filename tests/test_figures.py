@@ -190,3 +190,20 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     monkeypatch.setattr(figs, "TOY_FIT", {**fit_opts, "lr": fit_opts["lr"] / 2})
     figs.toy_figures(base, out, reuse=True)  # saved under another recipe: trained again, not passed off as new
     assert retrained == [("arcface", 2), ("arcface", 3)]
+
+
+def test_det_axes_have_one_tick_style_no_empty_decade_and_a_legend_off_the_curves() -> None:
+    from utils.scoring import plots
+
+    far = np.logspace(-5, 0, 50)  # FRR falls to ~1.4e-4 where FAR reaches 50 %: nothing lives below it
+    frr = np.clip(1e-4 / np.sqrt(far), 0, 1)
+    fig = plots.det_figure([{"label": "a", "far": far, "frr": frr, "eer": 0.01}])
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
+    assert labels and all(t.endswith("%") and "e" not in t for t in labels)
+    lo_y = plots._probit(np.array([frr[far <= 0.5].min() * 0.5]))[0]
+    assert ax.get_ylim()[0] == pytest.approx(lo_y)  # the y axis starts where the curve does
+    assert ax.get_xlim()[0] < plots._probit(np.array([1e-4]))[0]  # the x axis holds the curve's left end
+    legend = ax.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().y0 < ax.get_window_extent().y0  # below the axes
+    plots.close(fig)

@@ -204,9 +204,14 @@ def test_bad_inputs_of_the_commands(compared: Path, tmp_path: Path) -> None:
         (["verify", str(good), str(good), "--far=2"], "out of range"),
         (["verify", str(good), str(good), "--lr=1"], "cannot use '--lr=1'"),
         (["verify", str(good), str(good), "--model_name=nothing"], "no trained model at"),
+        # each command reads its own options and refuses the rest (issues 33 and 34)
+        (["verify", str(good), str(good), "--normalise=mnsit"], "--normalise=mnsit: use auto, fit, mnist"),
+        (["verify", str(good), str(good), "--data_root=x"], "cannot use '--data_root=x'"),
+        (["export", f"--out={tmp_path / 'e'}", "--invert=true"], "cannot use '--invert=true'"),
+        (["verify", str(good), str(good), f"--onnx={tmp_path}", "--model_name=m"], "drop --ckpt_dir, --model_name"),
     ]
     for args, match in cases:
-        r = call_main(*args, *common)
+        r = call_main(*args, *(common if "--onnx" not in str(args) or "--model_name=m" in args else []))
         assert r.returncode == 2 and match in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert (tmp_path / "other.npz").read_bytes() == other and not (tmp_path / "x.npz").exists()
@@ -230,3 +235,24 @@ def test_a_toy_backbone_checkpoint_verifies_and_exports(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     card = json.loads((tmp_path / "exp" / "model.json").read_text())
     assert card["embedding_dim"] == 32 and json.loads((tmp_path / "exp" / "parity.json").read_text())["pass"]
+
+
+@needs_mnist
+def test_normalise_option_overrides_the_model_card(compared: Path, tmp_path: Path) -> None:
+    """--normalise=auto is the card's rule (mnist for MNIST models); fit and mnist prepare a small, off-centre
+    digit differently, so their embeddings differ; auto equals the explicit mnist."""
+    from conftest import mnist_root
+
+    from utils.data.loading import load_idx_dataset
+
+    sheet = np.zeros((120, 120), np.uint8)
+    sheet[5:33, 70:98] = load_idx_dataset(mnist_root(), "mnist")["test_x"][0].numpy()
+    Image.fromarray(sheet).save(tmp_path / "d.png")
+    emb = {}
+    for mode in ("auto", "mnist", "fit"):
+        r = call_main("embed", str(tmp_path / "d.png"), f"--out={tmp_path / mode}.npz", f"--normalise={mode}",
+                      f"--ckpt_dir={compared / 'ckp'}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        with np.load(tmp_path / f"{mode}.npz", allow_pickle=False) as z:
+            emb[mode] = z["embeddings"][0]
+    assert np.array_equal(emb["auto"], emb["mnist"]) and not np.allclose(emb["fit"], emb["mnist"], atol=1e-3)

@@ -110,6 +110,8 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     assert out["summary"]["difference"]["eer"]["mean"] == pytest.approx(sum(eer_diff) / 2)
     assert out["commits"] == [A] and out["amp"] == "fp32"
     assert (tmp / "results" / "seeds" / "DET_seeds.png").stat().st_size > 10_000
+    # the headline picture is the study's, drawn from the same runs
+    assert (tmp / "results" / "DET.png").stat().st_size > 10_000
     assert "McNemar" in (tmp / "results" / "seeds" / "seeds.md").read_text()
 
     stamp = {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs}
@@ -132,14 +134,18 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == A
 
 
-def test_summary_refuses_to_mix_precisions_or_unvouched_commits() -> None:
-    rows = [{"amp": "fp32", "git_commit": A}, {"amp": "bf16", "git_commit": A}]
+def test_summary_refuses_to_mix_precisions_layouts_or_unvouched_commits() -> None:
+    nhwc, nchw = "channels_last=true, tiny_conv=false", "channels_last=false, tiny_conv=false"
+    rows = [{"amp": "fp32", "git_commit": A, "layout": nhwc}, {"amp": "bf16", "git_commit": A, "layout": nhwc}]
     with pytest.raises(study.ConfigError, match="different precisions"):
         study.check_combinable(rows, set())
-    rows = [{"amp": "fp32", "git_commit": A}, {"amp": "fp32", "git_commit": B}]
+    rows = [{"amp": "fp32", "git_commit": A, "layout": nhwc}, {"amp": "fp32", "git_commit": B, "layout": nhwc}]
     with pytest.raises(study.ConfigError, match="--vouch"):
         study.check_combinable(rows, {A})
     study.check_combinable(rows, {A, B})
+    rows[1]["layout"] = nchw  # vouched commits, but the golden check pins the layout: not combinable
+    with pytest.raises(study.ConfigError, match="different layouts"):
+        study.check_combinable(rows, {A, B})
 
 
 def test_runs_record_the_commit_of_this_checkout() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from utils.core.errors import ConfigError
 from utils.core.io import atomic_write
 from utils.core.options import Option, describe, refuse_rest, split
-from utils.data.images import INVERT_MODES, list_images
+from utils.data.images import INVERT_MODES, NORMALISE_MODES, list_images
 from utils.inference.gallery import Gallery, locked
 from utils.inference.recognizer import Recognizer
 
@@ -43,13 +43,21 @@ OPTIONS: dict[str, dict[str, Option]] = {
                "json": Option("false", "print JSON instead of text", bool)},
     "export": {"out": Option(None, "output folder: model.onnx, model.json, parity.json")},
 }
-MODEL_OPTIONS = {
+MODEL_OPTIONS = {  # every command: which checkpoint
     "model_name": Option(None, "the trained model: ckp/<model_name>/best.pt"),
     "ckpt_dir": Option("ckp", "folder of the checkpoints"),
+}
+IMAGE_OPTIONS = {  # the commands that read images: where the network runs and how an image is prepared
     "device": Option("cpu", "cpu | cuda | cuda:N | auto (torch only)"),
-    "onnx": Option("", "use an export folder instead of a checkpoint (needs only onnxruntime)"),
+    "onnx": Option("", "use an export folder instead of a checkpoint (needs only onnxruntime; then --model_name, "
+                       "--ckpt_dir and --device do not apply)"),
     "invert": Option("auto", "image polarity: auto | true | false"),
-    "data_root": Option("", "export: the data whose images the parity check embeds (default DATA_ROOT or ./data)"),
+    "normalise": Option("auto", "how an image is brought to the training images: auto (the model card or "
+                                "reject.json) | fit (whole image into the square) | mnist (ink size-normalised and "
+                                "centred by mass) | mnist_stroke (mnist with the pen made MNIST's width)"),
+}
+EXPORT_OPTIONS = {
+    "data_root": Option("", "the data whose images the parity check embeds (default DATA_ROOT or ./data)"),
 }
 POSITIONAL = {"embed": (1, None), "verify": (2, 2), "enrol": (1, 1), "search": (1, None), "export": (0, 0)}
 USAGE = {"embed": "embed PATH... --out=FILE.npz   images/folders -> L2-normalised embeddings",
@@ -60,7 +68,9 @@ USAGE = {"embed": "embed PATH... --out=FILE.npz   images/folders -> L2-normalise
 
 
 def own_options(command: str, model_name: str) -> dict[str, Option]:
-    return {**MODEL_OPTIONS, "model_name": Option(model_name, MODEL_OPTIONS["model_name"].help), **OPTIONS[command]}
+    """The options `command` reads, and no other (an option it would ignore is refused)."""
+    return {**MODEL_OPTIONS, "model_name": Option(model_name, MODEL_OPTIONS["model_name"].help),
+            **(EXPORT_OPTIONS if command == "export" else IMAGE_OPTIONS), **OPTIONS[command]}
 
 
 def describe_command(command: str, model_name: str) -> str:
@@ -81,8 +91,16 @@ def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], di
     missing = [k for k, v in opts.items() if v is None]
     if missing:
         raise ConfigError(f"{command} needs --{missing[0]}=... (see python main.py {command} --help).")
+    given = {a.split("=", 1)[0][2:] for a in args if a.startswith("--")}
+    if opts.get("onnx") and given & {"model_name", "ckpt_dir", "device"}:
+        raise ConfigError(f"--onnx={opts['onnx']} runs the export with onnxruntime: drop "
+                          f"{', '.join(f'--{k}' for k in sorted(given & {'model_name', 'ckpt_dir', 'device'}))}.")
+    if command == "export":
+        return paths, opts
     if opts["invert"] not in INVERT_MODES:
         raise ConfigError(f"--invert={opts['invert']}: use auto, true or false.")
+    if opts["normalise"] not in ("auto", *NORMALISE_MODES):
+        raise ConfigError(f"--normalise={opts['normalise']}: use auto, {', '.join(NORMALISE_MODES)}.")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts["device"]):
         raise ConfigError(f"--device={opts['device']}: use cpu, cuda, cuda:N or auto.")
     for key in ("out", "gallery"):
@@ -107,14 +125,16 @@ def output_path(key: str, value: str) -> Path:
 
 
 def recognizer(opts: dict[str, str]) -> Recognizer:
-    if opts["onnx"]:
-        return Recognizer.from_onnx(opts["onnx"])
-    import torch  # a checkpoint needs torch: say so before anything else (ModuleNotFoundError -> one line)
+    rec = Recognizer.from_onnx(opts["onnx"]) if opts["onnx"] else None
+    if rec is None:
+        import torch  # a checkpoint needs torch: say so before anything else (ModuleNotFoundError -> one line)
 
-    if opts["device"].startswith("cuda"):
-        if not torch.cuda.is_available():
+        if opts["device"].startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"--device={opts['device']} but CUDA is not available here; use --device=cpu.")
-    return Recognizer.from_checkpoint(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", opts["device"])
+        rec = Recognizer.from_checkpoint(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt", opts["device"])
+    if opts["normalise"] != "auto":  # the user's choice over the card's
+        rec.card = {**rec.card, "normalise": opts["normalise"]}
+    return rec
 
 
 def one_line_warnings() -> None:

@@ -9,7 +9,9 @@ without native bf16 can add runs to one summary. --reuse=true keeps a finished r
 training code match (same commit, or commits that results/numerics.json records as computing the
 golden quick_debug numbers identically: `python tests/golden.py --vouch`), and resumes an
 interrupted one; a run of other code or params is trained again. After every run the summary of the
-finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png}.
+finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png} and results/DET.png (the
+same picture: the headline DET is the study's, every seed visible). Runs of different layouts
+(channels_last, tiny_conv) are never combined: the golden check that vouches commits pins the layout.
 """
 
 from __future__ import annotations
@@ -141,7 +143,9 @@ def load_run(p: TrainParams) -> dict:
     return {"folder": folder.as_posix(), "loss_fuc_type": p.loss_fuc_type, "seed": p.seed, "acc_1nn": m["acc_1nn"],
             "eer": m["eer"], "tar_at_far": m["tar_at_far"], "best_epoch": m["best_epoch"],
             "train_seconds": m["train_seconds"], "git_commit": m.get("git_commit"), "amp": m.get("amp"),
-            "machine": m.get("machine"), "n_query": m["n_query"], "_wrong": wrong}
+            "machine": m.get("machine"), "n_query": m["n_query"], "_wrong": wrong,
+            # runs before the measured layout choice recorded none (they took NHWC on every CPU)
+            "layout": ", ".join(f"{k}={m.get(k, 'unrecorded')}" for k in ("channels_last", "tiny_conv"))}
 
 
 def check_combinable(rows: list[dict], equal: set[str]) -> None:
@@ -150,6 +154,10 @@ def check_combinable(rows: list[dict], equal: set[str]) -> None:
     if len(amps) > 1 or None in amps:
         raise ConfigError(f"the study's runs used different precisions ({sorted(map(str, amps))}); retrain them "
                           f"with one --amp (the study's default is off, fp32).")
+    layouts = {r["layout"] for r in rows}
+    if len(layouts) > 1:  # the golden check pins the layout, so a vouch does not cover a layout change
+        raise ConfigError(f"the study's runs used different layouts ({'; '.join(sorted(layouts))}); retrain them "
+                          f"with one --channels_last and --tiny_conv.")
     commits = {r["git_commit"] for r in rows}
     if None in commits or (len(commits) > 1 and not commits <= equal):
         raise ConfigError(f"the study's runs come from commits {sorted(map(str, commits))}, not all recorded as "
@@ -188,7 +196,8 @@ def write_summary(root: Path, done: list[TrainParams]) -> None:
                                      "amp": rows[0]["amp"]})
     with atomic_write(root / "seeds.md") as f:
         f.write(markdown(public, summary))
-    draw(rows, root / "DET_seeds.png")
+    for out in (root / "DET_seeds.png", root.parent / "DET.png"):  # the headline picture is the study's
+        draw(rows, out)
 
 
 def _pm(s: dict, scale: float = 100, digits: int = 3) -> str:
@@ -242,8 +251,11 @@ def draw(rows: list[dict], out: Path) -> None:
                     "ls": "-"} for r, (far, frr) in zip(mine, got, strict=True)]
         far, frr = median_curve(got)
         eer = spread([r["eer"] for r in mine])
-        curves.append({"label": f"{loss}, median of {len(mine)} seeds; EER {_pm(eer)} %", "far": far, "frr": frr,
-                       "eer": eer["mean"], "color": color, "lw": 2.2, "ls": "-", "legend_eer": False})
-    fig = plots.det_figure(curves, "DET over seeds (thin: one seed each)")
+        curves.append({"label": f"{loss}: median FRR over {len(mine)} seeds at each FAR; EER mean ± std {_pm(eer)} %",
+                       "far": far, "frr": frr, "eer": eer["mean"], "color": color, "lw": 2.2, "ls": "-",
+                       "legend_eer": False})
+        curves[-1 - len(mine)]["label"] = f"{loss}: one seed each (seeds {', '.join(str(r['seed']) for r in mine)})"
+        curves[-1 - len(mine)]["legend_eer"] = False
+    fig = plots.det_figure(curves, "DET over seeds")
     save_figure(fig, out)
     plots.close(fig)

@@ -28,6 +28,7 @@ from utils.core.errors import ImageError
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
 POLARITIES = ("light_on_dark", "dark_on_light", "none")
 INVERT_MODES = ("auto", "true", "false")
+NORMALISE_MODES = ("fit", "mnist", "mnist_stroke")  # how a new image is brought to the training images
 
 
 def read_grey(path: str | Path) -> np.ndarray:
@@ -236,7 +237,9 @@ def load_image(path: str | Path, size: int, polarity: str = "none", invert: str 
 def prepare_grey(grey: np.ndarray, size: int, polarity: str = "none", invert: str = "auto",
                  normalise: str = "fit") -> np.ndarray:
     """`load_image` after decoding: grey float32 [H, W] in [0, 1] -> uint8 [size, size]."""
-    if normalise.startswith("mnist") and polarity != "none":
+    if normalise not in NORMALISE_MODES:  # the one place the rule is read: an unknown name is never 'fit'
+        raise ValueError(f"normalise={normalise!r}: use one of {', '.join(NORMALISE_MODES)}.")
+    if normalise != "fit" and polarity != "none":
         digit = mnist_normalise(paper_and_ink(grey, invert), size, stroke=normalise == "mnist_stroke")
         return 255 - digit if polarity == "dark_on_light" else digit
     if should_invert(grey, invert, polarity):

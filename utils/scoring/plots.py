@@ -25,45 +25,46 @@ def _probit(p: np.ndarray) -> np.ndarray:
 
 
 def _label(p: float) -> str:
-    return f"{p * 100:g}%"
+    """One style for every tick: a percentage written out (0.0001%, 0.1%, 20%), never 1e-06%."""
+    return np.format_float_positional(p * 100, trim="-") + "%"
 
 
 def det_figure(curves: Sequence[dict], title: str = "DET curve") -> Figure:
     """Each curve: {'label' (None: not in the legend), 'far', 'frr', 'eer', optional 'color', 'lw', 'alpha',
     'ls' and 'legend_eer' (False: the label already says the EER)}; FRR against FAR, probit axes.
 
-    The axes span from the smallest non-zero rate any curve reaches (at least 1e-8) up to 50 %,
-    or 95 % when some EER is above 20 %.
+    Each axis spans from the smallest non-zero rate a curve reaches inside the other axis's range (at
+    least 1e-8; no empty decades) up to 50 %, or 95 % when some EER is above 20 %. The legend sits below
+    the axes, where it covers no curve.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 5.8))
-    lo = 1e-4
+    fig, ax = plt.subplots(figsize=(6.4, 6.6))
+    hi = 0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95
+    lo_x = lo_y = 1e-3
     seen: dict[str | None, int] = {}  # curves of the same colour (same loss) get other line styles
     for c in curves:
         far, frr = np.asarray(c["far"]), np.asarray(c["frr"])
-        for rate in (far, frr):
-            nz = rate[rate > 0]
-            if len(nz):
-                lo = min(lo, float(nz.min()))
+        shown_x, shown_y = far[(far > 0) & (frr <= hi)], frr[(frr > 0) & (far <= hi)]
+        lo_x = min(lo_x, float(shown_x.min())) if len(shown_x) else lo_x
+        lo_y = min(lo_y, float(shown_y.min())) if len(shown_y) else lo_y
         n = seen[c.get("color")] = seen.get(c.get("color"), -1) + 1
         label = None if c["label"] is None else c["label"] + (f" (EER {c['eer'] * 100:.3f}%)"
                                                              if c.get("legend_eer", True) else "")
         ax.plot(_probit(far), _probit(frr), color=c.get("color"), lw=c.get("lw", 1.6), alpha=c.get("alpha", 1.0),
                 ls=c.get("ls") or ("-", "--", "-.", ":")[n % 4], label=label)
-    lo = max(lo, 1e-8)
-    hi = 0.5 if max(c["eer"] for c in curves) < 0.2 else 0.95
-    ticks = [t for t in TICKS if lo * 0.5 <= t <= hi]
-    pos = _probit(np.array(ticks))
-    ax.set_xticks(pos, [_label(t) for t in ticks], rotation=35, ha="right")
-    ax.set_yticks(pos, [_label(t) for t in ticks])
-    lim = _probit(np.array([lo * 0.5, hi]))
-    ax.set_xlim(*lim)
-    ax.set_ylim(*lim)
+    for lo, set_ticks, set_lim in ((max(lo_x, 1e-8), ax.set_xticks, ax.set_xlim),
+                                   (max(lo_y, 1e-8), ax.set_yticks, ax.set_ylim)):
+        ticks = [t for t in TICKS if lo * 0.5 <= t <= hi]
+        set_ticks(_probit(np.array(ticks)), [_label(t) for t in ticks])
+        set_lim(*_probit(np.array([lo * 0.5, hi])))
+    ax.tick_params(axis="x", labelrotation=35)
+    lim = _probit(np.array([min(lo_x, lo_y) * 0.5, hi]))
     ax.plot(lim, lim, ls=":", color="grey", lw=0.8)  # FAR = FRR: the EER line
     ax.set_xlabel("False acceptance rate (FAR)")
     ax.set_ylabel("False rejection rate (FRR)")
     ax.set_title(title)
     ax.grid(True, ls="--", alpha=0.4)
-    ax.legend(loc="upper right")
+    if any(c["label"] is not None for c in curves):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize="small", frameon=False)
     fig.tight_layout()
     return fig
 
