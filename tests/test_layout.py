@@ -70,3 +70,26 @@ def test_no_package_file_is_ignored_by_git() -> None:
               for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts]
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "", f"ignored by .gitignore, so missing from every clone:\n{out.stdout}"
+
+
+def test_no_import_circle_between_modules() -> None:
+    """Module-level or not, no chain of project imports leads back to where it started (issue 34)."""
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts): p
+             for top in ("utils", "losses", "models") for p in (ROOT / top).rglob("*.py")}
+    files = {k.removesuffix(".__init__"): v for k, v in files.items()}
+    edges = {m: {n for n in imports(p) if n in files and n != m} for m, p in files.items()}
+    cycles, state = [], dict.fromkeys(files, 0)  # 0 unseen, 1 on the path, 2 done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state[n] == 1:
+                cycles.append(" -> ".join(path[path.index(n):] + [n]))
+            elif state[n] == 0:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(files):
+        if state[m] == 0:
+            visit(m, [m])
+    assert not cycles, "\n".join(cycles)

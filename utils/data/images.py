@@ -157,7 +157,7 @@ def paper_and_ink(grey: np.ndarray, invert: str) -> np.ndarray:
 
 WORK_BOX = 80  # stroke widths are measured and changed with the ink's box scaled to this many pixels
 # MNIST's pen: the median stroke_width() of every tenth digit of MNIST's training file, each box scaled to
-# WORK_BOX: 9.80 px (quartiles 8.16 .. 11.77); python -m utils.data.images measures it again
+# WORK_BOX: 9.80 px (quartiles 8.16 .. 11.77); python -m bench.stroke_width measures it again
 MNIST_STROKE = 9.8
 
 
@@ -279,14 +279,3 @@ def list_images(paths: list[str | Path], skipped: list[str] | None = None) -> li
             raise ImageError(f"{p} not found; give image files or folders of images.")
     return out
 
-
-if __name__ == "__main__":  # measures MNIST_STROKE: python -m utils.data.images [DATA_ROOT]
-    import sys
-
-    from utils.data.loading import read_idx
-
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DATA_ROOT", "./data")) / "MNIST" / "raw"
-    x = read_idx(root / "train-images-idx3-ubyte").numpy()[::10].astype(np.float32) / 255.0
-    widths = [stroke_width(to_box(d, WORK_BOX)) for d in x if d.any()]
-    print(f"MNIST stroke width at a {WORK_BOX} px box: median {np.median(widths):.2f}, quartiles "
-          f"{np.percentile(widths, 25):.2f} .. {np.percentile(widths, 75):.2f} ({len(widths)} training images)")
