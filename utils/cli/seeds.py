@@ -207,7 +207,7 @@ def _pm(s: dict, scale: float = 100, digits: int = 3) -> str:
 
 def markdown(rows: list[dict], summary: dict) -> str:
     """seeds.md: per-seed rows, mean ± std (n), paired differences and McNemar per seed; in %."""
-    lines = ["| loss | seed | 1-NN acc % | EER % | TAR@FAR=1e-3 % | TAR@FAR=1e-4 % | best epoch | commit |",
+    lines = ["| loss | seed | 1-NN acc % | EER % | TAR@FAR=1e-3 % | TAR@FAR=1e-4 % | best epoch (from 1) | commit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["loss_fuc_type"], r["seed"])):
         lines.append(f"| {r['loss_fuc_type']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | "
