@@ -41,7 +41,7 @@ from utils.core.config import TrainParams, recorded, resolve
 from utils.core.device import amp_dtype, cpu_has_native_bf16
 from utils.core.io import write_json
 from utils.core.options import Option, refuse_rest, run_script, split
-from utils.core.provenance import cpu_model
+from utils.core.provenance import code_identity, cpu_kind, cpu_model
 from utils.data.loading import dataset_stats, load_idx_dataset
 from utils.run.experiment import build_models
 from utils.training import tuning
@@ -184,6 +184,7 @@ OPTIONS = {"to_accuracy": Option("0", "time the default ArcFace run until test 1
            "steps": Option("8", "timed steps per configuration", int),
            "original_steps": Option("3", "timed steps of the original recipe", int),
            "compile": Option("true", "also time the torch.compile lever", bool),
+           "batch_size": Option("128", "images per step (the default preset's)", int),
            "out": Option("", "JSON to write (default results/bench/train.json, or time_to_accuracy.json)")}
 
 
@@ -195,7 +196,7 @@ def main(argv: list[str]) -> None:
         return time_to_accuracy(a.to_accuracy, a.out or "results/bench/time_to_accuracy.json", a.max_epochs,
                                 a.max_minutes, evals_per_epoch=a.evals_per_epoch)
     out = Path(a.out or "results/bench/train.json")
-    base = resolve(TrainArcFaceParams(), {"use_tqdm": False})
+    base = resolve(TrainArcFaceParams(), {"use_tqdm": False, "batch_size": a.batch_size})
     data = load_idx_dataset(base.data_root, base.dataset_name)
     mean, std = dataset_stats(base.dataset_name, data["train_x"])
     base = dataclasses.replace(base, input_mean=mean, input_std=std)
@@ -221,6 +222,7 @@ def main(argv: list[str]) -> None:
                         "compile"))
     # ImageNet weights cannot be fetched offline: random init, 1-channel stem (conv1 is <1% of the FLOPs)
     orig = resolve(TrainArcFaceParams(), {"preset": "original", "pretrained": False, "use_tqdm": False,
+                                          "batch_size": a.batch_size,
                                           "input_mean": mean, "input_std": std, "channels_last": "false",
                                           "tiny_conv": "false"})
     configs.append(("engine original preset (128 px, 7x7 stem, fp32)", orig, "original"))
@@ -246,7 +248,8 @@ def main(argv: list[str]) -> None:
                      "fraction_of_peak": gflops / peak})
         print(f"{name:55s} {ips:8.0f} img/s  x{ips / baseline:5.2f}  {gflops:7.0f} GFLOP/s = {gflops / peak:5.1%} "
               f"of {'bf16' if p.amp == 'bf16' else 'fp32'} peak", flush=True)
-    write_json(out, {"cpu": cpu_model(), "threads": torch.get_num_threads(),
+    write_json(out, {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "kernel_path": torch.backends.cpu.get_cpu_capability(),
+                     "made_by": code_identity(), "batch_size": a.batch_size, "threads": torch.get_num_threads(),
                      "matmul_peak_gflops": {"fp32": peak32, "bf16": peak16},
                              "native_bf16": native_bf16, "rows": rows})
     print(f"wrote {out}")

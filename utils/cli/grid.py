@@ -48,7 +48,8 @@ NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval
 # fields added after runs were committed, with the value that reproduces those runs' behaviour
 # (eval_amp: runs before it existed embedded under autocast, bf16 on the CPU that ran them)
 ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True, "aug_degrees": 10.0, "aug_shift": 0.1, "aug_scale": 0.1,
-               "label_smoothing": 0.0}
+               "label_smoothing": 0.0, "outliers": "off", "outlier_fraction": 0.2, "outlier_weight": 0.5,
+               "energy_in": -12.0, "energy_out": -4.0}
 # fields the grid sets itself for each run
 OWN_FIELDS = ("model_name", "loss_fuc_type", "dataset_name", "seed", "resume")
 MAX_SEEDS = 100

@@ -27,6 +27,7 @@ STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible 
 BACKBONES = ("resnet18", "toy")  # models/__init__.py builds them
 SCHEDULES = ("cosine", "onecycle", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+OUTLIER_LOSSES = ("off", "uniform", "energy")
 
 
 
@@ -69,6 +70,11 @@ class TrainParams:
     aug_shift: float = 0.1  # shift up to +-this fraction of the side,
     aug_scale: float = 0.1  # scale within 1 +- this
     label_smoothing: float = 0.0  # of the training loss's targets (any head)
+    outliers: str = "off"  # train with generated non-digits (utils/data/outliers.py): off | uniform | energy
+    outlier_fraction: float = 0.2  # that many generated non-digits per training image
+    outlier_weight: float = 0.5  # weight of the outlier term beside the classification loss
+    energy_in: float = -12.0  # outliers=energy: known images pushed below this energy (-logsumexp of logits),
+    energy_out: float = -4.0  # generated non-digits above this one
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: str = "auto"  # NHWC: auto (measured on this machine: utils/training/tuning.py), true, false
     tiny_conv: str = "auto"  # convolutions on maps <= 4x4 as one matrix product: auto (measured), true, false
@@ -196,6 +202,10 @@ def validate(p: TrainParams) -> None:
         (0 <= p.aug_shift <= 0.5, f"aug_shift={p.aug_shift} must be in [0, 0.5] (a fraction of the side)."),
         (0 <= p.aug_scale < 1, f"aug_scale={p.aug_scale} must be in [0, 1)."),
         (0 <= p.label_smoothing < 1, f"label_smoothing={p.label_smoothing} must be in [0, 1)."),
+        (p.outliers in OUTLIER_LOSSES, f"outliers '{p.outliers}' unknown; choose one of {OUTLIER_LOSSES}."),
+        (0 < p.outlier_fraction <= 1, f"outlier_fraction={p.outlier_fraction} must be in (0, 1]."),
+        (0 <= p.outlier_weight <= 100, f"outlier_weight={p.outlier_weight} must be in [0, 100]."),
+        (p.energy_in < p.energy_out, f"energy_in={p.energy_in} must be below energy_out={p.energy_out}."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
         (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),
         (p.embedding_dim >= 2, f"embedding_dim={p.embedding_dim} must be >= 2."),
@@ -342,6 +352,12 @@ FIELD_HELP = {
     "aug_shift": "augmentation: shift up to +- this fraction of the image side",
     "aug_scale": "augmentation: scale within 1 +- this",
     "label_smoothing": "label smoothing of the training loss (0 = off; validation loss is always plain)",
+    "outliers": "train with generated non-digits mixed into the batches: off | uniform (outlier exposure: a "
+                "uniform target) | energy (squared hinges on the logits' energy)",
+    "outlier_fraction": "generated non-digits per training image (0.2: 10,000 beside MNIST's 50,000)",
+    "outlier_weight": "weight of the outlier term beside the classification loss",
+    "energy_in": "outliers=energy: the energy (-logsumexp of the logits) known images are pushed below",
+    "energy_out": "outliers=energy: the energy generated non-digits are pushed above",
     "amp": "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)",
     "channels_last": "NHWC memory layout: auto (the faster here, measured once per machine) | true | false",
     "tiny_conv": "convolutions on maps <= 4x4 as one matrix product: auto (if faster here, measured) | true | false",

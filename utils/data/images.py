@@ -45,7 +45,7 @@ def read_grey(path: str | Path) -> np.ndarray:
             with Image.open(path) as im:
                 im.load()
                 im = ImageOps.exif_transpose(im) if "exif" in im.info else im
-                return _to_grey(im)
+                return to_grey(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"image {path} has more pixels than PIL's safety limit ({Image.MAX_IMAGE_PIXELS}); "
                          f"downscale it first.") from None
@@ -56,7 +56,8 @@ def read_grey(path: str | Path) -> np.ndarray:
                          f"replace or remove it.") from None
 
 
-def _to_grey(im: Image.Image) -> np.ndarray:
+def to_grey(im: Image.Image) -> np.ndarray:
+    """A decoded image of any mode -> grey float32 [H, W] in [0, 1] (alpha over a contrasting background)."""
     mode = im.mode
     if mode.startswith("I;16"):
         return np.asarray(im, dtype=np.float32) / 65535.0

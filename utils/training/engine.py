@@ -35,6 +35,7 @@ from utils.core.errors import NonFiniteLoss
 from utils.core.progress import Progress, say
 from utils.data.loading import augmentation_table, prepare_batch
 from utils.scoring.metrics import class_centres
+from utils.training.outlier_loss import training_loss
 
 StepHook = Callable[[int, int, float], None]
 PROGRESS_SECONDS = 60.0  # with the bar off, one progress line about this often within an epoch
@@ -53,12 +54,16 @@ def model_input(x: torch.Tensor, params: TrainParams, device: torch.device,
 class TrainNet(nn.Module):
     """Embedder + head as one module, so DDP synchronises the head's (margin) weights too."""
 
-    def __init__(self, model: nn.Module, head: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head: nn.Module, outliers: bool = False) -> None:
         super().__init__()
-        self.model, self.head = model, head
+        self.model, self.head, self.outliers = model, head, outliers
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.head(self.model(x), y)
+        if not self.outliers:
+            return self.head(self.model(x), y)
+        emb = self.model(x)
+        # known images (label >= 0) get the head's margin logits, generated non-digits (-1) its plain ones
+        return torch.where((y >= 0)[:, None], self.head(emb, y.clamp(min=0)), self.head(emb))
 
 
 def epoch_indices(n: int, params: TrainParams, epoch: int, ctx: DistContext) -> torch.Tensor:
@@ -99,7 +104,7 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         xb = model_input(x[idx], params, device, None if aug is None else aug[idx])
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
-            loss = F.cross_entropy(net(xb, yb), yb, label_smoothing=params.label_smoothing)
+            loss = training_loss(net(xb, yb), yb, params)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -21,13 +21,16 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from utils.core import datasets
 from utils.core.config import TrainParams
 from utils.core.device import amp_dtype, data_placement, place, restore_rng, rng_state
 from utils.core.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm
 from utils.core.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
 from utils.core.io import save_checkpoint
 from utils.core.progress import say
+from utils.data.images import polarity_of
 from utils.data.loading import Splits
+from utils.data.outliers import with_outliers
 from utils.training.ema import WeightEMA
 from utils.training.engine import StepHook, TrainNet, train_one_epoch, validate
 
@@ -99,7 +102,7 @@ class Run:
 def prepare(params: TrainParams, model: nn.Module, head: nn.Module, n_train: int, device: torch.device,
             ctx: DistContext, ema: WeightEMA | None) -> Run:
     """Wrap the network, build optimiser, schedule, scaler and (unless handed one) the EMA."""
-    net: nn.Module = TrainNet(model, head)
+    net: nn.Module = TrainNet(model, head, outliers=params.outliers != "off")
     if ctx.enabled:
         if params.sync_bn:
             net = convert_sync_batchnorm(net, device)
@@ -177,10 +180,14 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
     `code` (utils/core/provenance.code_identity) is saved in every checkpoint: a resume can tell which code
     trained the epochs before it.
     """
-    run = prepare(params, model, head, len(splits.train_x), device, ctx, ema)
+    train_x, train_y = splits.train_x, splits.train_y
+    if params.outliers != "off":  # generated non-digits join the training set with label -1
+        train_x, train_y = with_outliers(train_x, train_y, params.outlier_fraction, polarity_of(train_x.numpy()),
+                                         datasets.get(params.dataset_name).normalise, params.data_root, params.seed)
+    run = prepare(params, model, head, len(train_x), device, ctx, ema)
     scored = (run.ema.model, run.ema.head) if run.ema is not None else (run.inner.model, run.inner.head)
-    how = data_placement(splits.train_x.nbytes + splits.val_x.nbytes, device)
-    train_x, val_x = place(splits.train_x, how, device), place(splits.val_x, how, device)
+    how = data_placement(train_x.nbytes + splits.val_x.nbytes, device)
+    train_x, val_x = place(train_x, how, device), place(splits.val_x, how, device)
     if resume_state is not None:
         restore(run, resume_state)
     st = run.state
@@ -212,7 +219,7 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
             epoch, te = st["epoch"], time.perf_counter()
             # the epoch's starting lr, kept through a mid-epoch resume so history.csv matches an uninterrupted run
             partial = st["partial"] or {"step": 0, "loss_sum": 0.0, "lr": run.optimizer.param_groups[0]["lr"]}
-            train_loss = train_one_epoch(run.net, run.optimizer, run.scheduler, train_x, splits.train_y, params,
+            train_loss = train_one_epoch(run.net, run.optimizer, run.scheduler, train_x, train_y, params,
                                          device, epoch, ctx, partial, stop, on_stop, step_hook, run.scaler)
             st["partial"] = None
             if params.schedule == "step":

@@ -1,0 +1,49 @@
+"""Every timing bench imports and runs on a tiny input (issue 32): a bench that no longer runs is caught
+here, not when someone needs its numbers. Nothing asserts a time; only that each row is there and sane."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import needs_mnist
+
+
+def test_eval_bench_on_a_tiny_synthetic_set(tmp_path: Path) -> None:
+    from bench import eval as bench_eval
+
+    out = tmp_path / "eval.json"
+    bench_eval.main(["--queries=64", "--gallery=256", "--dim=16", "--repeats=1", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert doc and out.stat().st_size > 100
+
+
+@needs_mnist
+def test_train_bench_runs_every_baseline(tmp_path: Path) -> None:
+    from bench import train as bench_train
+
+    out = tmp_path / "train.json"
+    bench_train.main(["--steps=1", "--original_steps=1", "--batch_size=8", "--compile=false", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    names = [r["config"] for r in doc["rows"]]
+    assert names[0].startswith("naive") and any("original preset" in n for n in names)
+    assert any("tiny maps as matmul" in n for n in names) and any("NHWC" in n for n in names)
+    assert all(r["images_per_s"] > 0 and 0 < r["fraction_of_peak"] for r in doc["rows"])
+    assert doc["made_by"]["git_commit"] is None or len(doc["made_by"]["git_commit"]) == 40
+    assert doc["cpu_kind"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")
+
+
+@needs_mnist
+@pytest.mark.parametrize("tiny", ["false", "true"])
+def test_profile_bench_splits_the_step_and_every_convolution(tmp_path: Path, tiny: str) -> None:
+    from bench import profile_step
+
+    out = tmp_path / "profile.json"
+    profile_step.main(["--amp=off", f"--tiny_conv={tiny}", "--steps=1", "--batch_size=8", "--reps=1", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert set(doc["phases_seconds"]) >= {"forward", "backward", "optimiser"}
+    assert {"conv backward-data", "conv backward-weight"} <= set(doc["op_class_seconds"])
+    assert len(doc["convolutions"]) == 20  # ResNet18's convolutions, stem and downsampling included
+    assert all(r["forward_gflops"] > 0 for r in doc["convolutions"])
+    assert doc["precision"] == "fp32" and doc["layout"] == ("nchw_tinymm" if tiny == "true" else "nchw")
