@@ -88,7 +88,7 @@ def conv_table(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, channels_l
     hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.append((n, m, i[0].shape, o.shape)))
              for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
-        model(x)
+        model(x.float())  # shapes only: the fp32 network, whatever the precision timed below
     for h in hooks:
         h.remove()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -189,7 +189,7 @@ def op_classes(net: TrainNet, opt: torch.optim.Optimizer, ema: WeightEMA, data: 
 
 OPTIONS = {"amp": Option("bf16", "precision: bf16 | off (fp32)"),
            "channels_last": Option("false", "NHWC layout: true | false"),
-           "tiny_conv": Option("false", "convolutions on maps <= 4x4 as one matrix product: true | false"),
+           "tiny_conv": Option("false", "small convolutions as one matrix product (training/tuning.py): true | false"),
            "steps": Option("6", "profiled steps (after one warm-up)", int),
            "batch_size": Option("128", "images per step", int),
            "reps": Option("5", "repetitions per convolution (the fastest counts)", int),

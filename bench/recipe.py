@@ -106,20 +106,41 @@ def summary(folder: Path) -> str:
         overrides[d["name"]] = d["overrides"]
         for r in d["runs"]:
             rows.setdefault((d["name"], r["loss"]), []).append(r)
-    lines = ["| candidate | overrides | loss | seeds | val 1-NN % | val EER % | val head acc % | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| candidate | overrides | loss | seeds | epochs | precision | val 1-NN % | val EER % | val head acc % "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, loss), rs in sorted(rows.items()):
         ov = " ".join(f"--{k}={v}" for k, v in overrides[name].items()) or "(defaults)"
         cells = [f"{statistics.mean(r[k] for r in rs) * 100:.3f}" for k in ("val_acc_1nn", "val_eer", "val_acc_head")]
-        lines.append(f"| {name} | {ov} | {loss} | {len(rs)} | " + " | ".join(cells)
-                     + f" | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
+        kept = ", ".join(sorted({str(r.get("precision") or f"unrecorded, {r.get('device', '?')}") for r in rs}))
+        lines.append(f"| {name} | {ov} | {loss} | {len(rs)} | {max(r['epochs_trained'] for r in rs)} | {kept} | "
+                     + " | ".join(cells) + f" | {statistics.mean(r['train_seconds'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def epochs_table(folder: Path) -> str:
+    """Validation 1-NN % / EER % after every epoch, per (candidate, loss, seed) that logged them."""
+    rows = []
+    for f in sorted(folder.glob("*.json")):
+        d = json.loads(f.read_text())
+        for r in d["runs"]:
+            if r.get("epochs"):
+                cells = [f"{e['val_acc_1nn'] * 100:.2f} / {e['val_eer'] * 100:.3f}" for e in r["epochs"]]
+                rows.append((d["name"], r["loss"], r["seed"], r.get("precision", "?"), cells,
+                             r["epochs"][-1]["train_seconds"]))
+    if not rows:
+        return ""
+    n = max(len(c) for *_, c, _ in rows)
+    lines = ["| candidate | loss | seed | precision | " + " | ".join(f"epoch {i + 1}" for i in range(n))
+             + " | train s |", "|---" * (n + 5) + "|"]
+    lines += [f"| {a} | {b} | {c} | {p} | " + " | ".join(cells + [""] * (n - len(cells))) + f" | {t:.0f} |"
+              for a, b, c, p, cells, t in rows]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
     if argv and argv[0].startswith("--summary"):
         folder = Path("results/bench/recipe")
-        table = summary(folder)
+        table = summary(folder) + "\n\nValidation 1-NN % / EER % after each epoch:\n\n" + epochs_table(folder)
         with atomic_write(folder / "summary.md") as f:
             f.write(table + "\n")
         print(table)

@@ -1,15 +1,17 @@
-"""Convolutions on tiny feature maps as one matrix product (im2col), where the CPU library is slow.
+"""Small convolutions as one matrix product (im2col), where the CPU library is slow.
 
-At 28 px with the s2 stem, ResNet18's layer3 runs on 4x4 maps and layer4 on 2x2 maps. oneDNN's
-convolution kernels are built for larger maps: measured on a 2-core Xeon with AMX, the weight gradient of
-a 512->512 3x3 convolution on a 2x2 map reached 4 % of the bf16 matrix-product peak (bench/profile_step.py).
+At 28 px with the s2 stem, ResNet18's layer4 runs on 2x2 maps. oneDNN's convolution kernels are built
+for larger maps: measured on a 2-core Xeon with AMX, the weight gradient of a 512->512 3x3 convolution on
+a 2x2 map reached 4 % of the bf16 matrix-product peak, and the 1x1 stride-2 shortcuts 3-7 %
+(bench/profile_step.py, results/bench/profile/).
 Unfolded, the same convolution is one product of [N*H*W, C*k*k] by [C*k*k, C_out]; its two gradients are
 two more products and a fold (col2im), all of which autograd derives. Same parameters and state_dict as
 nn.Conv2d, so checkpoints move freely between the two; tests/test_models.py checks forward and both
 gradients against the library convolution in float64.
 
-Which convolutions take this path is decided per shape by `choose` from a micro-benchmark of both on
-the machine itself (cached per machine: utils/core/device.py); it changes rounding, hence numbers.
+Which convolutions take this path: utils/training/tuning.py (`tiny_convs`, from the per-convolution
+tables), and whether at all on this machine (`tiny_conv=auto`, timed once and cached). It changes
+rounding, hence numbers.
 """
 
 from __future__ import annotations

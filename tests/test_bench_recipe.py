@@ -34,7 +34,8 @@ def test_candidate_is_scored_on_validation_and_summarised(tmp_path: Path) -> Non
     assert not (tmp_path / "results" / "resnet18_softmax").exists()  # no test-set report is written
     r = recipe("--summary=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "| lowlr | --lr=0.0005" in r.stdout and "| softmax | 1 |" in r.stdout
+    assert "| lowlr | --lr=0.0005" in r.stdout and "| softmax | 1 | 1 | " in r.stdout
+    assert "| lowlr | softmax | 0 | " in r.stdout  # the per-epoch table
 
 
 @needs_mnist

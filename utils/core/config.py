@@ -77,7 +77,7 @@ class TrainParams:
     energy_out: float = -4.0  # generated non-digits above this one
     amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
     channels_last: str = "auto"  # NHWC: auto (measured on this machine: utils/training/tuning.py), true, false
-    tiny_conv: str = "auto"  # convolutions on maps <= 4x4 as one matrix product: auto (measured), true, false
+    tiny_conv: str = "auto"  # small convolutions as one matrix product (utils/training/tuning.py): auto, true, false
     eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: docs/en/evaluation.md)
     # --- data ---
     data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
@@ -360,7 +360,8 @@ FIELD_HELP = {
     "energy_out": "outliers=energy: the energy generated non-digits are pushed above",
     "amp": "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)",
     "channels_last": "NHWC memory layout: auto (the faster here, measured once per machine) | true | false",
-    "tiny_conv": "convolutions on maps <= 4x4 as one matrix product: auto (if faster here, measured) | true | false",
+    "tiny_conv": "convolutions with outputs <= 2x2 and 1x1 stride-2 shortcuts as one matrix product: auto "
+                 "(if faster here, measured) | true | false",
     "eval_amp": "embed for evaluation under autocast too (default fp32; true|false)",
     "data_root": "folder holding MNIST/raw/ (or the identity folders); DATA_ROOT sets it too",
     "known_classes": "train on these classes only (e.g. 0-5), report open-set on the rest; empty = all",

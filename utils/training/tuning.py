@@ -3,7 +3,7 @@
 Two choices move a CPU training step by up to several times and depend on the CPU, the precision and
 the thread count: the memory layout (NCHW or NHWC: NHWC was 1.11x faster in fp32 on an AMD AVX-512 EPYC,
 1.26x on an AVX2 EPYC and 17 % slower on an Intel Xeon with AMX) and whether the convolutions on tiny
-maps (4x4 and smaller) run as one matrix product (models/matmul_conv.py). `--channels_last=auto` and
+maps run as one matrix product (models/matmul_conv.py). `--channels_last=auto` and
 `--tiny_conv=auto` time one forward + backward pass of the run's network at its precision and input size
 under each combination and keep the fastest; a value set by hand is kept. The answer is cached per
 machine (CPU model and flags, threads, torch, kernel path) in the user's cache folder, so every run of a
@@ -32,7 +32,12 @@ from utils.core.device import amp_dtype, autocast
 from utils.core.progress import say
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface-mnist" / "tuning.json"
-TINY_SIDE = 4  # convolutions whose input map is at most 4x4 are candidates for the matrix product
+# Which convolutions run as one matrix product: those whose output map is at most TINY_OUT x TINY_OUT
+# (ResNet18's layer4 at 28 px) and the 1x1 stride-2 shortcuts. Measured one by one (bench.profile_step,
+# results/bench/profile/amx_*.json: forward + both gradients, library time / matrix-product time) these
+# run 1.2-3.6x faster as a product in bf16 and 1.0-1.7x in fp32, while the 3x3 convolutions on 4x4 maps
+# (layer3) run at 0.43-0.54x: an input side of 4, the rule before, took those too.
+TINY_OUT = 2
 COMBOS = ((False, False), (True, False), (False, True), (True, True))  # (channels_last, tiny_conv)
 
 
@@ -46,10 +51,16 @@ def machine_key() -> str:
     return hashlib.sha256(f"{flags}|{torch.get_num_threads()}|{torch.__version__}|{name}".encode()).hexdigest()[:16]
 
 
+def _small(conv: nn.Conv2d, out: torch.Tensor) -> bool:
+    shortcut = conv.kernel_size == (1, 1) and conv.stride == (2, 2)
+    return shortcut or max(out.shape[-2:]) <= TINY_OUT
+
+
 def tiny_convs(model: nn.Module, params: TrainParams) -> set[str]:
-    """Names of the convolutions that see a map of at most TINY_SIDE x TINY_SIDE at the run's input size."""
+    """Names of the convolutions that run faster as one matrix product at the run's input size: output
+    map at most TINY_OUT x TINY_OUT, or a 1x1 stride-2 shortcut."""
     seen: set[str] = set()
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.add(n) if max(i[0].shape[-2:]) <= TINY_SIDE else None)
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.add(n) if _small(m, o) else None)
              for n, m in model.named_modules() if convertible(m)]
     was = model.training
     with torch.no_grad():
@@ -102,7 +113,7 @@ def choose(params: TrainParams, device: torch.device, measure: bool = True) -> t
     batch = min(params.batch_size, 128)
     precision = "bf16" if amp_dtype(device, params.amp) == torch.bfloat16 else "fp32"
     key = (f"{machine_key()}|{precision}|{params.img_size}|{params.stem}|{params.embedding_dim}|{params.pretrained}"
-           f"|{batch}")
+           f"|out{TINY_OUT}|{batch}")  # out: the rule of tiny_convs, so a new rule is measured anew
     cache = _load()
     if key not in cache:
         if not measure:
