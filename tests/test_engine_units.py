@@ -172,7 +172,8 @@ def test_augmentation_strength_and_label_smoothing_reach_the_step() -> None:
     assert not torch.allclose(shift_only, prepare_batch(x, 28, 1, cpu))
     losses = []
     for smoothing in (0.0, 0.2):
-        params, splits, model, head = tiny_run(8, 40, 32, label_smoothing=smoothing)
+        # fp32: under bf16 this random 8 px run went NaN once in a full-suite run (kernel-dependent)
+        params, splits, model, head = tiny_run(8, 40, 32, label_smoothing=smoothing, amp="off")
         net = engine.TrainNet(model, head)
         opt = fit_mod.make_optimizer(params, model, head)
         losses.append(engine.train_one_epoch(net, opt, fit_mod.make_scheduler(params, opt, 4), splits.train_x,
