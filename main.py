@@ -2,7 +2,7 @@
 
     python main.py {arcface,softmax,compare,test,grid,figures,wild} [--field=value ...]
     python main.py {embed,verify,enrol,search,export} ...   (use a trained model)
-    python main.py --help
+    python main.py --help            python main.py COMMAND --help   (COMMANDS below: one table)
 
 flag1 = ArcFace (trainArcFaceMain), flag2 = softmax (trainResnetSoftmaxMain), as in the original;
 'compare' trains and evaluates both and draws both DET curves in results/DET.png; 'test' evaluates
@@ -18,9 +18,30 @@ import sys
 flag = "flag1"  # flag1: ArcFace, flag2: softmax, compare: both, test: evaluate saved checkpoints
 
 FLAGS = {"flag1": "arcface", "flag2": "softmax"}
-TRAINING = ("arcface", "softmax", "compare", "test")
-USING = ("embed", "verify", "enrol", "search", "export")
-COMMANDS = (*TRAINING, "grid", "figures", "wild", *USING)
+# The command table: what each command takes and does (its line on `python main.py --help`) and the module that
+# runs it and writes its options page: `run(command, args, model_name)`, `explain(command, model_name)`,
+# imported only then.
+# The training commands run here ("main"): they hand the params classes a user edits to the engine.
+COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (arguments, what it does, module)
+    "arcface": ("", "train + evaluate ResNet18 + ArcFace (trainArcFace.py)", "main"),
+    "softmax": ("", "train + evaluate ResNet18 + softmax (trainResnet.py)", "main"),
+    "compare": ("", "both, then one DET figure (results/DET.png); --seeds=N: the pair over seeds (results/seeds/)",
+                "main"),
+    "test": ("", "evaluate the saved best checkpoint(s) in ckp/ without training", "main"),
+    "grid": ("", "the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)",
+             "utils.cli.grid"),
+    "figures": ("", "the papers' pictures from the trained models (results/figures/)", "utils.cli.figures"),
+    "wild": ("", "calibrate 'is it a digit?' and measure a held-out wild set of drawn digits (results/wild/)",
+             "utils.cli.wild"),
+    "embed": ("PATH... --out=FILE.npz", "images/folders -> L2-normalised embeddings", "utils.cli.commands"),
+    "verify": ("A B", "same identity? the cosine against a threshold calibrated on validation", "utils.cli.commands"),
+    "enrol": ("DIR --gallery=FILE.npz", "one sub-folder per identity -> gallery (added to an existing one)",
+              "utils.cli.commands"),
+    "search": ("PATH... --gallery=FILE.npz", "the k nearest identities, 'unknown' below the threshold",
+               "utils.cli.commands"),
+    "export": ("--out=DIR", "ONNX model + model card + a numerical parity check", "utils.cli.commands"),
+}
+USING = tuple(k for k, (*_, where) in COMMANDS.items() if where == "utils.cli.commands")
 _TORCH = ("this command needs PyTorch: pip install torch torchvision (the inference commands run without it "
           "on an export: --onnx=DIR, which needs only onnxruntime).")
 DEPENDENCIES = {"torch": _TORCH, "torchvision": _TORCH,
@@ -32,47 +53,50 @@ DEPENDENCIES = {"torch": _TORCH, "torchvision": _TORCH,
 
 
 def usage(command: str | None = None) -> str:
-    """--help: the commands and the fields of TrainArcFaceParams; `COMMAND --help`: that command's options."""
+    """--help: the command table and the fields of TrainArcFaceParams; `COMMAND --help`: that command's page."""
+    import importlib
+
     from trainArcFace import TrainArcFaceParams
     from trainResnet import TrainResnetParams
-    from utils.core.config import PRESETS, describe_fields
+    from utils.core.config import describe_fields
+    from utils.core.presets import PRESETS
 
-    if command in USING:
-        from utils.cli.commands import describe_command
-
-        return describe_command(command, default_model())
-    if command == "wild":
-        from utils.cli.wild import describe_wild
-
-        return describe_wild(default_model())
-    if command in ("arcface", "softmax"):
-        params = TrainArcFaceParams() if command == "arcface" else TrainResnetParams()
-        return (f"usage: python main.py {command} [--field=value ...]   train + evaluate {params.model_name}\n\n"
-                f"fields of {type(params).__name__} (default, meaning):\n{describe_fields(params)}\n")
-    return (f"usage: python main.py [{'|'.join(COMMANDS)}] [--field=value ...]\n\n"
-            f"  arcface  train + evaluate ResNet18 + ArcFace (trainArcFace.py)\n"
-            f"  softmax  train + evaluate ResNet18 + softmax (trainResnet.py)\n"
-            f"  compare  both, then one DET figure (results/DET.png)\n"
-            f"           [--seeds=3|0,1,2] [--reuse=true]  the pair over seeds, fp32 (results/seeds/seeds.json)\n"
-            f"  test     evaluate the saved best checkpoint(s) in ckp/ without training\n"
-            f"  grid     [--losses=a,b] [--datasets=mnist,fashion_mnist] [--seeds=3] [--known_classes=0-5]\n"
-            f"           the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)\n"
-            f"  figures  [--reuse=true]  the papers' pictures from the trained models (results/figures/)\n"
-            f"  wild     calibrate 'is it a digit?' and measure a held-out wild set of drawn digits (results/wild/)\n\n"
-            f"using a trained model (--model_name=... picks it; --onnx=DIR uses an export instead;\n"
-            f"python main.py COMMAND --help lists its options):\n"
-            f"  embed PATH... --out=FILE.npz                    images/folders -> L2-normalised embeddings\n"
-            f"  verify A B [--far=1e-3] [--json=true]           same identity? score vs calibrated threshold\n"
-            f"  enrol DIR --gallery=FILE.npz                    one sub-folder per identity -> gallery\n"
-            f"  search PATH... --gallery=FILE.npz [--k=5] [--far=1e-3] [--json=true]\n"
-            f"  export --out=DIR                                ONNX model + model card + parity check\n"
-            f"  (no command: run flag = {flag!r} from the top of main.py)\n\n"
+    if command is not None:
+        takes, does, where = COMMANDS[command]
+        page = explain(command) if where == "main" else importlib.import_module(where).explain(command, default_model())
+        return f"usage: python main.py {command} {takes + ' ' if takes else ''}[--option=value ...]\n{does}\n\n{page}\n"
+    lines = "\n".join(f"  {name:<8} {takes + '   ' if takes else ''}{does}" + ("\n" if name == "wild" else "")
+                      for name, (takes, does, _) in COMMANDS.items())
+    return (f"usage: python main.py [COMMAND] [--option=value ...] [--field=value ...]\n"
+            f"(no command: run flag = {flag!r} from the top of main.py; python main.py COMMAND --help: its page)\n\n"
+            f"{lines}\n"
+            f"  (the commands below wild use a trained model: --model_name=... picks it, --onnx=DIR an export)\n\n"
             f"presets (--preset=NAME): {', '.join(PRESETS)}\n\n"
             f"fields of TrainArcFaceParams (default, meaning; python main.py softmax --help for the softmax model):\n"
             f"{describe_fields(TrainArcFaceParams())}\n\n"
             f"TrainResnetParams has the same fields; it differs in model_name="
             f"{TrainResnetParams.model_name!r}, loss_fuc_type={TrainResnetParams.loss_fuc_type!r}, "
             f"lr={TrainResnetParams.lr!r}, weight_decay={TrainResnetParams.weight_decay!r}.\n")
+
+
+def explain(command: str) -> str:
+    """The page of a training command: its own options, then the fields of the params it trains."""
+    from trainArcFace import TrainArcFaceParams
+    from trainResnet import TrainResnetParams
+    from utils.core.config import describe_fields
+
+    if command in ("arcface", "softmax"):
+        params = TrainArcFaceParams() if command == "arcface" else TrainResnetParams()
+        return f"fields of {type(params).__name__} (default, meaning):\n{describe_fields(params)}"
+    own = ""
+    if command == "compare":
+        from utils.cli.seeds import OPTIONS
+        from utils.core.options import Option, describe
+
+        seeds = Option("", "the pair over seeds: a count N (seeds 0 .. N-1) or a list such as 0,1,2; absent: one pair")
+        own = describe({**OPTIONS, "seeds": seeds}) + "\n\n"
+    return (f"{own}fields (given to both models; a loss hyper-parameter only to the loss that takes it; "
+            f"TrainArcFaceParams shown):\n{describe_fields(TrainArcFaceParams())}")
 
 
 def parse_command(argv: list[str]) -> tuple[str, list[str]]:
@@ -146,28 +170,15 @@ def started() -> None:
 
 
 def dispatch(command: str, args: list[str]) -> None:
-    if command == "grid":
-        from utils.cli.grid import run_grid
+    import importlib
 
-        started()
-        run_grid(args)
-    elif command == "figures":
-        from utils.cli.figures import run_figures
-
-        started()
-        run_figures(args)
-    elif command == "wild":
-        from utils.cli.wild import run_wild
-
-        started()
-        run_wild(args, default_model())
-    elif command in USING:
-        from utils.cli.commands import run_command
-
-        started()
-        run_command(command, args, default_model())
-    else:
+    where = COMMANDS[command][-1]
+    if where == "main":
         train(command, args)
+        return
+    module = importlib.import_module(where)
+    started()
+    module.run(command, args, default_model())
 
 
 def default_model() -> str:

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from models.toy import ToyNet
-from utils.cli.figures import TOY_FIT
 from utils.core.config import TrainParams, resolve
 from utils.core.device import resolve_device
 from utils.core.errors import ConfigError
 from utils.core.io import write_json
 from utils.core.options import Option, comma_list, run_script, split
+from utils.core.presets import TOY_FIT
 from utils.core.provenance import FORCED_AVX2, code_identity, machine
 from utils.run.experiment import prepare_run
 from utils.training.fit import fit

@@ -38,11 +38,11 @@ def paper_defaults(loss_fuc_type: str) -> dict[str, Any]:
 
 def build_head(loss_fuc_type: str, in_features: int, n_class: int, **values: Any) -> nn.Module:
     """Build the head named `loss_fuc_type` from the hyper-parameters its SPEC lists (taken from `values`,
-    the paper's where absent); ValueError naming the range when one is out of it."""
+    the SPEC's default where absent or None); ValueError naming the range when one is out of it."""
     if loss_fuc_type not in registry.specs():
         raise ValueError(f"unknown loss '{loss_fuc_type}'; available: {', '.join(registry.names())}")
     mine = {**registry.paper_defaults(loss_fuc_type),
-            **{k: v for k, v in values.items() if k in registry.spec(loss_fuc_type)["params"]}}
+            **{k: v for k, v in values.items() if k in registry.spec(loss_fuc_type)["params"] and v is not None}}
     bad = registry.problems(loss_fuc_type, mine)
     if bad:
         raise ValueError(bad[0])

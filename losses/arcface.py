@@ -37,10 +37,12 @@ SPEC = {
         "margin": {"meaning": "additive angular margin m: the target logit is cos(theta + m)", "unit": "radians",
                    "default": 0.5, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class ArcFace(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.5) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"],
+                 margin: float = DEFAULT["margin"]) -> None:
         super().__init__(in_features, n_class, scale)
         self.margin = float(margin)
         self.cos_m, self.sin_m = math.cos(margin), math.sin(margin)

@@ -35,11 +35,12 @@ SPEC = {
         "m3": {"meaning": "additive cosine margin m3 (CosFace-like)", "unit": "cosine",
                "default": 0.2, "low": 0.0, "high": 2.0}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class CombinedMargin(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, m1: float = 1.0, m2: float = 0.3,
-                 m3: float = 0.2) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"], m1: float = DEFAULT["m1"],
+                 m2: float = DEFAULT["m2"], m3: float = DEFAULT["m3"]) -> None:
         super().__init__(in_features, n_class, scale)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
         self.theta0 = (math.pi - m2) / m1

@@ -25,10 +25,12 @@ SPEC = {
         "margin": {"meaning": "additive cosine margin m: the target logit is cos(theta) - m", "unit": "cosine",
                    "default": 0.35, "low": 0.0, "high": 3.141592653589793, "high_open": True}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class CosFace(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.35) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"],
+                 margin: float = DEFAULT["margin"]) -> None:
         super().__init__(in_features, n_class, scale)
         self.margin = float(margin)
 

@@ -21,8 +21,9 @@ SPEC = {
     "params": {
         "scale": {"shared": "scale", "default": 30.0}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class NormFace(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 30.0) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"]) -> None:
         super().__init__(in_features, n_class, scale)

@@ -56,10 +56,11 @@ SPEC = {
         "margin": {"meaning": "multiplicative angular margin m: psi uses cos(m theta)", "unit": "integer multiplier",
                    "default": 4, "low": 1, "high": 10, "integer": True}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class SphereFace(CosineMarginHead):
-    def __init__(self, in_features: int, n_class: int, scale: float = 30.0, margin: int = 4,
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"], margin: int = DEFAULT["margin"],
                  base: float = 1000.0, gamma: float = 0.12, power: float = 1.0, lambda_min: float = 5.0,
                  anneal_fraction: float = PAPER_ANNEAL_STEPS / PAPER_TOTAL_STEPS) -> None:
         super().__init__(in_features, n_class, scale)

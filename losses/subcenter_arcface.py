@@ -29,11 +29,12 @@ SPEC = {
         "subcenters": {"meaning": "sub-centres K per class (noisy labels fall to a minor one)", "unit": "count",
                        "default": 3, "low": 1, "high": 64, "integer": True}},
 }
+DEFAULT = {f: p["default"] for f, p in SPEC["params"].items()}  # each default written once: in SPEC
 
 
 class SubCenterArcFace(ArcFace):
-    def __init__(self, in_features: int, n_class: int, scale: float = 64.0, margin: float = 0.5,
-                 subcenters: int = 3) -> None:
+    def __init__(self, in_features: int, n_class: int, scale: float = DEFAULT["scale"],
+                 margin: float = DEFAULT["margin"], subcenters: int = DEFAULT["subcenters"]) -> None:
         super().__init__(in_features, n_class, scale, margin)
         self.k = int(subcenters)
         self.weight = nn.Parameter(torch.empty(n_class * self.k, in_features))

@@ -66,6 +66,13 @@ def fingerprint() -> dict:
             "kernel_path": torch.backends.cpu.get_cpu_capability().lower()}
 
 
+# Each loss's scale and margin as the reference commit trained them through the arcface command (the class's
+# s = 16, m = 0.5), given explicitly: a loss now brings its own SPEC defaults, which must not move the numbers.
+PINNED = {"normface": ["--scale=16"], "sphereface": ["--scale=16", "--margin=4"],
+          "cosface": ["--scale=16", "--margin=0.5"], "combined": ["--scale=16", "--m1=1", "--m2=0.3", "--m3=0.2"],
+          "subcenter_arcface": ["--scale=16", "--margin=0.5", "--subcenters=3"]}
+
+
 def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, dict]:
     """Train and evaluate each loss with quick_debug in fp32 on the CPU with the code in `root`."""
     if str(root) not in sys.path[:1]:
@@ -83,7 +90,7 @@ def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, di
         for loss in losses:
             cmd = "softmax" if loss == "softmax" else "arcface"
             extra = [] if loss in ("softmax", "arcface") else [f"--loss_fuc_type={loss}", f"--model_name=golden_{loss}"]
-            extra += ["--margin=4"] if loss == "sphereface" else []  # an integer multiplier there
+            extra += PINNED.get(loss, [])
             rc = main.main([cmd, "--quick_debug=true", "--amp=off", "--device=cpu", "--use_tqdm=false",
                             f"--results_dir={tmp}/results", f"--ckpt_dir={tmp}/ckp", *layout, *extra])
             if rc != 0:

@@ -129,3 +129,27 @@ def test_help_explains_every_field_and_option(tmp_path: Path) -> None:
         call_main("softmax", "--help", cwd=tmp_path).stdout
     out = call_main("verify", "--help", cwd=tmp_path).stdout
     assert "--far=1e-3" in out and "false acceptance rate" in out and "--json=false" in out
+
+
+@pytest.mark.parametrize("command,own", [
+    ("grid", ("--losses=", "--datasets=", "--seeds=3", "GRID_BUDGET")),
+    ("figures", ("--models=", "--toy=true", "--reuse=false", "--data_root=")),
+    ("compare", ("--seeds=", "--reuse=false", "--lr=0.001")),
+    ("test", ("without training", "--ckpt_dir=")),
+    ("wild", ("--per_font=3", "--model_name=resnet18_arcface")),
+    ("export", ("--out=...", "--data_root=")),
+])
+def test_every_command_shows_its_own_page(tmp_path: Path, command: str, own: tuple[str, ...]) -> None:
+    """One command table (main.COMMANDS): `COMMAND --help` is that command's page, not the overview."""
+    import main
+
+    page = main.usage(command)
+    assert page.startswith(f"usage: python main.py {command} ")
+    assert all(word in page for word in own), (command, [w for w in own if w not in page])
+    assert "presets (--preset=NAME)" not in page  # the overview's section
+
+
+def test_figures_refuses_the_fields_it_would_ignore(tmp_path: Path) -> None:
+    r = run_main("figures", "--lr=0.1", "--toy=false", cwd=tmp_path)
+    assert r.returncode == 2 and "figures does not use --lr" in r.stderr and "--data_root" in r.stderr
+    assert not (tmp_path / "results").exists()

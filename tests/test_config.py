@@ -62,8 +62,50 @@ def test_trainer_defaults_differ_only_in_identity_and_the_validated_recipe() -> 
     assert a.model_name != s.model_name
     # each chosen on validation (bench.recipe): ArcFace's scale (softmax has none), softmax's lr and wd
     assert a.scale == 16.0 and (a.lr, a.weight_decay) == (1e-3, 5e-4) and (s.lr, s.weight_decay) == (2e-3, 5e-2)
-    own = ("model_name", "loss_fuc_type", "scale", "lr", "weight_decay")
+    own = ("model_name", "loss_fuc_type", "scale", "margin", "lr", "weight_decay")
     assert {k: v for k, v in vars(a).items() if k not in own} == {k: v for k, v in vars(s).items() if k not in own}
+
+
+def test_a_loss_brings_its_own_scale_and_margin_unless_they_are_set() -> None:
+    """ArcFace's s = 16, m = 0.5 written in TrainArcFaceParams are ArcFace's alone: another loss chosen on that
+    class trains with its SPEC defaults (losses/<name>.py), and a value the user gives is kept."""
+    from losses import registry
+
+    def hyper(params, **over):
+        p = resolve(params, over)
+        return {f: getattr(p, f) for f in registry.spec(p.loss_fuc_type)["params"]}
+
+    assert hyper(TrainArcFaceParams()) == {"scale": 16.0, "margin": 0.5}
+    for loss in ("normface", "sphereface", "cosface", "combined", "subcenter_arcface"):
+        assert hyper(TrainArcFaceParams(), loss_fuc_type=loss) == registry.paper_defaults(loss)
+        assert hyper(TrainResnetParams(), loss_fuc_type=loss) == registry.paper_defaults(loss)
+    assert hyper(TrainArcFaceParams(), loss_fuc_type="sphereface")["margin"] == 4  # no guessing --margin=4
+    assert hyper(TrainArcFaceParams(), loss_fuc_type="cosface", scale=20.0) == {"scale": 20.0, "margin": 0.35}
+    assert hyper(TrainArcFaceParams(scale=20.0), loss_fuc_type="cosface") == {"scale": 20.0, "margin": 0.35}
+    assert resolve(TrainResnetParams()).scale is None  # softmax takes none
+
+
+def test_editing_a_default_in_the_params_class_changes_the_run() -> None:
+    from dataclasses import dataclass
+
+    @dataclass
+    class Edited(TrainArcFaceParams):
+        scale: float = 24.0
+        lr: float = 3e-3
+
+    p = resolve(Edited())
+    assert (p.scale, p.margin, p.lr) == (24.0, 0.5, 3e-3)
+
+
+def test_every_field_is_declared_once_with_its_help() -> None:
+    from dataclasses import fields
+
+    from utils.core.config import HELP, TrainParams, describe_fields
+
+    assert all(HELP[f.name] for f in fields(TrainParams))
+    text = describe_fields(TrainResnetParams())
+    assert "--lr=0.002" in text and "AdamW learning rate" in text  # a subclass's redefined default keeps its help
+    assert "used by" in text.split("--scale=None", 1)[1].splitlines()[0]
 
 
 def test_every_command_parses_options_with_the_one_parser() -> None:

@@ -110,7 +110,8 @@ def test_grid_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> No
     import dataclasses
     import json
 
-    from utils.cli.grid import BUDGET, finished
+    from utils.cli.grid import finished
+    from utils.core.presets import GRID_BUDGET as BUDGET
     from utils.run.experiment import quick_debug_params
 
     p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0, "eval_amp": True})

@@ -174,10 +174,9 @@ def test_augmentation_strength_and_label_smoothing_reach_the_step() -> None:
     for smoothing in (0.0, 0.2):
         # fp32: under bf16 this random 8 px run went NaN once in a full-suite run (kernel-dependent)
         params, splits, model, head = tiny_run(8, 40, 32, label_smoothing=smoothing, amp="off")
-        net = engine.TrainNet(model, head)
         opt = fit_mod.make_optimizer(params, model, head)
-        losses.append(engine.train_one_epoch(net, opt, fit_mod.make_scheduler(params, opt, 4), splits.train_x,
-                                             splits.train_y, params, cpu, 0))
+        stepper = engine.Stepper(engine.TrainNet(model, head), opt, fit_mod.make_scheduler(params, opt, 4))
+        losses.append(engine.train_one_epoch(stepper, splits.train_x, splits.train_y, params, cpu, 0)[0])
     assert losses[0] != losses[1]
     with pytest.raises(ConfigError, match="label_smoothing"):
         resolve(TrainArcFaceParams(), {"label_smoothing": 1.0})

@@ -60,11 +60,6 @@ EXPORT_OPTIONS = {
     "data_root": Option("", "the data whose images the parity check embeds (default DATA_ROOT or ./data)"),
 }
 POSITIONAL = {"embed": (1, None), "verify": (2, 2), "enrol": (1, 1), "search": (1, None), "export": (0, 0)}
-USAGE = {"embed": "embed PATH... --out=FILE.npz   images/folders -> L2-normalised embeddings",
-         "verify": "verify A B   same identity? the cosine against a threshold calibrated on validation",
-         "enrol": "enrol DIR --gallery=FILE.npz   one sub-folder per identity -> gallery (added to an existing one)",
-         "search": "search PATH... --gallery=FILE.npz   the k nearest identities, 'unknown' below the threshold",
-         "export": "export --out=DIR   ONNX model + model card + a numerical parity check"}
 
 
 def own_options(command: str, model_name: str) -> dict[str, Option]:
@@ -73,9 +68,9 @@ def own_options(command: str, model_name: str) -> dict[str, Option]:
             **(EXPORT_OPTIONS if command == "export" else IMAGE_OPTIONS), **OPTIONS[command]}
 
 
-def describe_command(command: str, model_name: str) -> str:
-    """`python main.py COMMAND --help`: what it does and each option with its meaning and default."""
-    return f"usage: python main.py {USAGE[command]}\n\n{describe(own_options(command, model_name))}"
+def explain(command: str, model_name: str) -> str:
+    """The options page of `python main.py COMMAND --help`: each option with its default and meaning."""
+    return describe(own_options(command, model_name))
 
 
 def parse(command: str, args: list[str], model_name: str) -> tuple[list[str], dict[str, Any]]:
@@ -157,7 +152,7 @@ def gallery_path(opts: dict[str, str]) -> Path:
     return g
 
 
-def run_command(command: str, args: list[str], model_name: str) -> None:
+def run(command: str, args: list[str], model_name: str) -> None:
     paths, opts = parse(command, args, model_name)
     one_line_warnings()
     if command == "export":

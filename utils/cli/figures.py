@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from losses import registry
-from utils.core.config import TrainParams, parse_overrides, resolve, share
+from utils.core.config import HELP, ConfigError, TrainParams, parse_overrides, resolve
 from utils.core.device import resolve_device
 from utils.core.errors import CheckpointError, TrainingInterrupted
 from utils.core.io import atomic_write, evaluation_weights, save_figure, write_json
-from utils.core.options import Option, comma_list, split
+from utils.core.options import Option, comma_list, describe, split
+from utils.core.presets import TOY_EPOCHS, TOY_FIT
 from utils.core.progress import say
 from utils.core.provenance import code_identity, machine, precision
 from utils.data.loading import Splits, load_splits
@@ -55,18 +56,14 @@ def toys() -> dict[str, dict]:
 # results/bench/toy_recipe.json, the choice and each run's accuracy in results/figures/features.json.
 # The full train split; accuracy on the full validation split; points drawn from the test split.
 TOY_TRAIN, TOY_VAL, TOY_POINTS = 50_000, 10_000, 2_000
-# 2-D ArcFace: 97.4 % after 8 epochs, 98.0 % after 12 (lr 3e-2), and at 12 NormFace and CosFace stayed
-# below 97 % (95.5 %, 96.4 %): 16 epochs; 3-D is easier, every loss >= 98.2 % after 5
-TOY_EPOCHS = {2: 16, 3: 5}
-# lr 3e-2 for the normalised heads (2-D ArcFace after 8 epochs: 95.3 % at 3e-3, 96.7 % at 1e-2, 97.4 % at 3e-2);
-# softmax keeps 3e-3 in its SPEC["toy"] (97.7 % after 8 epochs)
-TOY_FIT = {"backbone_type": "toy", "lr": 3e-2, "batch_size": 256, "warmup_epochs": 0.2, "schedule": "cosine",
-           "augment": False, "ema_decay": 0.0, "amp": "off"}
 STRIP_LOSSES, STRIP_EPOCHS = ("softmax", "arcface"), (1, 3, 8)  # the 2-D epochs strip; the last epoch is added
 TSNE_POINTS = 3_000
 OPTIONS = {"reuse": Option("false", "redraw the toy panels from saved toy runs of the current recipe", bool),
            "models": Option("resnet18_arcface,resnet18_softmax", "trained models whose figures to draw"),
            "toy": Option("true", "draw the toy panels (false: only the trained models' figures)", bool)}
+# the training fields figures reads; the toy recipe (utils/core/presets.py) and each trained model's own
+# params fix the rest, so any other field would be silently ignored: it is refused instead
+FIELDS = ("data_root", "results_dir", "ckpt_dir", "device", "use_tqdm")
 
 
 def toy_caption(loss: str) -> str:
@@ -240,10 +237,25 @@ def angle_stats(emb: torch.Tensor, y: torch.Tensor, centres: torch.Tensor, weigh
                        "Intra": float(own.mean()), "Inter": float(deg((c @ c.T).masked_fill(eye, -2).amax(1)).mean())}}
 
 
+def explain(command: str, model_name: str) -> str:
+    """`python main.py figures --help`."""
+    fields = {k: Option(str(getattr(TrainParams, k)), HELP[k]) for k in FIELDS}
+    return describe({**OPTIONS, **fields})
+
+
+def run(command: str, args: list[str], model_name: str) -> None:
+    run_figures(args)
+
+
 def run_figures(args: list[str]) -> None:
     opts, rest = split(args, OPTIONS)
     overrides = parse_overrides(rest)
-    base = resolve(TrainParams(), {"use_tqdm": False, "loss_fuc_type": "arcface", **share(overrides, ["arcface"])[0]})
+    ignored = [k for k in overrides if k not in FIELDS]
+    if ignored:
+        reads = ", ".join(f"--{k}" for k in (*OPTIONS, *FIELDS))
+        raise ConfigError(f"figures does not use --{ignored[0]}: the toy recipe is fixed (utils/core/presets.py) and "
+                          f"each model brings its own params; it reads {reads}.")
+    base = resolve(TrainParams(), {"use_tqdm": False, "loss_fuc_type": "arcface", **overrides})
     out = Path(base.results_dir) / "figures"
     models = [model_inputs(m, base) for m in comma_list("models", opts["models"])]  # refuse before any work
     t0 = time.perf_counter()

@@ -4,8 +4,9 @@ closed and open set.
     python main.py grid [--losses=softmax,arcface] [--datasets=mnist] [--seeds=3]
                         [--known_classes=0-5] [--reuse=true] [--field=value ...]
 
-Every run shares the hyper-parameters of the CPU preset with a fixed budget (BUDGET below); each
-loss keeps its paper's s and m (its SPEC in losses/<name>.py) unless --scale/--margin/... are given.
+Every run shares the hyper-parameters of the CPU preset with a fixed budget (GRID_BUDGET in
+utils/core/presets.py); each loss keeps its paper's s and m (its SPEC in losses/<name>.py) unless
+--scale/--margin/... are given.
 Per run, the usual results land in results/grid/runs/<dataset>_<loss>_s<seed>/; the summary
 goes to results/grid/{grid.json, grid.md, DET_<dataset>_<closed|open>.png}.
 --reuse=true reads a run whose published folder holds metrics.json for exactly the params asked for
@@ -29,19 +30,14 @@ from losses import registry
 from utils.core import datasets
 from utils.core.config import ConfigError, TrainParams, parse_overrides, recorded, resolve, share
 from utils.core.io import atomic_write, save_figure, write_json
-from utils.core.options import Option, split
+from utils.core.options import Option, describe, split
+from utils.core.presets import GRID_BUDGET
 from utils.core.progress import say
 from utils.run.evaluate import read_curve
 from utils.run.experiment import quick_debug_params, run_in_series
 from utils.scoring import plots
 
 DEFAULT_SEEDS = 3
-# 2 epochs of the known classes (~30k images) + evaluation: 3.5-4.2 min a run measured on 2 AVX-512
-# CPU cores, i.e. 1.7-2.1 hours for the default 30-run grid (docs/en/grid.md). The optimiser settings are
-# pinned so that retuning the reproduction's defaults does not silently change this protocol (and
-# make old grid results incomparable).
-BUDGET = {"total_epochs": 2, "known_classes": "0-5", "lr": 1e-3, "weight_decay": 5e-4, "augment": True,
-          "ema_decay": 0.0, "use_tqdm": False}
 # fields that do not change a run's result (or are derived from the data when planned as 0)
 NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval_batch_size", "log_steps",
                 "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tiny_conv", "tensorboard")
@@ -59,6 +55,17 @@ OPTIONS = {"losses": Option(",".join(registry.names(grid=True)), "comma-separate
            "datasets": Option(",".join(datasets.names(grid=True)), "comma-separated data sets"),
            "seeds": Option(str(DEFAULT_SEEDS), f"seeds per loss and data set, 1 .. {MAX_SEEDS}"),
            "reuse": Option("false", "keep finished runs of the same params; resume an interrupted one", bool)}
+
+
+def explain(command: str, model_name: str) -> str:
+    """`python main.py grid --help`."""
+    return (describe(OPTIONS) +
+            "\n\nand any training field (python main.py arcface --help), laid over GRID_BUDGET "
+            f"(utils/core/presets.py): {', '.join(f'{k}={v}' for k, v in GRID_BUDGET.items())}")
+
+
+def run(command: str, args: list[str], model_name: str) -> None:
+    run_grid(args)
 
 
 def parse_args(args: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -91,9 +98,8 @@ def plan(opts: dict[str, Any], overrides: dict[str, Any]) -> list[TrainParams]:
     for ds in opts["datasets"]:
         for loss in opts["losses"]:
             for seed in range(opts["seeds"]):
-                paper = {k: float(v) if k != "subcenters" else v for k, v in registry.paper_defaults(loss).items()
-                         if k not in overrides}
-                values = {**BUDGET, **paper, **shared[loss], "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
+                # each loss's own scale and margin (its SPEC) unless given: resolve() fills them
+                values = {**GRID_BUDGET, **shared[loss], "dataset_name": ds, "loss_fuc_type": loss, "seed": seed}
                 root = Path(values.get("results_dir", "results")) / "grid"
                 values.update(model_name=f"{ds}_{loss}_s{seed}", results_dir=str(root / "runs"),
                               ckpt_dir=str(Path(values.get("ckpt_dir", "ckp")) / "grid"))
@@ -156,7 +162,9 @@ def finished(p: TrainParams) -> dict | None:
         return None
     new = dataclasses.asdict(quick_debug_params(p))  # what run() writes to params.json
     # a published folder is one complete run (utils/run/rundir.py): its params.json made its metrics.json
-    same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED)
+    # a hyper-parameter the loss does not take changes nothing (older runs recorded one anyway: scale=30.0)
+    unused = set(registry.hyper_fields()) - set(registry.spec(p.loss_fuc_type)["params"])
+    same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED and k not in unused)
     if p.input_std > 0:
         same = same and old.get("input_mean") == p.input_mean and old.get("input_std") == p.input_std
     return metrics if same else None

@@ -27,6 +27,7 @@ from utils.cli.grid import finished
 from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve, share
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, comma_list, split
+from utils.core.presets import SEEDS_STUDY
 from utils.core.progress import say
 from utils.core.provenance import ROOT, code_identity
 from utils.run.evaluate import read_curve
@@ -36,7 +37,6 @@ from utils.scoring.stats import mcnemar, paired, spread
 
 LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
 VOUCHED = ROOT / "results" / "numerics.json"  # commits checked to compute the golden numbers identically
-STUDY_DEFAULTS = {"amp": "off"}
 TARS = ("1e-03", "1e-04")
 MAX_SEED = 2**31 - 1
 
@@ -73,7 +73,7 @@ def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...])
     shared = share(overrides, [overrides.get("loss_fuc_type", cls.loss_fuc_type) for cls in pair])
     for seed in seeds:
         for cls, mine in zip(pair, shared, strict=True):
-            values = {**STUDY_DEFAULTS, **mine, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
+            values = {**SEEDS_STUDY, **mine, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
                       "results_dir": str(results), "ckpt_dir": str(ckpt)}
             runs.append(resolve(cls(), values))
     return runs

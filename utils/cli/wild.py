@@ -48,11 +48,10 @@ NORMS = ("fit", "mnist", "mnist_stroke")
 N_CENTRES, N_GALLERY, N_FASHION = 10_000, 20, 2_000
 
 
-def describe_wild(model_name: str) -> str:
+def explain(command: str, model_name: str) -> str:
     """`python main.py wild --help`."""
     own = {**OPTIONS, "model_name": Option(model_name, OPTIONS["model_name"].help)}
-    return (f"usage: python main.py wild [--option=value ...]   calibrate 'is it a digit?' on validation, then "
-            f"measure the held-out wild set (ckp/<model>/reject.json, results/wild/)\n\n{describe(own)}")
+    return describe(own)
 
 
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
@@ -114,7 +113,7 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     return val, reject
 
 
-def run_wild(args: list[str], model_name: str) -> None:
+def run(command: str, args: list[str], model_name: str) -> None:
     import os
 
     opts, rest = split(args, {**OPTIONS, "model_name": Option(model_name, OPTIONS["model_name"].help)})

@@ -14,7 +14,7 @@ import importlib.util
 import math
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from losses import registry
 from utils.core import datasets
 from utils.core.errors import ConfigError
 from utils.core.options import parse_value
+from utils.core.presets import PRESETS
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
 BACKBONES = ("resnet18", "toy")  # models/__init__.py builds them
@@ -32,92 +33,104 @@ OUTLIER_LOSSES = ("off", "uniform", "energy")
 
 
 
+def knob(default: Any, help: str) -> Any:
+    """A TrainParams field declared once, beside its --help line."""
+    return field(default=default, metadata={"help": help})
+
+
+LOSS_OWN = "a loss hyper-parameter: its meaning, unit and range come from the loss's SPEC"
+
+
 @dataclass
 class TrainParams:
-    """Every knob of one training + evaluation run. Defaults = the CPU preset (docs/en/defaults.md)."""
+    """Every knob of one training + evaluation run. Defaults = the CPU preset (docs/en/defaults.md).
+
+    The loss hyper-parameters (scale, margin, m1-m3, subcenters) default to None: the chosen loss's own
+    value from its SPEC (losses/<name>.py); a Params class that writes one for its own loss
+    (TrainArcFaceParams: scale 16) keeps it for that loss only (see `loss_defaults`)."""
 
     # --- what to train (original field names kept) ---
-    model_name: str = "resnet18"
-    loss_fuc_type: str = "softmax"
-    backbone_type: str = "resnet18"
-    dataset_name: str = "mnist"
-    n_class: int = 10
-    preset: str = "cpu"
+    model_name: str = knob("resnet18", "names results/<model_name>/ and ckp/<model_name>/")
+    loss_fuc_type: str = knob("softmax", "the head and loss: " + "|".join(registry.names()))
+    backbone_type: str = knob("resnet18", "the backbone: resnet18, or toy (the small CNN of the papers' feature "
+                                          "figures)")
+    dataset_name: str = knob("mnist", "the data set: " + "|".join(datasets.names())
+                             + " (folder: identity sub-folders in data_root)")
+    n_class: int = knob(10, "number of classes (identities)")
+    preset: str = knob("cpu", "values laid over the defaults: cpu (the defaults) | original (the paper's GPU recipe)")
     # --- model ---
-    img_size: int = 28
-    stem: str = "s2"  # cifar: 3x3/1; s2: 3x3/2 (4x cheaper); imagenet: 7x7/2 + maxpool
-    embedding_dim: int = 512
-    pretrained: bool = False
-    scale: float = 30.0
-    margin: float = 0.5  # arcface/cosface/subcenter: additive; sphereface: integer multiplier (4)
-    m1: float = 1.0  # combined: cos(m1 theta + m2) - m3
-    m2: float = 0.3
-    m3: float = 0.2
-    subcenters: int = 3  # subcenter_arcface: K
+    img_size: int = knob(28, "input side in pixels (28: MNIST's own; the original used 128)")
+    stem: str = knob("s2", "first layers: cifar (3x3/1) | s2 (3x3/2, 4x cheaper) | imagenet (7x7/2 + max-pool)")
+    embedding_dim: int = knob(512, "embedding width (the original: 512)")
+    pretrained: bool = knob(False, "start from ImageNet weights (needs a download; true|false)")
+    scale: float | None = knob(None, LOSS_OWN)
+    margin: float | None = knob(None, LOSS_OWN)
+    m1: float | None = knob(None, LOSS_OWN)
+    m2: float | None = knob(None, LOSS_OWN)
+    m3: float | None = knob(None, LOSS_OWN)
+    subcenters: int | None = knob(None, LOSS_OWN)
     # --- optimisation ---
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine: per-step warmup + cosine decay; onecycle: warm-up + linear decay; step: StepLR
-    warmup_epochs: float = 0.5
-    step_size: int = 10
-    gamma: float = 0.99
-    total_epochs: int = 10
-    early_stop_epochs: int = 20
-    ema_decay: float = 0.995  # > 0: validate, select, evaluate an EMA of the weights (utils/training/ema.py)
-    augment: bool = True
-    aug_degrees: float = 10.0  # augmentation strength: rotation up to +-degrees,
-    aug_shift: float = 0.1  # shift up to +-this fraction of the side,
-    aug_scale: float = 0.1  # scale within 1 +- this
-    label_smoothing: float = 0.0  # of the training loss's targets (any head)
-    outliers: str = "off"  # train with generated non-digits (utils/data/outliers.py): off | uniform | energy
-    outlier_fraction: float = 0.2  # that many generated non-digits per training image
-    outlier_weight: float = 0.5  # weight of the outlier term beside the classification loss
-    energy_in: float = -12.0  # outliers=energy: known images pushed below this energy (-logsumexp of logits),
-    energy_out: float = -4.0  # generated non-digits above this one
-    amp: str = "auto"  # auto: bf16 on CPUs with native bf16 and on CUDA (fp16 on old GPUs); off: fp32
-    channels_last: str = "auto"  # NHWC: auto (measured on this machine: utils/training/tuning.py), true, false
-    tiny_conv: str = "auto"  # small convolutions as one matrix product (utils/training/tuning.py): auto, true, false
-    eval_amp: bool = False  # embed for validation/evaluation under autocast too (default fp32: docs/en/evaluation.md)
+    batch_size: int = knob(128, "images per training step")
+    lr: float = knob(1e-3, "AdamW learning rate")
+    weight_decay: float = knob(5e-4, "AdamW weight decay")
+    schedule: str = knob("cosine", "cosine (per-step warm-up + cosine decay) | onecycle (warm-up + linear decay to 0) "
+                                   "| step (StepLR)")
+    warmup_epochs: float = knob(0.5, "linear warm-up length in epochs (schedule=cosine or onecycle)")
+    step_size: int = knob(10, "epochs between lr steps (schedule=step)")
+    gamma: float = knob(0.99, "lr factor per step (schedule=step)")
+    total_epochs: int = knob(10, "most epochs to train")
+    early_stop_epochs: int = knob(20, "stop after this many epochs without a lower validation loss")
+    ema_decay: float = knob(0.995, "weight EMA decay validated, selected and evaluated (0 = off; "
+                                   "utils/training/ema.py)")
+    augment: bool = knob(True, "random shifts/rotations of training images (true|false)")
+    aug_degrees: float = knob(10.0, "augmentation: rotation up to +- this many degrees")
+    aug_shift: float = knob(0.1, "augmentation: shift up to +- this fraction of the image side")
+    aug_scale: float = knob(0.1, "augmentation: scale within 1 +- this")
+    label_smoothing: float = knob(0.0, "label smoothing of the training loss, any head (0 = off; validation loss "
+                                       "is always plain)")
+    outliers: str = knob("off", "train with generated non-digits mixed into the batches (utils/data/outliers.py): "
+                                "off | uniform (outlier exposure: a uniform target) | energy (squared hinges on the "
+                                "logits' energy)")
+    outlier_fraction: float = knob(0.2, "generated non-digits per training image (0.2: 10,000 beside MNIST's 50,000)")
+    outlier_weight: float = knob(0.5, "weight of the outlier term beside the classification loss")
+    energy_in: float = knob(-12.0, "outliers=energy: the energy (-logsumexp of the logits) known images are pushed "
+                                   "below")
+    energy_out: float = knob(-4.0, "outliers=energy: the energy generated non-digits are pushed above")
+    amp: str = knob("auto", "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)")
+    channels_last: str = knob("auto", "NHWC memory layout: auto (the faster here, measured once per machine: "
+                                      "utils/training/tuning.py) | true | false")
+    tiny_conv: str = knob("auto", "convolutions with outputs <= 2x2 and 1x1 stride-2 shortcuts as one matrix product: "
+                                  "auto (if faster here, measured) | true | false")
+    eval_amp: bool = knob(False, "embed for evaluation under autocast too (default fp32: docs/en/evaluation.md; "
+                                 "true|false)")
     # --- data ---
-    data_root: str = "./data"  # folder data sets: the folder holding one sub-folder per identity
-    known_classes: str = ""  # e.g. "0-5": train on these only, report open-set on the rest; "" = all
-    input_mean: float = 0.0  # pixel normalisation; input_std <= 0 = the data set's own statistics
-    input_std: float = 0.0
-    val_size: int = 10000
-    split_seed: int = 0
+    data_root: str = knob("./data", "folder holding MNIST/raw/ (or the identity folders); DATA_ROOT sets it too")
+    known_classes: str = knob("", "train on these classes only (e.g. 0-5), report open-set on the rest; empty = all")
+    input_mean: float = knob(0.0, "pixel mean for normalisation (used when input_std > 0)")
+    input_std: float = knob(0.0, "pixel std for normalisation; <= 0: the data set's own statistics")
+    val_size: int = knob(10000, "training images held out for validation")
+    split_seed: int = knob(0, "seed of the train/validation split (fixed: the split never moves with seed)")
     # --- run ---
-    seed: int = 0
-    device: str = "auto"
-    use_tqdm: bool = True
-    quick_debug: bool = False
-    results_dir: str = "results"
-    ckpt_dir: str = "ckp"
-    resume: str = ""  # "", "auto" (latest of this model) or a checkpoint path
-    eval_batch_size: int = 1024
-    log_steps: bool = False  # also write every step's training loss to results/<model>/train_steps.csv
-    tensorboard: bool = False  # also log to results/<model>/tensorboard/ (needs `pip install tensorboard`)
+    seed: int = knob(0, "seed of initialisation, batch order and augmentation")
+    device: str = knob("auto", "auto | cpu | cuda | cuda:N")
+    use_tqdm: bool = knob(True, "progress bars (false: one line per epoch and a progress line every minute)")
+    quick_debug: bool = knob(False, "one short epoch on a few hundred images, same code path (true|false)")
+    results_dir: str = knob("results", "where results/<model_name>/ goes")
+    ckpt_dir: str = knob("ckp", "where ckp/<model_name>/ goes")
+    resume: str = knob("", "empty | auto (the interrupted or last run of this model) | a checkpoint path")
+    eval_batch_size: int = knob(1024, "images per embedding batch at evaluation")
+    log_steps: bool = knob(False, "also write every step's loss to results/<model>/train_steps.csv (true|false)")
+    tensorboard: bool = knob(False, "also log to results/<model>/tensorboard/ (needs tensorboard; true|false)")
     # --- torchrun / DDP (ignored by a plain `python main.py`) ---
-    sync_bn: bool = True  # BatchNorm statistics over the global batch, as in a single-process run
-    scale_lr: bool = False  # multiply lr by the number of processes (linear scaling rule)
-    hist_bins: int = 1 << 20
-
-
-# Preset = a dict of field values laid over the dataclass defaults.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {},
-    # The published recipe, for people with a GPU.
-    "original": dict(
-        img_size=128, stem="imagenet", pretrained=True, lr=5e-5, weight_decay=5e-4, batch_size=128,
-        schedule="step", step_size=10, gamma=0.99, total_epochs=1000, early_stop_epochs=20,
-        augment=False, amp="off", ema_decay=0.0,
-    ),
-}
+    sync_bn: bool = knob(True, "torchrun: BatchNorm statistics over the global batch (true|false)")
+    scale_lr: bool = knob(False, "torchrun: multiply lr by the number of processes (true|false)")
+    hist_bins: int = knob(1 << 20, "score histogram bins of the evaluation (a power of two)")
 
 
 def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:
     """Turn ['--lr=1e-3', '--use_tqdm=false'] into typed values; refuse unknown names and types."""
-    types = {f.name: f.type for f in fields(cls)}
+    # "float | None": a loss hyper-parameter, None meaning the loss's own default (never given as text)
+    types = {f.name: f.type.removesuffix(" | None") for f in fields(cls)}
     types = {k: {"int": int, "float": float, "str": str, "bool": bool}.get(v, v) for k, v in types.items()}
     out: dict[str, Any] = {}
     for arg in args:
@@ -142,11 +155,32 @@ def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> Tra
     values["preset"] = preset
     if "data_root" not in overrides and os.environ.get("DATA_ROOT"):
         values["data_root"] = os.environ["DATA_ROOT"]
+    values.update(loss_defaults(type(params), values, overrides))
     if values["quick_debug"]:  # a tiny run never replaces published results: results/quick_debug/...
         for key in ("results_dir", "ckpt_dir"):
             values[key] = quick_folder(values[key])
     out = type(params)(**values)
     validate(out)
+    return out
+
+
+def loss_defaults(cls: type[TrainParams], values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The run's loss hyper-parameters: given ones kept, the rest the loss's own SPEC default.
+
+    A value the Params class writes for its own loss (TrainArcFaceParams: scale=16 for arcface) is that
+    loss's default in this project and applies to it alone: `--loss_fuc_type=cosface` on the arcface class
+    trains CosFace's s and m, not ArcFace's. A value set on the instance or on the command line is kept for
+    any loss that takes it; one the loss does not take is left as it is (unused)."""
+    loss = values["loss_fuc_type"]
+    if loss not in registry.specs():
+        return {}  # refused by validate() with the list of losses
+    own = getattr(cls, "loss_fuc_type", None) == loss
+    out = {}
+    for f, spec in registry.spec(loss)["params"].items():
+        class_value = getattr(cls, f, None)
+        set_here = f in overrides or values[f] != class_value
+        if values[f] is None or not (set_here or own):
+            out[f] = spec["default"]
     return out
 
 
@@ -267,7 +301,7 @@ def memory_estimate(p: TrainParams) -> int:
     at evaluation, the embeddings of every image (as many as the data set registers) twice over.
     """
     side = -(-p.img_size // STEM_STRIDE[p.stem])
-    weights = 11_200_000 + 512 * p.embedding_dim + p.n_class * p.subcenters * (p.embedding_dim + 1)
+    weights = 11_200_000 + 512 * p.embedding_dim + p.n_class * (p.subcenters or 1) * (p.embedding_dim + 1)
     batch = max(p.batch_size, p.eval_batch_size // 3)  # inference keeps ~1/3 of training's activations
     images = datasets.get(p.dataset_name).images  # 0 for folders: unknown before reading
     return 4 * (5 * weights + 1650 * side * side * batch + 2 * images * p.embedding_dim)
@@ -325,64 +359,7 @@ def recorded(params: TrainParams) -> dict[str, Any]:
     return values
 
 
-# --help: one line per field (the loss hyper-parameters' lines come from each loss's SPEC)
-FIELD_HELP = {
-    "model_name": "names results/<model_name>/ and ckp/<model_name>/",
-    "loss_fuc_type": "the head and loss: " + "|".join(registry.names()),
-    "backbone_type": "the backbone: resnet18, or toy (the small CNN of the papers' feature figures)",
-    "dataset_name": "the data set: " + "|".join(datasets.names()) + " (folder: identity sub-folders in data_root)",
-    "n_class": "number of classes (identities)",
-    "preset": "values laid over the defaults: cpu (the defaults) | original (the paper's GPU recipe)",
-    "img_size": "input side in pixels (28: MNIST's own; the original used 128)",
-    "stem": "first layers: cifar (3x3/1) | s2 (3x3/2) | imagenet (7x7/2 + max-pool)",
-    "embedding_dim": "embedding width (the original: 512)",
-    "pretrained": "start from ImageNet weights (needs a download; true|false)",
-    "batch_size": "images per training step",
-    "lr": "AdamW learning rate",
-    "weight_decay": "AdamW weight decay",
-    "schedule": "cosine (per-step warm-up + cosine decay) | onecycle (warm-up + linear decay to 0) | step (StepLR)",
-    "warmup_epochs": "linear warm-up length in epochs (schedule=cosine)",
-    "step_size": "epochs between lr steps (schedule=step)",
-    "gamma": "lr factor per step (schedule=step)",
-    "total_epochs": "most epochs to train",
-    "early_stop_epochs": "stop after this many epochs without a lower validation loss",
-    "ema_decay": "weight EMA decay validated, selected and evaluated (0 = off)",
-    "augment": "random shifts/rotations of training images (true|false)",
-    "aug_degrees": "augmentation: rotation up to +- this many degrees",
-    "aug_shift": "augmentation: shift up to +- this fraction of the image side",
-    "aug_scale": "augmentation: scale within 1 +- this",
-    "label_smoothing": "label smoothing of the training loss (0 = off; validation loss is always plain)",
-    "outliers": "train with generated non-digits mixed into the batches: off | uniform (outlier exposure: a "
-                "uniform target) | energy (squared hinges on the logits' energy)",
-    "outlier_fraction": "generated non-digits per training image (0.2: 10,000 beside MNIST's 50,000)",
-    "outlier_weight": "weight of the outlier term beside the classification loss",
-    "energy_in": "outliers=energy: the energy (-logsumexp of the logits) known images are pushed below",
-    "energy_out": "outliers=energy: the energy generated non-digits are pushed above",
-    "amp": "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)",
-    "channels_last": "NHWC memory layout: auto (the faster here, measured once per machine) | true | false",
-    "tiny_conv": "convolutions with outputs <= 2x2 and 1x1 stride-2 shortcuts as one matrix product: auto "
-                 "(if faster here, measured) | true | false",
-    "eval_amp": "embed for evaluation under autocast too (default fp32; true|false)",
-    "data_root": "folder holding MNIST/raw/ (or the identity folders); DATA_ROOT sets it too",
-    "known_classes": "train on these classes only (e.g. 0-5), report open-set on the rest; empty = all",
-    "input_mean": "pixel mean for normalisation (used when input_std > 0)",
-    "input_std": "pixel std for normalisation; <= 0: the data set's own statistics",
-    "val_size": "training images held out for validation",
-    "split_seed": "seed of the train/validation split (fixed: the split never moves with seed)",
-    "seed": "seed of initialisation, batch order and augmentation",
-    "device": "auto | cpu | cuda | cuda:N",
-    "use_tqdm": "progress bars (false: one line per epoch and a progress line every minute)",
-    "quick_debug": "one short epoch on a few hundred images, same code path (true|false)",
-    "results_dir": "where results/<model_name>/ goes",
-    "ckpt_dir": "where ckp/<model_name>/ goes",
-    "resume": "empty | auto (the interrupted or last run of this model) | a checkpoint path",
-    "eval_batch_size": "images per embedding batch at evaluation",
-    "log_steps": "also write every step's loss to train_steps.csv (true|false)",
-    "tensorboard": "also log to results/<model>/tensorboard/ (needs tensorboard; true|false)",
-    "sync_bn": "torchrun: BatchNorm statistics over the global batch (true|false)",
-    "scale_lr": "torchrun: multiply lr by the number of processes (true|false)",
-    "hist_bins": "score histogram bins of the evaluation (a power of two)",
-}
+HELP = {f.name: f.metadata["help"] for f in fields(TrainParams)}  # subclasses' redefinitions carry none
 
 
 def describe_fields(params: TrainParams) -> str:
@@ -397,6 +374,6 @@ def describe_fields(params: TrainParams) -> str:
             text = (registry.describe(f.name, mine) + f"; {params.loss_fuc_type}") if mine else \
                 f"used by {', '.join(registry.users(f.name))} (not by {params.loss_fuc_type})"
         else:
-            text = FIELD_HELP.get(f.name, "")
+            text = HELP.get(f.name, "")
         lines.append(f"  {value:<34} {text}")
     return "\n".join(lines)

@@ -121,8 +121,10 @@ def resume_path(params: TrainParams) -> Path | None:
 def check_resume(params: TrainParams, state: dict, path: Path) -> None:
     """Refuse a resume whose trajectory-defining fields differ from the checkpoint's run."""
     old = state["params"]
+    # a hyper-parameter the loss does not take changes nothing (older checkpoints recorded one anyway)
+    unused = set(registry.hyper_fields()) - set(registry.spec(params.loss_fuc_type)["params"])
     diff = [f"{k}: checkpoint {old[k]!r}, now {v!r}" for k, v in dataclasses.asdict(params).items()
-            if k in old and k not in RESUME_FREE and old[k] != v
+            if k in old and k not in RESUME_FREE and k not in unused and old[k] != v
             and not (k in ("input_mean", "input_std") and params.input_std <= 0)]  # derived from the same data
     if diff:
         raise CheckpointError(f"--resume={path} was trained with other settings ({'; '.join(diff)}); resuming would "
@@ -220,60 +222,58 @@ def _stage(train: bool, ckpt: Path, results: Path, src: Path | None, resumed: di
     rundir.fresh_staging(results)
 
 
-def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, results: Path,
-         ckpt: Path) -> dict:
-    expect = {k: getattr(params, k) for k in CKPT_KEYS}
-    code = code_identity()  # taken before anything trains
-    stage_r, stage_c = rundir.staging(results), rundir.staging(ckpt)
-    if params.scale_lr and ctx.enabled:
-        params = dataclasses.replace(params, lr=params.lr * ctx.world)
+def _resume_state(params: TrainParams, train: bool, expect: dict, ctx: DistContext) -> tuple[Path | None, dict | None]:
+    """The checkpoint a training run continues from (--resume), checked against the run's settings, or None."""
     src = resume_path(params) if train else None
-    resume_state = load_checkpoint(src, expect) if src is not None else None
-    if resume_state is not None:
-        check_resume(params, resume_state, src)
+    state = load_checkpoint(src, expect) if src is not None else None
+    if state is not None:
+        check_resume(params, state, src)
     if train and params.resume and ctx.is_main:
-        part = (resume_state or {}).get("partial") or {}
-        say(f"resuming from {src} (epoch {resume_state['epoch'] + 1}, step {part.get('step', 0)})"
-            if resume_state is not None else f"--resume=auto: no checkpoint of {params.model_name} to resume "
+        part = (state or {}).get("partial") or {}
+        say(f"resuming from {src} (epoch {state['epoch'] + 1}, step {part.get('step', 0)})"
+            if state is not None else f"--resume=auto: no checkpoint of {params.model_name} to resume "
             f"from; starting afresh", params.use_tqdm)
-    best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
-    _stage(train, ckpt, results, src, resume_state, ctx)
-    barrier(ctx)
-    splits, params, model, head = prepare_run(params, device, measure=not ctx.enabled)
+    return src, state
+
+
+class EpochLog:
+    """What a run writes after every epoch: history.csv and loss.png in its staging folder, and TensorBoard."""
+
+    def __init__(self, folder: Path, params: TrainParams, tb: TensorBoardLog | None) -> None:
+        self.folder, self.params, self.tb = folder, params, tb
+
+    def __call__(self, state: dict) -> None:
+        write_history(self.folder, self.params, state)
+        if self.tb is not None:
+            self.tb.epochs(state["history"])
+
+
+def _train(params: TrainParams, parts: tuple[Splits, torch.nn.Module, torch.nn.Module], device: torch.device,
+           ctx: DistContext, stage: tuple[Path, Path], resume_state: dict | None, code: dict, expect: dict,
+           tb: TensorBoardLog | None) -> tuple[dict, dict, dict]:
+    """Fit into the staging folders; (best checkpoint, summary, provenance: the code and machine that trained it)."""
+    splits, model, head = parts
+    stage_r, stage_c = stage
     if ctx.is_main:
-        say(f"{'training' if train else 'evaluating'} {params.model_name} ({params.loss_fuc_type}): "
-            f"{params.dataset_name}, {len(splits.train_y)} train / {len(splits.val_y)} validation / "
-            f"{len(splits.test_y)} test images" + (f", {params.total_epochs} epochs of {params.batch_size}" if train
-                                                   else "") +
-            f", {device_description(device, ctx)}, {precision(device, params.amp)}", params.use_tqdm)
-    if train:
-        if ctx.is_main:
-            write_json(stage_r / "params.json", {**recorded(params), "world_size": ctx.world})
-        if resume_state is not None:
-            load_weights(model, head, resume_state, averaged=False)
-        tb = tensorboard_log(params, stage_r) if ctx.is_main else None
+        write_json(stage_r / "params.json", {**recorded(params), "world_size": ctx.world})
+    if resume_state is not None:
+        load_weights(model, head, resume_state, averaged=False)
+    summary = fit(params, model, head, splits, device, stage_c, EpochLog(stage_r, params, tb), resume_state, ctx,
+                  code=code)
+    best_state = load_checkpoint(stage_c / "best.pt", expect)
+    summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
+    provenance = {**code, "machine": machine(device), "amp": precision(device, params.amp)}
+    if resume_state is not None and resume_state.get("code") != code:  # earlier epochs ran other code
+        provenance["code_before_resume"] = resume_state.get("code") or "unknown (saved before runs recorded it)"
+    return best_state, summary, provenance
 
-        def on_epoch(st: dict) -> None:
-            write_history(stage_r, params, st)
-            if tb is not None:
-                tb.epochs(st["history"])
 
-        summary = fit(params, model, head, splits, device, stage_c, on_epoch, resume_state, ctx, code=code)
-        best_state = load_checkpoint(stage_c / "best.pt", expect)
-        summary = {k: summary[k] for k in ("best_epoch", "epochs_trained", "train_seconds")}
-        provenance = {**code, "machine": machine(device), "amp": precision(device, params.amp)}
-        if resume_state is not None and resume_state.get("code") != code:  # earlier epochs ran other code
-            provenance["code_before_resume"] = resume_state.get("code") or "unknown (saved before runs recorded it)"
-    else:
-        summary = best_state.get("summary") or run_summary(ckpt, best_state, expect)
-        provenance = best_state.get("provenance") or {"git_commit": None,
-                                                      "git_note": "trained before runs recorded their code"}
-    load_weights(model, head, best_state)
-    ev = evaluate(params, model, head, splits, device, ctx)
-    if ev is None:
-        return {}
-    if train:
-        check_learned(ev["metrics"]["val_acc_1nn"], splits, params)
+def _write_evaluation(params: TrainParams, ev: dict, splits: Splits, trained: tuple[dict, dict, dict], train: bool,
+                      device: torch.device, ctx: DistContext, stage: tuple[Path, Path],
+                      tb: TensorBoardLog | None) -> dict:
+    """metrics.json, the evaluation files and the model card in the checkpoint, all into the staging folders."""
+    best_state, summary, provenance = trained
+    stage_r, stage_c = stage
     metrics = {"model_name": params.model_name, "loss_fuc_type": params.loss_fuc_type, **ev["metrics"],
                **summary, "train_seconds": round(summary["train_seconds"], 1),
                "device": device_description(device, ctx), "n_query": len(splits.test_y),
@@ -288,10 +288,46 @@ def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.devic
     if any(best_state.get(k) != v for k, v in card.items()):  # unchanged checkpoints keep their SHA-256
         save_checkpoint(stage_c / "best.pt", {**best_state, **card})
     write_results(stage_r, ev, metrics)
-    if params.tensorboard:
+    if tb is not None:
         n = min(len(splits.test_y), PROJECTOR_POINTS)
-        (tb if train else tensorboard_log(params, stage_r)).projector(ev["sample"][:n], splits.test_y[:n],
-                                                                       splits.test_x[:n])
+        tb.projector(ev["sample"][:n], splits.test_y[:n], splits.test_x[:n])
+    return metrics
+
+
+def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, results: Path,
+         ckpt: Path) -> dict:
+    """Train (or take the saved best checkpoint), evaluate, publish: everything is written into staging folders
+    first and published at the end in one step (utils/run/rundir.py), so a failure leaves the old run whole."""
+    expect = {k: getattr(params, k) for k in CKPT_KEYS}
+    code = code_identity()  # taken before anything trains
+    if params.scale_lr and ctx.enabled:
+        params = dataclasses.replace(params, lr=params.lr * ctx.world)
+    src, resume_state = _resume_state(params, train, expect, ctx)
+    best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
+    _stage(train, ckpt, results, src, resume_state, ctx)
+    barrier(ctx)
+    splits, params, model, head = prepare_run(params, device, measure=not ctx.enabled)
+    if ctx.is_main:
+        say(f"{'training' if train else 'evaluating'} {params.model_name} ({params.loss_fuc_type}): "
+            f"{params.dataset_name}, {len(splits.train_y)} train / {len(splits.val_y)} validation / "
+            f"{len(splits.test_y)} test images" + (f", {params.total_epochs} epochs of {params.batch_size}" if train
+                                                   else "") +
+            f", {device_description(device, ctx)}, {precision(device, params.amp)}", params.use_tqdm)
+    stage = (rundir.staging(results), rundir.staging(ckpt))
+    tb = tensorboard_log(params, stage[0]) if ctx.is_main else None
+    if train:
+        trained = _train(params, (splits, model, head), device, ctx, stage, resume_state, code, expect, tb)
+    else:
+        trained = (best_state, best_state.get("summary") or run_summary(ckpt, best_state, expect),
+                   best_state.get("provenance") or {"git_commit": None,
+                                                    "git_note": "trained before runs recorded their code"})
+    load_weights(model, head, trained[0])
+    ev = evaluate(params, model, head, splits, device, ctx)
+    if ev is None:  # a non-zero torchrun rank: rank 0 writes
+        return {}
+    if train:
+        check_learned(ev["metrics"]["val_acc_1nn"], splits, params)
+    metrics = _write_evaluation(params, ev, splits, trained, train, device, ctx, stage, tb)
     rundir.publish(results, ckpt)
     draw_det(results.parent)
     return metrics

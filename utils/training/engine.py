@@ -1,7 +1,7 @@
 """The training engine's steps, shared by both trainers: one epoch, validation, embedding.
 
-`train_one_epoch` checks a stop flag after every step and hands the position back (`on_stop`), so
-utils/training/fit.py can save a mid-epoch checkpoint that resumes into the same batches.
+`train_one_epoch` checks a stop flag after every step and, when it is raised, returns the position reached,
+so utils/training/fit.py can save a mid-epoch checkpoint that resumes into the same batches.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -75,26 +76,36 @@ def epoch_indices(n: int, params: TrainParams, epoch: int, ctx: DistContext) -> 
     return perm[: per * ctx.world][ctx.rank::ctx.world]
 
 
-def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-                    x: torch.Tensor, y: torch.Tensor, params: TrainParams, device: torch.device, epoch: int,
-                    ctx: DistContext = SINGLE, resume: dict | None = None, stop: list[int] | None = None,
-                    on_stop: Callable[[dict], None] | None = None, on_step: StepHook | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over (x, y) in shuffled batches; returns the mean training loss (over all ranks).
+@dataclass
+class Stepper:
+    """What a training step changes: the network (TrainNet, or DDP around it), its optimiser and schedule, the
+    fp16 GradScaler (one per run: its loss scale carries across epochs; None = a disabled one), and what
+    runs after every step with (epoch, step, loss): the EMA update and the step log in fit."""
 
-    `resume` = {'step', 'loss_sum', ...} continues a partly done epoch. When `stop` becomes non-empty on
-    any rank, every rank finishes the same step and `on_stop` is called with `resume`'s keys updated to
-    the next position.
-    `scaler`: the run's fp16 GradScaler (fit keeps one per run); None = a disabled one.
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None = None
+    after_step: StepHook | None = None
+
+
+def train_one_epoch(s: Stepper, x: torch.Tensor, y: torch.Tensor, params: TrainParams, device: torch.device,
+                    epoch: int, ctx: DistContext = SINGLE, position: dict | None = None,
+                    stop: list[int] | None = None) -> tuple[float, dict | None]:
+    """One pass over (x, y) in shuffled batches: (mean training loss over all ranks, None).
+
+    `position` = {'step', 'loss_sum', ...} continues a partly done epoch. When `stop` becomes non-empty on
+    any rank, every rank finishes the same step and returns (loss so far, `position` moved to the next step),
+    which resumes there.
     """
-    net.train()
+    s.net.train()
     dtype = amp_dtype(device, params.amp)
-    scaler = scaler if scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
+    scaler = s.scaler if s.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     order = epoch_indices(len(x), params, epoch, ctx)
     aug = augmentation_table(len(x), params.seed, epoch) if params.augment else None
     bs = params.batch_size
     steps = len(order) // bs  # drop the ragged last batch: BatchNorm needs > 1 sample
-    start, loss_sum = (resume["step"], resume["loss_sum"]) if resume else (0, 0.0)
+    start, loss_sum = (position["step"], position["loss_sum"]) if position else (0, 0.0)
     bar = tqdm(total=steps * bs * ctx.world, initial=start * bs * ctx.world, unit="img", unit_scale=True,
                desc=f"epoch {epoch}", disable=not (params.use_tqdm and ctx.is_main), leave=False)
     lines = ctx.is_main and not params.use_tqdm  # no bar: a line about every PROGRESS_SECONDS instead
@@ -104,13 +115,13 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
         xb = model_input(x[idx], params, device, None if aug is None else aug[idx])
         yb = y[idx].to(device, non_blocking=True)
         with autocast(device, dtype):
-            loss = training_loss(net(xb, yb), yb, params)
-        optimizer.zero_grad(set_to_none=True)
+            loss = training_loss(s.net(xb, yb), yb, params)
+        s.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
+        scaler.step(s.optimizer)
         scaler.update()
         if params.schedule != "step":
-            scheduler.step()
+            s.scheduler.step()
         # one reduction per step carries the global batch's mean loss and any rank's stop request
         loss_total, stops = all_sum([loss.item(), float(bool(stop))], ctx, device)
         value = loss_total / ctx.world
@@ -118,8 +129,8 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             raise NonFiniteLoss(f"loss became {value} at epoch {epoch}, step {step}; lower --lr, "
                                 f"--scale or --margin (or use --amp=off) and train again.")
         loss_sum += value
-        if on_step is not None:
-            on_step(epoch, step, value)
+        if s.after_step is not None:
+            s.after_step(epoch, step, value)
         bar.update(bs * ctx.world)
         bar.set_postfix(loss=f"{value:.4f}")
         if lines and time.perf_counter() - t_line >= PROGRESS_SECONDS:
@@ -128,9 +139,10 @@ def train_one_epoch(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler:
             say(f"  epoch {epoch + 1}: step {step + 1}/{steps}, loss {loss_sum / (step + 1):.4f}, {rate:.0f} img/s, "
                 f"epoch ETA {(steps - step - 1) * bs * ctx.world / rate:.0f} s", False)
         if stops > 0:  # every rank sees the same sum, so all stop after this same step
-            on_stop({**(resume or {}), "step": step + 1, "loss_sum": loss_sum})
+            bar.close()
+            return loss_sum / (step + 1), {**(position or {}), "step": step + 1, "loss_sum": loss_sum}
     bar.close()
-    return loss_sum / max(1, steps)
+    return loss_sum / max(1, steps), None
 
 
 @torch.inference_mode()

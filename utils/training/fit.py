@@ -32,7 +32,7 @@ from utils.data.images import polarity_of
 from utils.data.loading import Splits
 from utils.data.outliers import with_outliers
 from utils.training.ema import WeightEMA
-from utils.training.engine import StepHook, TrainNet, train_one_epoch, validate
+from utils.training.engine import StepHook, Stepper, TrainNet, train_one_epoch, validate
 
 RESUMED = ("epoch", "best_val_loss", "best_epoch", "epochs_no_improve", "history", "steps", "train_seconds",
            "partial")
@@ -85,22 +85,42 @@ def stop_on_signals() -> Iterator[list[int]]:
 
 @dataclass
 class Run:
-    """What one fit holds: the network (DDP-wrapped when distributed) and its optimiser, schedule, fp16
-    scaler and EMA, and the state that resumes (epoch counters, history, per-step losses)."""
-    net: nn.Module
+    """What one fit holds: the network (DDP-wrapped when distributed) with its optimiser, schedule, fp16 scaler
+    and EMA, where it saves, and the state that resumes (epoch counters, history, per-step losses)."""
+    stepper: Stepper  # .net is what trains; its .after_step is this run's `after_step`
     inner: TrainNet  # its .model/.head are what is saved and evaluated
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
     ema: WeightEMA | None
     steps: int
+    params: TrainParams
+    ckpt_dir: Path
+    ctx: DistContext
+    code: dict | None = None  # utils/core/provenance.code_identity, saved in every checkpoint
+    on_step: StepHook | None = None  # a caller's per-step hook (bench.train --to_accuracy)
     state: dict = field(default_factory=lambda: {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": -1,
                                                  "epochs_no_improve": 0, "history": [], "steps": [],
                                                  "train_seconds": 0.0, "partial": None})
 
+    def after_step(self, epoch: int, step: int, value: float) -> None:
+        if self.ema is not None:
+            self.ema.update()
+        if self.params.log_steps:
+            self.state["steps"].append([epoch, step, round(value, 8)])
+        if self.on_step is not None:
+            self.on_step(epoch, step, value)
+
+    def save(self, name: str, partial: dict | None = None) -> None:
+        """Rank 0 writes the checkpoint `name` (best.pt, or the resumable last.pt) into ckpt_dir."""
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_dir / name, snapshot(self, partial))
+
+    def interrupted(self, signum: int) -> TrainingInterrupted:
+        barrier(self.ctx)  # last.pt exists before any rank reports it
+        return TrainingInterrupted(self.ckpt_dir / "last.pt", signum)
+
 
 def prepare(params: TrainParams, model: nn.Module, head: nn.Module, n_train: int, device: torch.device,
-            ctx: DistContext, ema: WeightEMA | None) -> Run:
+            ctx: DistContext, ema: WeightEMA | None, ckpt_dir: Path, code: dict | None = None,
+            on_step: StepHook | None = None) -> Run:
     """Wrap the network, build optimiser, schedule, scaler and (unless handed one) the EMA."""
     net: nn.Module = TrainNet(model, head, outliers=params.outliers != "off")
     if ctx.enabled:
@@ -119,27 +139,30 @@ def prepare(params: TrainParams, model: nn.Module, head: nn.Module, n_train: int
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(device, params.amp) == torch.float16)
     if ema is None and params.ema_decay > 0:
         ema = WeightEMA(inner.model, inner.head, params.ema_decay)
-    return Run(net, inner, optimizer, scheduler, scaler, ema, steps)
+    run = Run(Stepper(net, optimizer, scheduler, scaler), inner, ema, steps, params, ckpt_dir, ctx, code, on_step)
+    run.stepper.after_step = run.after_step
+    return run
 
 
 def restore(run: Run, saved: dict) -> None:
     """Continue from a checkpoint: optimiser, schedule, counters, scaler, RNG streams and the EMA."""
-    run.optimizer.load_state_dict(saved["optimizer"])
-    run.scheduler.load_state_dict(saved["scheduler"])
+    run.stepper.optimizer.load_state_dict(saved["optimizer"])
+    run.stepper.scheduler.load_state_dict(saved["scheduler"])
     run.state.update({k: saved[k] for k in RESUMED if k in saved})
     if saved.get("scaler"):
-        run.scaler.load_state_dict(saved["scaler"])
+        run.stepper.scaler.load_state_dict(saved["scaler"])
     restore_rng(saved["rng"])
     if run.ema is not None and saved.get("ema") is not None:
         run.ema.load_state_dict(saved["ema"])
 
 
-def snapshot(run: Run, params: TrainParams, partial: dict | None, code: dict | None) -> dict:
+def snapshot(run: Run, partial: dict | None) -> dict:
     """Everything a resume needs, as a checkpoint dict."""
+    s = run.stepper
     return {"model": run.inner.model.state_dict(), "head": run.inner.head.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
-            "params": vars(params).copy(), "rng": rng_state(), "code": code,
+            "optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(),
+            "scaler": s.scaler.state_dict(), "ema": run.ema.state_dict() if run.ema is not None else None,
+            "params": vars(run.params).copy(), "rng": rng_state(), "code": run.code,
             **{k: v for k, v in run.state.items() if k != "partial"}, "partial": partial}
 
 
@@ -184,46 +207,28 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
     if params.outliers != "off":  # generated non-digits join the training set with label -1
         train_x, train_y = with_outliers(train_x, train_y, params.outlier_fraction, polarity_of(train_x.numpy()),
                                          datasets.get(params.dataset_name).normalise, params.data_root, params.seed)
-    run = prepare(params, model, head, len(train_x), device, ctx, ema)
+    run = prepare(params, model, head, len(train_x), device, ctx, ema, ckpt_dir, code, on_step)
     scored = (run.ema.model, run.ema.head) if run.ema is not None else (run.inner.model, run.inner.head)
     how = data_placement(train_x.nbytes + splits.val_x.nbytes, device)
     train_x, val_x = place(train_x, how, device), place(splits.val_x, how, device)
     if resume_state is not None:
         restore(run, resume_state)
     st = run.state
-
-    def step_hook(epoch: int, step: int, value: float) -> None:
-        if run.ema is not None:
-            run.ema.update()
-        if params.log_steps:
-            st["steps"].append([epoch, step, round(value, 8)])
-        if on_step is not None:
-            on_step(epoch, step, value)
-
-    def save(name: str, partial: dict | None = None) -> None:
-        if ctx.is_main:
-            save_checkpoint(ckpt_dir / name, snapshot(run, params, partial, code))
-
-    def interrupted(signum: int) -> None:
-        barrier(ctx)  # last.pt exists before any rank reports it
-        raise TrainingInterrupted(ckpt_dir / "last.pt", signum)
-
     t0 = time.perf_counter() - st["train_seconds"]
     with stop_on_signals() as stop:
-        def on_stop(partial: dict) -> None:
-            st["train_seconds"] = time.perf_counter() - t0
-            save("last.pt", partial)
-            interrupted(stop[0] if stop else signal.SIGTERM)
-
         while st["epoch"] < params.total_epochs and st["epochs_no_improve"] < params.early_stop_epochs:
             epoch, te = st["epoch"], time.perf_counter()
             # the epoch's starting lr, kept through a mid-epoch resume so history.csv matches an uninterrupted run
-            partial = st["partial"] or {"step": 0, "loss_sum": 0.0, "lr": run.optimizer.param_groups[0]["lr"]}
-            train_loss = train_one_epoch(run.net, run.optimizer, run.scheduler, train_x, train_y, params,
-                                         device, epoch, ctx, partial, stop, on_stop, step_hook, run.scaler)
+            partial = st["partial"] or {"step": 0, "loss_sum": 0.0, "lr": run.stepper.optimizer.param_groups[0]["lr"]}
+            train_loss, stopped_at = train_one_epoch(run.stepper, train_x, train_y, params, device, epoch, ctx,
+                                                     partial, stop)
+            if stopped_at is not None:  # a signal mid-epoch: keep the position in last.pt, then leave
+                st["train_seconds"] = time.perf_counter() - t0
+                run.save("last.pt", stopped_at)
+                raise run.interrupted(stop[0] if stop else signal.SIGTERM)
             st["partial"] = None
             if params.schedule == "step":
-                run.scheduler.step()
+                run.stepper.scheduler.step()
             val_loss, val_acc, val_angle = validate(*scored, val_x, splits.val_y, params, device, ctx)
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"validation loss became {val_loss} after epoch {epoch}; lower --lr, "
@@ -233,14 +238,14 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
                                          "seconds": time.perf_counter() - te})
             st["train_seconds"] = time.perf_counter() - t0
             if improved:
-                save("best.pt")
-            save("last.pt")
+                run.save("best.pt")
+            run.save("last.pt")
             if ctx.is_main:
                 on_epoch(st)
                 say(epoch_line(params, st, len(train_x), improved), params.use_tqdm)
             # a signal during validation or saving is honoured here, at the epoch boundary last.pt holds
             if all_sum([float(bool(stop))], ctx, device)[0] > 0:
-                interrupted(stop[0] if stop else signal.SIGTERM)
+                raise run.interrupted(stop[0] if stop else signal.SIGTERM)
     barrier(ctx)  # best.pt is complete before any rank loads it
     return {"best_epoch": st["best_epoch"], "epochs_trained": st["epoch"], "train_seconds": st["train_seconds"],
             "best_val_loss": st["best_val_loss"], "history": st["history"], "steps": st["steps"]}
