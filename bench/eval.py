@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from bench.reference import exact_eer
 from utils.core.io import write_json
-from utils.core.options import Option, refuse_rest, run_script, split
-from utils.core.provenance import cpu_model
+from utils.core.options import Option, comma_list, refuse_rest, run_script, split
+from utils.core.provenance import code_identity, cpu_kind, cpu_model
 from utils.scoring.metrics import evaluate_embeddings, verification_metrics
 
 
@@ -93,7 +93,30 @@ def sklearn_cost(q, ql, g, gl, sizes: list[int]) -> list[dict]:
 OPTIONS = {"queries": Option("10000", "synthetic query embeddings", int),
            "gallery": Option("50000", "synthetic gallery embeddings", int),
            "dim": Option("512", "embedding width", int), "classes": Option("10", "classes", int),
-           "repeats": Option("2", "timings per method", int), "out": Option("results/bench/eval.json", "JSON to write")}
+           "repeats": Option("2", "timings per method", int),
+           "threads": Option("", "also time ours against the floor on these thread counts, e.g. 1,2"),
+           "out": Option("results/bench/eval.json", "JSON to write")}
+
+
+def time_side_by_side(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: torch.Tensor,
+                      repeats: int) -> tuple[float, float, float, PeakRSS, dict]:
+    """Best of `repeats` (interleaved: all see the same machine state) of ours, the floor and the fresh product."""
+    ours, floor, fresh = [], [], []
+    out = torch.empty(len(q), len(g))  # the floor writes into memory it already owns, as ours does
+    torch.mm(q, g.T, out=out)  # first touch of its pages, outside the timing
+    for _ in range(repeats):
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            res = evaluate_embeddings(q, ql, g, gl)
+            ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch.mm(q, g.T, out=out)
+        floor.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        s = q @ g.T  # the same product into a fresh allocation: shows what first-touching 2 GB costs
+        fresh.append(time.perf_counter() - t0)
+        del s
+    return min(ours), min(floor), min(fresh), mem, res
 
 
 def main(argv: list[str]) -> None:
@@ -107,23 +130,15 @@ def main(argv: list[str]) -> None:
     print(f"{a.queries} queries x {a.gallery} gallery x {a.dim}-d = {n_pairs:.2e} pairs, "
           f"{torch.get_num_threads()} threads")
 
-    ours, floor, fresh = [], [], []
-    out = torch.empty(a.queries, a.gallery)  # the floor writes into memory it already owns, as ours does
-    torch.mm(q, g.T, out=out)  # first touch of its pages, outside the timing
-    for _ in range(a.repeats):  # interleaved, best of n: all see the same machine state
-        with PeakRSS() as mem:
-            t0 = time.perf_counter()
-            res = evaluate_embeddings(q, ql, g, gl)
-            ours.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        torch.mm(q, g.T, out=out)
-        floor.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        s = q @ g.T  # the same product into a fresh allocation: shows what first-touching 2 GB costs
-        fresh.append(time.perf_counter() - t0)
-        del s
-    del out
-    t_ours, t_floor, t_fresh = min(ours), min(floor), min(fresh)
+    by_threads = []
+    default = torch.get_num_threads()
+    for n in comma_list("threads", a.threads, int):
+        torch.set_num_threads(n)
+        o, f, _, _, _ = time_side_by_side(q, ql, g, gl, a.repeats)
+        by_threads.append({"threads": n, "ours_seconds": o, "floor_seconds": f, "ratio_to_floor": o / f})
+        print(f"{n} thread(s): ours {o:.2f} s, floor {f:.2f} s, {o / f:.2f}x the floor")
+    torch.set_num_threads(default)
+    t_ours, t_floor, t_fresh, mem, res = time_side_by_side(q, ql, g, gl, a.repeats)
     emb_mib = (q.numel() + g.numel()) * 4 / 2**20
 
     sub = max(1, min(a.queries, 10_000_000 // a.gallery * 5))  # ~5e7 pairs: sklearn fits in a few GiB
@@ -154,7 +169,8 @@ def main(argv: list[str]) -> None:
     write_json(Path(a.out), {
         "setup": vars(a) | {"threads": torch.get_num_threads(), "n_pairs": n_pairs},
         "floor_seconds": t_floor, "floor_fresh_allocation_seconds": t_fresh, "ours_seconds": t_ours,
-        "ratio_to_floor": t_ours / t_floor, "cpu": cpu_model(),
+        "ratio_to_floor": t_ours / t_floor, "by_threads": by_threads, "cpu": cpu_model(), "cpu_kind": cpu_kind(),
+        "kernel_path": torch.backends.cpu.get_cpu_capability(), "made_by": code_identity(),
         "ours_peak_mib_above_embeddings": (mem.peak - mem.base) / 2**20, "embeddings_mib": emb_mib,
         "eer_subsample_pairs": n_exact, "eer_ours": ours_sub, "eer_exact": eer_exact,
         "eer_abs_diff": abs(ours_sub - eer_exact), "sklearn_growth": cost,

@@ -14,9 +14,11 @@ def test_eval_bench_on_a_tiny_synthetic_set(tmp_path: Path) -> None:
     from bench import eval as bench_eval
 
     out = tmp_path / "eval.json"
-    bench_eval.main(["--queries=64", "--gallery=256", "--dim=16", "--repeats=1", f"--out={out}"])
+    bench_eval.main(["--queries=64", "--gallery=256", "--dim=16", "--repeats=1", "--threads=1,2", f"--out={out}"])
     doc = json.loads(out.read_text())
-    assert doc and out.stat().st_size > 100
+    assert [r["threads"] for r in doc["by_threads"]] == [1, 2]
+    assert all(r["ours_seconds"] > 0 and r["floor_seconds"] > 0 for r in doc["by_threads"])
+    assert doc["eer_abs_diff"] < 1e-5 and doc["cpu_kind"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")
 
 
 @needs_mnist
@@ -47,3 +49,16 @@ def test_profile_bench_splits_the_step_and_every_convolution(tmp_path: Path, tin
     assert len(doc["convolutions"]) == 20  # ResNet18's convolutions, stem and downsampling included
     assert all(r["forward_gflops"] > 0 for r in doc["convolutions"])
     assert doc["precision"] == "fp32" and doc["layout"] == ("nchw_tinymm" if tiny == "true" else "nchw")
+
+
+@needs_mnist
+def test_infer_bench_times_import_torch_beside_a_cold_verify(compared: Path, tmp_path: Path) -> None:
+    from bench import infer
+
+    out = tmp_path / "infer.json"
+    infer.main([f"--ckpt_dir={compared / 'ckp'}", "--repeats=1", "--images=64", "--gallery=500", "--large=2000",
+                f"--out={out}"])
+    doc = json.loads(out.read_text())
+    cold = doc["cold_verify_seconds"]
+    assert cold["import_torch"] > 0 and cold["checkpoint"] > 0  # both measured in one run, side by side
+    assert doc["exact_search_large"]["gallery"] == 2000 and doc["embed_images_per_s"]["torch"] > 0

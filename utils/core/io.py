@@ -127,13 +127,15 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 REQUIRED_KEYS = ("model", "head", "optimizer", "scheduler", "epoch", "params")
 
 
-def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint written by `save_checkpoint`, refusing ones that do not fit `expect`.
 
     torch.load(weights_only=True) unpickles tensors and plain containers only: a file crafted to run
     code when loaded is refused before anything in it runs. `expect` maps param names (model_name,
     n_class, embedding_dim, loss_fuc_type, ...) to the values of the current run; a mismatch is an
     error, since loading would fail obscurely or, worse, silently evaluate another model.
+    `mmap`: map the file instead of reading it whole; tensors are read when used (inference reads the
+    evaluated weights, not the optimiser's state).
     """
     import torch
 
@@ -142,7 +144,7 @@ def load_checkpoint(path: str | Path, expect: dict[str, Any] | None = None) -> d
         raise CheckpointError(f"checkpoint {path} not found; train first (python main.py arcface) "
                               f"or pass --resume=PATH to an existing file.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, pickle garbage, random bytes, objects that are not weights...
         kind = "holds objects other than weights (refused unrun)" if "weights_only" in str(e) else \
             "is truncated or not a checkpoint"

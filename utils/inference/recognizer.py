@@ -97,13 +97,21 @@ def far_at(curve: dict[str, list[float]], score: float) -> float:
 class Recognizer:
     """One trained model with its input card and calibrated thresholds, behind any embedder."""
 
-    def __init__(self, embedder: Embedder, card: dict, thresholds: dict, curve: dict, model_id: str,
+    def __init__(self, embedder: Embedder, card: dict, thresholds: dict, curve: dict, model_id: str | Callable[[], str],
                  batch_size: int = 256, dim: int | None = None, reject: dict | None = None) -> None:
         self.embedder, self.card, self.thresholds, self.curve = embedder, card, thresholds, curve
-        self.model_id, self.batch_size, self.dim = model_id, batch_size, dim
+        self._model_id, self.batch_size, self.dim = model_id, batch_size, dim
         self.reject = reject  # "is it a digit at all?" (utils/inference/reject.py); None: not calibrated
         if reject and "normalise" in reject:  # the calibration chose how new images are normalised
             self.card = {**card, "normalise": reject["normalise"]}
+
+    @property
+    def model_id(self) -> str:
+        """The checkpoint's SHA-256, which galleries and reject.json record: computed when first asked for
+        (a verify without reject.json never needs it)."""
+        if callable(self._model_id):
+            self._model_id = self._model_id()
+        return self._model_id
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> Recognizer:
@@ -114,9 +122,12 @@ class Recognizer:
         from utils.inference.torch_backend import load_torch_embedder  # torch only on this path
 
         embedder, state = load_torch_embedder(path, device)
-        model_id = sha256(path)
-        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], model_id,
-                   dim=int(state["params"]["embedding_dim"]), reject=load_reject(path.parent, model_id))
+        rec = cls(embedder, state["input"], state["thresholds"], state["far_curve"], lambda: sha256(path),
+                  dim=int(state["params"]["embedding_dim"]))
+        rec.reject = load_reject(path.parent, lambda: rec.model_id)
+        if rec.reject and "normalise" in rec.reject:  # the calibration chose how new images are normalised
+            rec.card = {**rec.card, "normalise": rec.reject["normalise"]}
+        return rec
 
     @classmethod
     def from_onnx(cls, folder: str | Path) -> Recognizer:

@@ -23,6 +23,7 @@ galleries record, stays untouched) and in an export's model.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,9 @@ def is_digit(x: np.ndarray, emb: np.ndarray, reject: dict) -> tuple[np.ndarray, 
     return s, ok & in_band(x, reject["band"]) if "band" in reject else ok
 
 
-def load_reject(folder: Path, checkpoint_sha256: str) -> dict | None:
-    """ckp/<model>/reject.json when present (None otherwise), refused when calibrated for other weights."""
+def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dict | None:
+    """ckp/<model>/reject.json when present (None otherwise), refused when calibrated for other weights
+    (`checkpoint_sha256` is asked only then: hashing a 180 MB checkpoint costs ~0.1 s of a cold start)."""
     path = folder / "reject.json"
     if not path.is_file():
         return None
@@ -130,7 +132,8 @@ def load_reject(folder: Path, checkpoint_sha256: str) -> dict | None:
         ok = False
     if not ok:
         raise CheckpointError(f"{path} is damaged; calibrate again (python main.py wild) or delete it.")
-    if r.get("checkpoint_sha256") != checkpoint_sha256:
+    want = checkpoint_sha256() if callable(checkpoint_sha256) else checkpoint_sha256
+    if r.get("checkpoint_sha256") != want:
         raise CheckpointError(f"{path} was calibrated for other weights than {folder / 'best.pt'}; calibrate "
                               f"again (python main.py wild --model_name=...) or delete it.")
     return r
