@@ -19,6 +19,7 @@ naming the CPU, its kind (avx2, avx512, avx512_bf16, amx), the kernel path ATen 
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -93,10 +94,10 @@ def conv_table(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, channels_l
         h.remove()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     rows = []
-    for name, conv, xs, os in shapes:
+    for name, conv, xs, out_shape in shapes:
         inp = torch.randn(xs, dtype=dtype).contiguous(memory_format=fmt)
         w = conv.weight.detach().to(dtype).contiguous(memory_format=fmt)
-        g = torch.randn(os, dtype=dtype).contiguous(memory_format=fmt)
+        g = torch.randn(out_shape, dtype=dtype).contiguous(memory_format=fmt)
         args = dict(bias_sizes=None, stride=list(conv.stride), padding=list(conv.padding),
                     dilation=list(conv.dilation), transposed=False, output_padding=[0, 0], groups=conv.groups)
 
@@ -112,8 +113,8 @@ def conv_table(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, channels_l
             mm.weight = nn.Parameter(wi)
             torch.autograd.grad(mm(xi), (xi, mm.weight), g)
 
-        flops = conv_flops(xs, conv, os)
-        row = {"conv": name, "input": list(xs), "output": list(os), "kernel": list(conv.kernel_size),
+        flops = conv_flops(xs, conv, out_shape)
+        row = {"conv": name, "input": list(xs), "output": list(out_shape), "kernel": list(conv.kernel_size),
                "stride": list(conv.stride), "gflop": flops / 1e9}
         for part, fn in (("forward", fwd), ("backward_data", lambda: bwd([True, False, False])),
                          ("backward_weight", lambda: bwd([False, True, False]))):
@@ -214,7 +215,10 @@ def main(argv: list[str]) -> None:
     model, head = build_models(params, device)
     model = tuning.apply(model, params)
     net, opt, ema = TrainNet(model, head), make_optimizer(params, model, head), WeightEMA(model, head, 0.995)
-    kind = cpu_kind()
+    # a CPU can be made to run another kind's kernels (ONEDNN_MAX_CPU_ISA=AVX2 or AVX512_CORE_BF16, with
+    # ATEN_CPU_CAPABILITY=avx2): such a profile is named for the path it ran, beside the CPU it ran on
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    kind = cpu_kind() + (f"-as-{cap.lower()}" if cap else "")
     print(f"{cpu_model()} ({kind}, ATen kernels {torch.backends.cpu.get_cpu_capability()}), "
           f"{torch.get_num_threads()} threads, {precision} {layout}; matmul peak {peak:.0f} GFLOP/s", flush=True)
     ph = phases(net, opt, ema, data, params, opts["steps"])
@@ -242,6 +246,7 @@ def main(argv: list[str]) -> None:
           f"{precision} matmul peak")
     out = Path(opts["out"] or f"results/bench/profile/{kind}_{precision}_{layout}.json")
     write_json(out, {"cpu": cpu_model(), "cpu_kind": kind, "kernels": torch.backends.cpu.get_cpu_capability(),
+                     "onednn_max_cpu_isa": cap or None,
                      "threads": torch.get_num_threads(), "torch": str(torch.__version__), "precision": precision,
                      "layout": layout, "batch_size": params.batch_size, "commit": code_identity()["git_commit"],
                      "matmul_peak_gflops": peak, "step_seconds": step_s, "images_per_s": params.batch_size / step_s,
