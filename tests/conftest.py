@@ -88,7 +88,7 @@ def quick(tmp: Path) -> list[str]:
     return ["--quick_debug=true", "--use_tqdm=false", f"--results_dir={tmp / 'results'}", f"--ckpt_dir={tmp / 'ckp'}"]
 
 
-# 32 steps of 16 images in the quick_debug epoch: room to interrupt mid-epoch (test_reliability).
+# 32 steps of 16 images in the quick_debug epoch: room to interrupt mid-epoch (test_experiment).
 # On the CPU even where a GPU exists: these runs are compared bit for bit (resume, re-evaluation),
 # which CUDA's autotuned, non-deterministic kernels do not promise (seen on an H200).
 SMALL = ["--batch_size=16", "--seed=3", "--device=cpu", "--log_steps=true"]

@@ -28,7 +28,7 @@ def check_model_outputs(results: Path, name: str) -> dict:
 
 @needs_mnist
 def test_softmax_alone(tmp_path: Path) -> None:
-    """`main.py softmax` on its own (arcface alone runs in test_reliability's resume test)."""
+    """`main.py softmax` on its own (arcface alone runs in test_experiment's resume test)."""
     r = call_main("softmax", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = check_model_outputs(tmp_path / "results", "resnet18_softmax")

@@ -132,3 +132,10 @@ def test_a_quick_debug_run_never_writes_into_the_published_results() -> None:
     own = resolve(TrainArcFaceParams(), {"quick_debug": True, "results_dir": "/tmp/mine"})
     assert own.results_dir == "/tmp/mine"  # a folder of the user's own is theirs
     assert resolve(TrainArcFaceParams(), {}).results_dir == "results"
+
+
+def test_hist_bins_must_be_a_power_of_two() -> None:
+    from utils.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="power of two"):
+        resolve(TrainArcFaceParams(), {"hist_bins": 3000})

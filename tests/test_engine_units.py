@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run
 
 from trainArcFace import TrainArcFaceParams
 from utils.core import device
 from utils.core.config import ConfigError, resolve
 from utils.core.distributed import DistContext
+from utils.data.loading import augmentation_table
 from utils.training import engine
 from utils.training import fit as fit_mod
 
@@ -180,3 +185,44 @@ def test_augmentation_strength_and_label_smoothing_reach_the_step() -> None:
     assert losses[0] != losses[1]
     with pytest.raises(ConfigError, match="label_smoothing"):
         resolve(TrainArcFaceParams(), {"label_smoothing": 1.0})
+
+
+def tiny(**over: object) -> tuple:
+    return tiny_run(8, 16, 8, **over)  # fp16 runs emulated on most CPUs: one step an epoch
+
+
+def test_fp16_scaler_is_one_per_run_saved_and_resumed(tmp_path: Path) -> None:
+    """fp16 autocast runs on CPUs too, so the GradScaler path is tested here (CUDA without bf16 uses it)."""
+    params, splits, model, head = tiny(amp="fp16")
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "straight", lambda st: None)
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+
+    def stop_after_first_epoch(st: dict) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # fit's handler only flags it: the run stops at this epoch boundary
+
+    params, splits, model, head = tiny(amp="fp16")
+    with pytest.raises(fit_mod.TrainingInterrupted):
+        fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", stop_after_first_epoch)
+    first = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert first["epoch"] == 1 and first["scaler"]["scale"] > 0
+    _, splits, model, head = tiny(amp="fp16")
+    model.load_state_dict(first["model"])
+    head.load_state_dict(first["head"])
+    fit_mod.fit(params, model, head, splits, torch.device("cpu"), tmp_path / "cut", lambda st: None, first)
+    resumed = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert resumed["scaler"] == straight["scaler"]
+    steps = len(splits.train_x) // params.batch_size
+    if resumed["scaler"]["scale"] == first["scaler"]["scale"]:  # no overflow in epoch 2: the count goes on
+        assert resumed["scaler"]["_growth_tracker"] == first["scaler"]["_growth_tracker"] + steps
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+def test_seeds_do_not_share_batch_orders_or_augmentations() -> None:
+    one = DistContext(0, 1)
+    a = engine.epoch_indices(1000, resolve(TrainArcFaceParams(), {"seed": 0}), epoch=1, ctx=one)
+    b = engine.epoch_indices(1000, resolve(TrainArcFaceParams(), {"seed": 1}), epoch=0, ctx=one)
+    assert not torch.equal(a, b)  # seed + epoch gave both the same order
+    assert not torch.equal(augmentation_table(100, 0, 1), augmentation_table(100, 1, 0))
+    again = engine.epoch_indices(1000, resolve(TrainArcFaceParams(), {"seed": 0}), epoch=1, ctx=one)
+    assert torch.equal(a, again)

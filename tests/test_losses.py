@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from losses import ArcFace, Softmax, build_head
+from losses import ArcFace, Softmax, SphereFace, build_head
 
 
 def naive_arcface(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, s: float, m: float) -> torch.Tensor:
@@ -116,3 +116,28 @@ def test_build_head_and_errors() -> None:
         build_head("cosface", 8, 3, scale=0.0)
     with pytest.raises(ValueError, match="integer"):
         build_head("sphereface", 8, 3, margin=2.5)
+
+
+def test_sphereface_lambda_follows_progress_and_validation_uses_the_final_objective() -> None:
+    head = SphereFace(8, 4)
+    head.set_total_steps(466)  # the margin-loss grid's 2 epochs
+    head.train()
+    cos = torch.zeros(3, 1)
+    lams = []
+    for _ in range(466):
+        lams.append(head.lam)
+        head.target_logit(cos)  # one training forward = one step
+    assert lams[0] == 1000.0
+    reach = math.ceil(0.059 * 466)  # the paper reaches lambda_min at 1,658 of 28,000 steps
+    assert lams[reach + 1] == 5.0 and lams[reach // 2] > 5.0
+    assert lams[-1] == 5.0  # counted in absolute steps (the old rule) it ended at 17.6
+    assert all(a >= b for a, b in zip(lams, lams[1:], strict=False))
+    head.t.zero_()
+    head.eval()
+    assert head.lam == 5.0  # validation losses of different epochs are comparable
+
+
+def test_sphereface_without_a_known_length_counts_absolute_steps() -> None:
+    head = SphereFace(8, 4).train()
+    head.t.fill_(1658)
+    assert head.lam == pytest.approx(5.0, rel=1e-3)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from bench.reference import exact_eer
-from utils.scoring.metrics import evaluate_embeddings, identification_accuracy, verification_metrics
+from utils.scoring.metrics import evaluate_embeddings, identification_accuracy, score_statistics, verification_metrics
 
 
 def clusters(n: int, d: int, c: int, noise: float, seed: int, centers: torch.Tensor | None = None):
@@ -81,3 +81,24 @@ def test_perfect_separation_gives_zero_eer() -> None:
     m = verification_metrics(x, y, x, y)
     assert m["eer"] == pytest.approx(0.0, abs=1e-9) and m["auc"] == pytest.approx(1.0)
     assert identification_accuracy(x, y, x, y) == 1.0
+
+
+@pytest.mark.parametrize("bins", [1 << 10, 1 << 20, 1 << 24])
+def test_histogram_bins_are_exact_and_duplicates_fit(bins: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(6, 32, generator=g), dim=1)
+    q, g_ = torch.cat([x, x[:2]]), torch.cat([x, x[:3]])  # exact duplicates: scores of 1 (or a hair above)
+    ql, gl = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1]), torch.tensor([1, 0, 0, 1, 2, 2, 0, 0, 1])
+    st = score_statistics(q, ql, g_, gl, bins=bins, chunk=3, identification=False)
+    assert int(st["genuine_hist"].sum() + st["impostor_hist"].sum()) == len(q) * len(g_)
+    s = F.normalize(q, dim=1) @ F.normalize(g_, dim=1).T  # float32, as the streamed pass computes them
+    want = ((s.double() * (bins // 2)).floor() + bins // 2).clamp(0, bins - 1).long()
+    genuine = ql[:, None] == gl[None, :]
+    for hist, mask in ((st["genuine_hist"], genuine), (st["impostor_hist"], ~genuine)):
+        ref = torch.bincount(want[mask], minlength=bins)
+        # the product order may differ from the reference matmul by an ulp: compare at one-bin tolerance
+        nz = torch.nonzero(hist).flatten()
+        assert int(hist.sum()) == int(mask.sum())
+        assert all(int(ref[max(0, b - 1):b + 2].sum()) >= 1 for b in nz.tolist())
+    # the identical vectors of different labels are impostors at the top bin, never genuine ones
+    assert int(st["impostor_hist"][bins - 1]) >= 2

@@ -270,7 +270,7 @@ def test_ctrl_c_is_a_short_message_and_exit_130(tmp_path: Path, when: str) -> No
     elif when == "evaluation":
         wait_for(proc, "embed gallery")
     else:
-        time.sleep(6.0)
+        wait_for(proc, "training resnet18_arcface")  # data loaded, the model built: training starts
     proc.send_signal(signal.SIGINT)
     if when == "twice in training":
         time.sleep(0.05)

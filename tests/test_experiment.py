@@ -1,4 +1,4 @@
-"""Interrupt + resume equivalence, and the user errors of the reliability issue, end to end."""
+"""A run end to end (utils/run/experiment.py): interrupt + resume equivalence, and its user errors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Reliability, round three: galleries validated and safe under concurrent enrols, every command's device,
-path and dependency errors as one line, no silent choices, messages with the right fix, training runs
+"""The inference commands (utils/cli/commands.py) and their galleries: safe under concurrent enrols, every device,
+path and dependency error as one line, no silent choices, messages with the right fix; and training runs
 that say what they do."""
 
 from __future__ import annotations
