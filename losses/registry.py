@@ -80,6 +80,11 @@ def hyper_fields() -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for s in specs().values() for f in s["params"]))
 
 
+def unused_by(name: str) -> set[str]:
+    """The hyper-parameter fields loss `name` does not take: a value there changes nothing in its run."""
+    return set(hyper_fields()) - set(spec(name)["params"])
+
+
 def users(field: str) -> list[str]:
     return [n for n, s in specs().items() if field in s["params"]]
 

@@ -163,7 +163,7 @@ def finished(p: TrainParams) -> dict | None:
     new = dataclasses.asdict(quick_debug_params(p))  # what run() writes to params.json
     # a published folder is one complete run (utils/run/rundir.py): its params.json made its metrics.json
     # a hyper-parameter the loss does not take changes nothing (older runs recorded one anyway: scale=30.0)
-    unused = set(registry.hyper_fields()) - set(registry.spec(p.loss_fuc_type)["params"])
+    unused = registry.unused_by(p.loss_fuc_type)
     same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED and k not in unused)
     if p.input_std > 0:
         same = same and old.get("input_mean") == p.input_mean and old.get("input_std") == p.input_std

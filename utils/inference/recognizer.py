@@ -15,6 +15,7 @@ no torch: a checkpoint needs torch (loaded when used), an ONNX export only onnxr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -122,12 +123,9 @@ class Recognizer:
         from utils.inference.torch_backend import load_torch_embedder  # torch only on this path
 
         embedder, state = load_torch_embedder(path, device)
-        rec = cls(embedder, state["input"], state["thresholds"], state["far_curve"], lambda: sha256(path),
-                  dim=int(state["params"]["embedding_dim"]))
-        rec.reject = load_reject(path.parent, lambda: rec.model_id)
-        if rec.reject and "normalise" in rec.reject:  # the calibration chose how new images are normalised
-            rec.card = {**rec.card, "normalise": rec.reject["normalise"]}
-        return rec
+        model_id = functools.cache(lambda: sha256(path))  # hashed once, and only when asked for
+        return cls(embedder, state["input"], state["thresholds"], state["far_curve"], model_id,
+                   dim=int(state["params"]["embedding_dim"]), reject=load_reject(path.parent, model_id))
 
     @classmethod
     def from_onnx(cls, folder: str | Path) -> Recognizer:

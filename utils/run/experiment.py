@@ -122,7 +122,7 @@ def check_resume(params: TrainParams, state: dict, path: Path) -> None:
     """Refuse a resume whose trajectory-defining fields differ from the checkpoint's run."""
     old = state["params"]
     # a hyper-parameter the loss does not take changes nothing (older checkpoints recorded one anyway)
-    unused = set(registry.hyper_fields()) - set(registry.spec(params.loss_fuc_type)["params"])
+    unused = registry.unused_by(params.loss_fuc_type)
     diff = [f"{k}: checkpoint {old[k]!r}, now {v!r}" for k, v in dataclasses.asdict(params).items()
             if k in old and k not in RESUME_FREE and k not in unused and old[k] != v
             and not (k in ("input_mean", "input_std") and params.input_std <= 0)]  # derived from the same data
