@@ -123,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             print(usage(first if first in COMMANDS else None))
             return 0
         # torch-free: an ONNX export runs without torch installed
-        from utils.core.errors import RunFailed, TrainingInterrupted, UserError
+        from utils.core.errors import RunFailed, TrainingInterrupted, UserError, check_ctrl_c
 
         try:
             command, rest = parse_command(argv)
             dispatch(command, rest)
+            check_ctrl_c()  # a press whose exception Python dropped still ends as one
             return 0
         except ModuleNotFoundError as e:
             if e.name not in DEPENDENCIES:
@@ -164,9 +165,9 @@ def _stop_during_start_up(signum: int, frame: object) -> None:
 
 def started() -> None:
     """Start-up is over (the command's modules are loaded): Ctrl+C raises KeyboardInterrupt again, once."""
-    from utils.core.errors import leave_on_ctrl_c
+    from utils.core.errors import arm_ctrl_c
 
-    signal.signal(signal.SIGINT, leave_on_ctrl_c)
+    arm_ctrl_c()
 
 
 def dispatch(command: str, args: list[str]) -> None:

@@ -42,7 +42,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path: Path) -> N
     ddp.mkdir()
     single.mkdir()
     r = torchrun(ddp, *COMMON, *OPEN, "--batch_size=32")  # 2 x 32 = the single run's 64
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-3000:]  # stdout: how far the run got
     r1 = call_main(*COMMON, *OPEN, "--batch_size=64", cwd=single)
     assert r1.returncode == 0, r1.stderr
     # one set of results, written once (by rank 0), open set included

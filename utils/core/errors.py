@@ -9,6 +9,7 @@ level). TrainingInterrupted (128 + signal): stopped by a signal with a resumable
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import NoReturn
 
@@ -66,9 +67,38 @@ class TrainingInterrupted(Exception):
         self.path, self.signum = path, signum
 
 
+_left = [False]  # leave_on_ctrl_c ran: the process is leaving, whether or not its exception got through
+
+
 def leave_on_ctrl_c(signum: int = signal.SIGINT, frame: object = None) -> NoReturn:
     """SIGINT handler (main's after start-up; training's on the second press): raise KeyboardInterrupt once and
     ignore Ctrl+C from then on: the process is leaving, and a later press landing after main() has returned
     would kill the interpreter by SIGINT (status -2 instead of 130)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _left[0] = True
     raise KeyboardInterrupt
+
+
+def arm_ctrl_c() -> None:
+    """From now on Ctrl+C raises KeyboardInterrupt, once. A press landing in a __del__ (a progress bar being
+    collected) raises where Python drops the exception: the hook keeps that quiet, and `check_ctrl_c` raises
+    it again at the next place the work checks."""
+    _left[0] = False
+    signal.signal(signal.SIGINT, leave_on_ctrl_c)
+    if getattr(sys.unraisablehook, "quiet_ctrl_c", False):
+        return
+    default = sys.unraisablehook
+
+    def hook(u: sys.UnraisableHookArgs) -> None:
+        if u.exc_type is None or not issubclass(u.exc_type, KeyboardInterrupt):
+            default(u)
+
+    hook.quiet_ctrl_c = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def check_ctrl_c() -> None:
+    """Raise KeyboardInterrupt if Ctrl+C was pressed and its exception was lost (see arm_ctrl_c); called
+    per progress step and before anything is published, so a lost press still stops the work."""
+    if _left[0] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        raise KeyboardInterrupt

@@ -11,6 +11,8 @@ import time
 
 from tqdm import tqdm
 
+from utils.core.errors import check_ctrl_c
+
 
 def say(msg: str, bar_on: bool) -> None:
     """Print a line without breaking a running tqdm bar."""
@@ -30,6 +32,7 @@ class Progress:
                         file=sys.stderr)
 
     def update(self, n: int) -> None:
+        check_ctrl_c()
         self.done += n
         self.bar.update(n)
 

@@ -193,7 +193,11 @@ def run(params: TrainParams, train: bool = True) -> dict:
             check_writable(ckpt.parent)
         with rundir.hold(results, ckpt) if ctx.is_main else contextlib.nullcontext():
             barrier(ctx)  # a crashed run's swap is finished before any rank reads a checkpoint
-            return _run(params, train, ctx, resolve_device(device_name), results, ckpt)
+            out = _run(params, train, ctx, resolve_device(device_name), results, ckpt)
+        # the ranks leave together: rank 1 tearing gloo down while rank 0 still wrote its files aborted
+        # it now and then ("terminate called without an active exception", SIGABRT) in CI
+        barrier(ctx)
+        return out
     finally:
         distributed.cleanup()
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from utils.core.errors import FolderBusy
+from utils.core.errors import FolderBusy, check_ctrl_c
 from utils.core.io import remove_stale_temps
 
 
@@ -53,6 +53,7 @@ def _swap_in(stage: Path, final: Path) -> None:
 
 def publish(results: Path, ckpt: Path) -> None:
     """Make the finished staged run the published one (checkpoints first, then results)."""
+    check_ctrl_c()  # a Ctrl+C whose exception was lost: publish nothing
     if staging(ckpt).exists():
         _swap_in(staging(ckpt), ckpt)
     _swap_in(staging(results), results)
