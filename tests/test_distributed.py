@@ -90,7 +90,8 @@ def test_a_failing_rank_ends_the_whole_job(tmp_path: Path) -> None:
         victim = worker(proc.pid, 1)
         time.sleep(0.2)
     assert victim is not None, "rank 1 never started"
-    time.sleep(3)  # inside start-up / training
+    while proc.poll() is None and b"training resnet18_arcface" not in proc.stdout.readline():
+        pass  # rank 0 says when training starts: both ranks hold the process group from then on
     os.kill(victim, signal.SIGKILL)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0, err.decode()[-2000:]

@@ -110,9 +110,9 @@ def test_grid_runs_saved_before_the_ema_existed_are_still_reused(tmp_path) -> No
     import dataclasses
     import json
 
-    from utils.cli.grid import finished
     from utils.core.presets import GRID_BUDGET as BUDGET
     from utils.run.experiment import quick_debug_params
+    from utils.run.reuse import finished
 
     p = resolve(TrainArcFaceParams(), {**BUDGET, "results_dir": str(tmp_path), "ema_decay": 0.0, "eval_amp": True})
     old = dataclasses.asdict(quick_debug_params(p))

@@ -98,3 +98,65 @@ def test_a_data_set_registered_in_a_test_trains_end_to_end(tmp_path: Path, monke
     assert p["dataset_name"] == "bars" and 0 < p["input_mean"] < 1  # statistics measured: none registered
     r = call_main("arcface", "--dataset_name=nope", *quick(tmp_path), cwd=tmp_path)
     assert r.returncode == 2 and "dataset_name 'nope' unknown" in r.stderr and "bars" in r.stderr
+
+
+def test_the_walk_of_margin_from_the_command_line_to_the_head() -> None:
+    """Issue 34's measure of the house: every project function that receives `--margin=0.3` (as text, as a
+    value, in a dict or in the params) between main.py's argv and the head. docs/en/extending.md lists it."""
+    import dataclasses
+    import sys
+
+    from conftest import ROOT
+
+    import main
+    from utils.run.experiment import build_models
+
+    def carries(v: object) -> bool:
+        if isinstance(v, str):
+            return v in ("--margin=0.3", "0.3")
+        if isinstance(v, float):
+            return v == 0.3
+        if isinstance(v, dict):
+            return v.get("margin") == 0.3 or any(carries(x) for x in v.values() if isinstance(x, str))
+        if isinstance(v, (list, tuple)):
+            return any(carries(x) for x in v)
+        return dataclasses.is_dataclass(v) and not isinstance(v, type) and getattr(v, "margin", None) == 0.3
+
+    walk: list[tuple[str, str]] = []
+
+    def follow(frame, event, arg) -> None:  # noqa: ANN001 - sys.setprofile's signature
+        code = frame.f_code
+        path = Path(code.co_filename).resolve()
+        if event != "call" or ROOT not in path.parents or {".venv", "tests"} & set(path.relative_to(ROOT).parts):
+            return
+        names = code.co_varnames[:code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & 8)]
+        here = (path.relative_to(ROOT).as_posix(), code.co_name)
+        if here not in walk and any(carries(frame.f_locals.get(n)) for n in names):
+            walk.append(here)
+
+    heads = []
+    real = main.train
+
+    def train_then_build(command: str, args: list[str]) -> None:  # main's path, stopped before data loads
+        import utils.run.experiment as experiment
+
+        def build_only(params, train=True):  # noqa: ANN001, ANN202
+            heads.append(build_models(params, torch.device("cpu"))[1])
+            return {}
+        experiment.run, saved = build_only, experiment.run
+        try:
+            real(command, args)
+        finally:
+            experiment.run = saved
+
+    main.train = train_then_build
+    sys.setprofile(follow)
+    try:
+        main.dispatch("arcface", ["--margin=0.3"])
+    finally:
+        sys.setprofile(None)
+        main.train = real
+    assert heads and heads[0].margin == 0.3
+    files = [f for f in dict.fromkeys(f for f, _ in walk) if f != "<string>"]  # <string>: the dataclass' __init__
+    # measured at 2fb7f51 and since: 8 files, 16 calls (docs/en/extending.md lists them); it must not grow
+    assert files[0] == "main.py" and files[-1] == "losses/arcface.py" and len(files) <= 8, walk

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import call_main, needs_mnist, quick
 
-from utils.cli.figures import angle_stats
+from utils.scoring.angles import angle_stats
 from utils.scoring.metrics import metrics_from_histograms, rebin, score_statistics
 
 
@@ -130,31 +130,32 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
     import os
 
     import utils.cli.figures as figs
+    import utils.run.toy as toy
     from models.toy import ToyNet
     from trainArcFace import TrainArcFaceParams
     from utils.core.config import resolve
 
     # one loss on a few images: the same code path as the committed ten runs, in seconds
-    monkeypatch.setattr(figs, "toys", lambda: {"arcface": {"scale": 10.0, "margin": 0.2}})
-    monkeypatch.setattr(figs, "TOY_TRAIN", 128)
-    monkeypatch.setattr(figs, "TOY_VAL", 64)
-    monkeypatch.setattr(figs, "TOY_POINTS", 32)
-    monkeypatch.setattr(figs, "TOY_EPOCHS", {2: 2, 3: 1})
-    monkeypatch.setattr(figs, "STRIP_EPOCHS", (1,))
-    monkeypatch.setattr(figs, "TOY_FIT", {**figs.TOY_FIT, "batch_size": 32})  # 128 images: four steps an epoch
-    seen, real_fit = [], figs.fit
+    monkeypatch.setattr(toy, "toys", lambda: {"arcface": {"scale": 10.0, "margin": 0.2}})
+    monkeypatch.setattr(toy, "TOY_TRAIN", 128)
+    monkeypatch.setattr(toy, "TOY_VAL", 64)
+    monkeypatch.setattr(toy, "TOY_POINTS", 32)
+    monkeypatch.setattr(toy, "TOY_EPOCHS", {2: 2, 3: 1})
+    monkeypatch.setattr(toy, "STRIP_EPOCHS", (1,))
+    monkeypatch.setattr(toy, "TOY_FIT", {**toy.TOY_FIT, "batch_size": 32})  # 128 images: four steps an epoch
+    seen, real_fit = [], toy.fit
 
     def spy_fit(params, model, *a, **k):  # noqa: ANN001, ANN202 - records what each toy run trained with
         seen.append((type(model), params.lr, params.batch_size, params.warmup_epochs, params.total_epochs,
                      params.ema_decay, params.amp, params.augment, params.scale, params.margin))
         return real_fit(params, model, *a, **k)
 
-    monkeypatch.setattr(figs, "fit", spy_fit)
+    monkeypatch.setattr(toy, "fit", spy_fit)
     base = resolve(TrainArcFaceParams(), {"data_root": os.environ["DATA_ROOT"], "device": "cpu", "use_tqdm": False,
                                           "scale": 16.0, "margin": 0.5})
     out = tmp_path / "figures"
     summary = figs.toy_figures(base, out, reuse=False)
-    fit_opts = figs.TOY_FIT
+    fit_opts = toy.TOY_FIT
     assert seen == [(ToyNet, fit_opts["lr"], fit_opts["batch_size"], fit_opts["warmup_epochs"], epochs, 0.0, "off",
                      False, 10.0, 0.2) for epochs in (2, 1)]  # the toy's scale and margin, not the base run's
     saved = json.loads((out / "features.json").read_text())
@@ -181,13 +182,13 @@ def test_toy_runs_use_the_toy_recipe_record_validation_accuracy_and_reuse_only_m
         with np.load(kept / f"{dim}d_{loss}.npz", allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
-    monkeypatch.setattr(figs, "train_toy", spy_train)
+    monkeypatch.setattr(toy, "train_toy", spy_train)
     assert figs.toy_figures(base, out, reuse=True) == summary and retrained == []  # redrawn without training
     (out / "toy" / "3d_arcface.npz").write_bytes(b"not an npz")  # damaged: trained again, not a crash
     figs.toy_figures(base, out, reuse=True)
     assert retrained == [("arcface", 3)]
     retrained.clear()
-    monkeypatch.setattr(figs, "TOY_FIT", {**fit_opts, "lr": fit_opts["lr"] / 2})
+    monkeypatch.setattr(toy, "TOY_FIT", {**fit_opts, "lr": fit_opts["lr"] / 2})
     figs.toy_figures(base, out, reuse=True)  # saved under another recipe: trained again, not passed off as new
     assert retrained == [("arcface", 2), ("arcface", 3)]
 

@@ -63,6 +63,19 @@ def start(tmp: Path, *args: str) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_until_mapped(pid: int, library: str, timeout: float = 60) -> None:
+    """Return once the process has loaded `library` (an event of its start-up that prints nothing)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if library in Path(f"/proc/{pid}/maps").read_text():
+                return
+        except OSError:
+            break
+        time.sleep(0.01)  # polling, not a guess at how long start-up takes
+    raise AssertionError(f"process {pid} never loaded {library}")
+
+
 def wait_for(proc: subprocess.Popen, text: str, timeout: float = 180) -> str:
     """Read proc's stdout until a line contains `text`; returns what was read."""
     seen, deadline = "", time.time() + timeout
@@ -266,7 +279,7 @@ def test_recover_finishes_a_swap_a_crash_cut_short(tmp_path: Path) -> None:
 def test_ctrl_c_is_a_short_message_and_exit_130(tmp_path: Path, when: str) -> None:
     proc = start(tmp_path)
     if when == "start-up":
-        time.sleep(1.0)
+        wait_until_mapped(proc.pid, "libtorch_cpu")  # importing torch: start-up has a second or more to go
     elif when == "evaluation":
         wait_for(proc, "embed gallery")
     else:
@@ -314,8 +327,8 @@ def test_stale_metrics_are_never_reused(tmp_path: Path) -> None:
     import dataclasses
 
     from trainArcFace import TrainArcFaceParams
-    from utils.cli.grid import finished
     from utils.core.config import resolve
+    from utils.run.reuse import finished
 
     p = resolve(TrainArcFaceParams(), {"results_dir": str(tmp_path), "model_name": "g"})
     pub = tmp_path / "g"

@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, call_main, needs_mnist, quick
 
 from utils.cli import seeds as study
+from utils.run import reuse
 from utils.scoring.stats import mcnemar, paired, spread
 
 A, B = "a" * 40, "b" * 40
@@ -44,13 +45,13 @@ def test_mcnemar_against_known_tables() -> None:
 
 def test_code_mismatch_names_why_a_run_is_not_reused() -> None:
     clean_a = {"git_commit": A, "git_dirty": False}
-    assert study.code_mismatch({"git_commit": A, "git_dirty": False}, clean_a, set()) is None
-    assert "records no commit" in study.code_mismatch({"acc_1nn": 0.9}, clean_a, set())
-    assert "uncommitted" in study.code_mismatch({"git_commit": A, "git_dirty": True}, clean_a, set())
-    assert "not a clean commit" in study.code_mismatch({"git_commit": A}, {"git_commit": A, "git_dirty": True}, set())
-    other = study.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A})
+    assert reuse.code_mismatch({"git_commit": A, "git_dirty": False}, clean_a, set()) is None
+    assert "records no commit" in reuse.code_mismatch({"acc_1nn": 0.9}, clean_a, set())
+    assert "uncommitted" in reuse.code_mismatch({"git_commit": A, "git_dirty": True}, clean_a, set())
+    assert "not a clean commit" in reuse.code_mismatch({"git_commit": A}, {"git_commit": A, "git_dirty": True}, set())
+    other = reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A})
     assert "trained by commit bbbbbbbbbb" in other and "--vouch" in other
-    assert study.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A, B}) is None
+    assert reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A, B}) is None
 
 
 def test_seeds_option_is_checked_before_anything_trains(tmp_path: Path) -> None:
@@ -70,7 +71,7 @@ def fake_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     current = {"git_commit": A, "git_dirty": False}
     monkeypatch.setattr(study, "code_identity", lambda: dict(current))
     monkeypatch.setattr("utils.run.experiment.code_identity", lambda: dict(current))
-    monkeypatch.setattr(study, "VOUCHED", tmp_path / "numerics.json")
+    monkeypatch.setattr(reuse, "VOUCHED", tmp_path / "numerics.json")
     return current
 
 

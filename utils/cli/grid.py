@@ -17,8 +17,6 @@ one process per data set) into one summary. (The speed benchmarks and recipe stu
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -34,18 +32,11 @@ from utils.core.options import Option, describe, split
 from utils.core.presets import GRID_BUDGET
 from utils.core.progress import say
 from utils.run.evaluate import read_curve
-from utils.run.experiment import quick_debug_params, run_in_series
+from utils.run.experiment import run_in_series
+from utils.run.reuse import finished
 from utils.scoring import plots
 
 DEFAULT_SEEDS = 3
-# fields that do not change a run's result (or are derived from the data when planned as 0)
-NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval_batch_size", "log_steps",
-                "input_mean", "input_std", "results_dir", "ckpt_dir", "channels_last", "tiny_conv", "tensorboard")
-# fields added after runs were committed, with the value that reproduces those runs' behaviour
-# (eval_amp: runs before it existed embedded under autocast, bf16 on the CPU that ran them)
-ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True, "aug_degrees": 10.0, "aug_shift": 0.1, "aug_scale": 0.1,
-               "label_smoothing": 0.0, "outliers": "off", "outlier_fraction": 0.2, "outlier_weight": 0.5,
-               "energy_in": -12.0, "energy_out": -4.0}
 # fields the grid sets itself for each run
 OWN_FIELDS = ("model_name", "loss_fuc_type", "dataset_name", "seed", "resume")
 MAX_SEEDS = 100
@@ -150,24 +141,6 @@ def draw(rows: list[dict], root: Path) -> None:
                 fig = plots.det_figure(curves, f"{ds}, {proto} set (seed 0)")
                 save_figure(fig, root / f"DET_{ds}_{proto}.png")
                 plots.close(fig)
-
-
-def finished(p: TrainParams) -> dict | None:
-    """metrics.json of an earlier run with the same params, or None (absent, or other params)."""
-    folder = Path(p.results_dir) / p.model_name
-    try:
-        old = json.loads((folder / "params.json").read_text())
-        metrics = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
-    new = dataclasses.asdict(quick_debug_params(p))  # what run() writes to params.json
-    # a published folder is one complete run (utils/run/rundir.py): its params.json made its metrics.json
-    # a hyper-parameter the loss does not take changes nothing (older runs recorded one anyway: scale=30.0)
-    unused = registry.unused_by(p.loss_fuc_type)
-    same = all(old.get(k, ADDED_LATER.get(k)) == v for k, v in new.items() if k not in NOT_COMPARED and k not in unused)
-    if p.input_std > 0:
-        same = same and old.get("input_mean") == p.input_mean and old.get("input_std") == p.input_std
-    return metrics if same else None
 
 
 def run_grid(args: list[str]) -> Path:

@@ -23,20 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from losses import registry
-from utils.cli.grid import finished
 from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve, share
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, comma_list, split
 from utils.core.presets import SEEDS_STUDY
 from utils.core.progress import say
-from utils.core.provenance import ROOT, code_identity
+from utils.core.provenance import code_identity
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
+from utils.run.reuse import reusable, vouched
 from utils.scoring import plots
 from utils.scoring.stats import mcnemar, paired, spread
 
 LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
-VOUCHED = ROOT / "results" / "numerics.json"  # commits checked to compute the golden numbers identically
 TARS = ("1e-03", "1e-04")
 MAX_SEED = 2**31 - 1
 
@@ -77,39 +76,6 @@ def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...])
                       "results_dir": str(results), "ckpt_dir": str(ckpt)}
             runs.append(resolve(cls(), values))
     return runs
-
-
-def vouched() -> set[str]:
-    try:
-        return set(json.loads(VOUCHED.read_text())["commits"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
-def code_mismatch(m: dict, now: dict, equal: set[str]) -> str | None:
-    """Why the run of metrics `m` was not trained by code that computes what `now` computes; None if it was."""
-    old = m.get("git_commit")
-    if old is None:
-        return "it records no commit"
-    if m.get("git_dirty") or m.get("code_before_resume"):
-        return f"it was trained from a tree with uncommitted changes or by two versions of the code ({old[:10]})"
-    if now.get("git_commit") is None or now.get("git_dirty"):
-        return "this tree's code is not a clean commit (commit or stash your changes)"
-    if old == now["git_commit"] or {old, now["git_commit"]} <= equal:
-        return None
-    return (f"it was trained by commit {old[:10]}, this is {now['git_commit'][:10]}, and results/numerics.json "
-            f"does not record both as computing the golden numbers (python tests/golden.py --vouch at each)")
-
-
-def reusable(p: TrainParams, now: dict, equal: set[str]) -> dict | None:
-    m = finished(p)
-    if m is None:
-        return None
-    why = code_mismatch(m, now, equal)
-    if why:
-        say(f"{p.model_name}: not reused: {why}; training it again.", False)
-        return None
-    return m
 
 
 def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
