@@ -22,13 +22,46 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def test_scores_match_a_naive_float64_reference() -> None:
+    from utils.inference.reject import fit_scorer
+
     rng = np.random.default_rng(0)
-    emb, centres = unit(rng.normal(size=(20, 8))).astype(np.float32), unit(rng.normal(size=(10, 8))).astype(np.float32)
+    labels = np.repeat(np.arange(10), 30)
+    train = unit(np.eye(10, 8)[labels % 8] + rng.normal(0, 0.4, (300, 8))).astype(np.float32)
+    scorer = fit_scorer(train, labels)
+    centres = np.asarray(scorer["centres"], np.float64)
+    emb = unit(rng.normal(size=(20, 8))).astype(np.float32)
+    # the reference and the covariance as stored (float16), then a plain float64 computation per image
+    ref = np.concatenate([train[labels == k][:100] for k in range(10)]).astype(np.float16).astype(np.float64)
+    means = np.stack([train[labels == k].astype(np.float64).mean(0) for k in range(10)])
+    d = train.astype(np.float64) - means[labels]
+    cov = d.T @ d / len(d)  # rank 8 < MAHA_RANK + 1: every direction kept, so S^-1 is the plain inverse
+    inv = np.linalg.inv(cov)
+    means16 = means.astype(np.float16).astype(np.float64)
     for i, e in enumerate(emb.astype(np.float64)):
-        cos = [float(e @ c) for c in centres.astype(np.float64)]
-        assert scores(emb, centres, "centre")[i] == pytest.approx(max(cos), abs=1e-12)
+        cos = [math.fsum(e * c) for c in centres]
+        assert scores(emb, scorer, "centre")[i] == pytest.approx(max(cos), abs=1e-12)
         energy = TEMPERATURE * math.log(math.fsum(math.exp(c / TEMPERATURE) for c in cos))
-        assert scores(emb, centres, "energy")[i] == pytest.approx(energy, abs=1e-9)
+        assert scores(emb, scorer, "energy")[i] == pytest.approx(energy, abs=1e-9)
+        assert scores(emb, scorer, "knn")[i] == pytest.approx(sorted(ref @ e)[-5], abs=1e-12)
+        maha = -min(float((e - m) @ inv @ (e - m)) for m in means16)
+        assert scores(emb, scorer, "mahalanobis")[i] == pytest.approx(maha, rel=2e-2)  # directions in float16
+
+
+def test_a_stored_scorer_decodes_without_running_code_and_damage_is_refused(tmp_path: Path) -> None:
+    from utils.inference.reject import fit_scorer, pack, unpack
+
+    a = np.linspace(-1, 1, 12).reshape(3, 4)
+    assert np.allclose(unpack(json.loads(json.dumps(pack(a)))), a, atol=1e-3)
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 40)
+    scorer = fit_scorer(unit(rng.normal(size=(120, 6))).astype(np.float32), labels)
+    stored = {"score": "knn", "threshold": 0.5, "checkpoint_sha256": "abc", **scorer}
+    (tmp_path / "reject.json").write_text(json.dumps(stored))
+    assert load_reject(tmp_path, "abc")["knn"] == scorer["knn"]
+    stored["knn"]["reference"]["float16_b64"] = "not base64!"
+    (tmp_path / "reject.json").write_text(json.dumps(stored))
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_reject(tmp_path, "abc")
 
 
 def strokes(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,7 +74,7 @@ def strokes(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accepts_fewer_nondigits() -> None:
-    from utils.inference.reject import in_band, ink_band
+    from utils.inference.reject import fit_scorer, in_band, ink_band
 
     rng = np.random.default_rng(1)
     centres = np.eye(10, 16, dtype=np.float32)
@@ -57,13 +90,15 @@ def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accep
     assert in_band(images, band).mean() > 0.98 and not in_band(noise, band).any()
     nondigits = {"between": (images[:300], between.astype(np.float32)), "far": (images[:300], far.astype(np.float32)),
                  "noise": (noise, digits[:300])}
-    r = calibrate((images, digits), nondigits, centres, band)
+    scorer = fit_scorer(digits, labels)
+    r = calibrate((images, digits), nondigits, scorer, band)
+    assert set(r["candidates"]) == {"centre", "energy", "knn", "mahalanobis"}
     for kind, c in r["candidates"].items():
         assert DIGIT_ACCEPT <= c["digits_accepted"] <= DIGIT_ACCEPT + 2 / 2000  # both tests together
-        ok = in_band(images, band) & (scores(digits, centres, kind) >= c["threshold"])
+        ok = in_band(images, band) & (scores(digits, scorer, kind) >= c["threshold"])
         assert ok.mean() == pytest.approx(c["digits_accepted"])
         assert c["nondigits_accepted"]["between"] == pytest.approx(
-            float((scores(between, centres, kind) >= c["threshold"]).mean()))
+            float((scores(between, scorer, kind) >= c["threshold"]).mean()))
         assert c["nondigits_accepted"]["noise"] == 0.0  # near a centre, but not a stroke
     means = {k: c["nondigits_accepted_mean"] for k, c in r["candidates"].items()}
     assert means["centre"] != means["energy"] and r["score"] == min(means, key=means.get)
@@ -123,8 +158,8 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     ONNX export, whose model.json carries the same calibration."""
     from conftest import call_main
 
-    from utils.cli import wild as command
     from utils.data import wild
+    from utils.inference import wild_study as command
 
     one = {"val": wild.font_files("val")[:1], "test": wild.font_files("test")[:1]}
     monkeypatch.setattr(wild, "font_files", lambda part: one[part])
@@ -144,6 +179,8 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
         stored["threshold"]
     assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, "fashion_mnist"}
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
+    assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
+    assert set(report["reject"]["candidates"]) == {"centre", "energy", "knn", "mahalanobis"}
     assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
     assert (tmp / "results" / "wild" / "sheets.png").stat().st_size > 10_000
     blank = tmp / "blank.png"

@@ -138,7 +138,9 @@ def test_the_wild_set_is_drawn_alike_every_time_from_disjoint_fonts(tmp_path: Pa
     monkeypatch.setattr(wild, "font_files", lambda part: one[part])
     a = wild.make_wild_set(tmp_path / "a", "val", per_font=1, nondigits_per_font=2)
     b = wild.make_wild_set(tmp_path / "b", "val", per_font=1, nondigits_per_font=2)
-    assert len(a["digits"]) == 10 * len(wild.STYLES) and len(a["nondigits"]) == 2 * len(wild.NONDIGITS)
+    assert len(a["digits"]) == 10 * len(wild.STYLES) and len(a["nondigits"]) == 2 * (len(wild.NONDIGITS) + 1)
+    assert [k for _, k in a["nondigits"]].count("lookalikes") == 2  # their own kind, apart from the letters
+    assert not set(wild.LOOKALIKES) & set(wild.LETTERS) and len(wild.LETTERS) == 52 - len(wild.LOOKALIKES)
     for (pa, *la), (pb, *lb) in zip(a["digits"] + a["nondigits"], b["digits"] + b["nondigits"], strict=True):
         assert la == lb and Path(pa).read_bytes() == Path(pb).read_bytes()
     t = wild.make_wild_set(tmp_path / "t", "test", per_font=1, nondigits_per_font=2)

@@ -17,8 +17,11 @@ Digit styles (each digit of each font, `per_font` sheets each, positions/angles/
   small_offcentre a 24-40 px digit anywhere on a 320 px sheet
   rotated         turned by 5-15 degrees either way
   chalk           light broken strokes on a dark green board
-Non-digits: letters (A-Z, a-z), symbols, blank sheets, noise sheets and scribbles (random curves).
-Fashion-MNIST images, the fourth kind of non-digit, come from the data set itself.
+Non-digits: letters (A-Z, a-z but the look-alikes), symbols, blank sheets, noise sheets and scribbles
+(random curves). Fashion-MNIST images, one more kind of non-digit, come from the data set itself.
+Look-alikes (O o I l S Z B g q b G: shaped like 0, 1, 5, 2, 8, 9, 6) are drawn as their own kind: a
+digit-shaped letter is a digit to a digit model, so they are reported apart and count toward no target,
+and the outliers of training (utils/data/outliers.py) never include them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from scipy import ndimage
 STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_paper", "grey_paper", "photo",
           "small_offcentre", "rotated", "chalk")
 NONDIGITS = ("letters", "symbols", "blank", "noise", "scribble")
+LOOKALIKES = "OoIlSZBgqbG"  # O/o/0, I/l/1, S/5, Z/2, B/8, g/q/9, b/6, G/6
+LETTERS = "".join(c for c in string.ascii_letters if c not in LOOKALIKES)
 SYMBOLS = "+-=*#@%&?!$<>/\\()[]{}~^|"
 SHEET = 128  # the side of a sheet in pixels (small_offcentre: 320)
 SEEDS = {"val": 1_000, "test": 2_000}
@@ -144,8 +149,8 @@ def scribble(rng: np.random.Generator) -> np.ndarray:
 
 def nondigit_sheet(kind: str, font: Path, i: int, rng: np.random.Generator) -> Image.Image:
     style = ("clean", "ink_on_paper", "grey_paper", "photo", "white_on_black")[i % 5]
-    if kind in ("letters", "symbols"):
-        chars = string.ascii_letters if kind == "letters" else SYMBOLS
+    if kind in ("letters", "symbols", "lookalikes"):
+        chars = {"letters": LETTERS, "symbols": SYMBOLS, "lookalikes": LOOKALIKES}[kind]
         ink = place(glyph(chars[i % len(chars)], font, 96), SHEET, int(rng.integers(50, 96)), rng)
     elif kind == "scribble":
         ink = scribble(rng)
@@ -170,7 +175,7 @@ def make_wild_set(folder: Path, part: str, per_font: int = 2, nondigits_per_font
                     path = folder / "digits" / style / str(d) / f"{font.stem}_{k}{suffix}"
                     save(digit_sheet(ink, style, rng), path)
                     out["digits"].append((str(path), style, d))
-    for n, kind in enumerate(NONDIGITS):
+    for n, kind in enumerate((*NONDIGITS, "lookalikes")):
         rng = np.random.default_rng(SEEDS[part] + 100 + n)
         for font in fonts:
             for i in range(nondigits_per_font):

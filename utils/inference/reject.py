@@ -1,13 +1,19 @@
 """Is it a digit at all? A score of "digit-ness" on the embedding and a threshold calibrated on validation.
 
 The verification thresholds say how often two digits of different classes score this high; they say
-nothing about a sheet that holds no digit. Two scores are measured (numpy, on the unit embedding e, so
-the checkpoint and the ONNX paths compute the same), against the class centres c_j (unit means of the
-training split's embeddings of class j):
+nothing about a sheet that holds no digit. Four scores are measured (numpy, on the unit embedding e, so
+the checkpoint and the ONNX paths compute the same), each fitted on training-split embeddings that neither
+the gallery nor the threshold uses (`fit_scorer`):
 
-  centre  max_j cos(e, c_j): how close the image is to the nearest class as the model sees it;
-  energy  T log sum_j exp(cos(e, c_j) / T), T = 1/16: the free energy of Liu et al. (NeurIPS 2020) over
-          cosine logits at ArcFace's scale; it also counts closeness to the other classes.
+  centre       max_j cos(e, c_j), c_j the unit mean of class j: how close the image is to the nearest class;
+  energy       T log sum_j exp(cos(e, c_j) / T), T = 1/16: the free energy of Liu et al. (NeurIPS 2020) over
+               cosine logits at ArcFace's scale; it also counts closeness to the other classes;
+  knn          the cosine to the k-th nearest of KNN_PER_CLASS reference embeddings per class (Sun et al.,
+               ICML 2022: deep nearest neighbours, k = KNN_K), which needs no class shape at all;
+  mahalanobis  -min_j (e - mu_j)^T S^-1 (e - mu_j) with one covariance S shared by the classes (Lee et al.,
+               NeurIPS 2018), S kept as its MAHA_RANK leading directions plus the mean variance of the rest
+               (probabilistic PCA): 22k numbers instead of the 262k of a full 512 x 512 inverse.
+The reference embeddings and the covariance's directions are stored as float16 (base64, no pickle).
 
 Embeddings alone let most non-digits through (measured: results/wild/), since an ArcFace embedding puts
 nearly any input near some class centre. So a digit must also look like one in pixels: its ink statistics
@@ -22,6 +28,7 @@ galleries record, stays untouched) and in an export's model.json.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -31,24 +38,67 @@ from scipy import ndimage
 
 from utils.core.errors import CheckpointError, RunFailed
 
-SCORES = ("centre", "energy")
+SCORES = ("centre", "energy", "knn", "mahalanobis")
 TEMPERATURE = 1 / 16
 DIGIT_ACCEPT = 0.99  # the operating point: the share of validation digits accepted
+KNN_K, KNN_PER_CLASS = 5, 100
+MAHA_RANK = 32
 
 
-def scores(emb: np.ndarray, centres: np.ndarray, kind: str) -> np.ndarray:
-    """Digit-ness of unit embeddings [N, D] against unit class centres [C, D]: higher = more digit-like."""
-    cos = emb.astype(np.float64) @ centres.astype(np.float64).T
-    if kind == "centre":
-        return cos.max(1)
-    top = cos.max(1, keepdims=True)  # log-sum-exp without overflow
-    return (top[:, 0] + TEMPERATURE * np.log(np.exp((cos - top) / TEMPERATURE).sum(1)))
+def pack(a: np.ndarray) -> dict:
+    """An array as JSON: float16 bytes in base64 (loading it runs no code, unlike a pickle)."""
+    a16 = np.ascontiguousarray(a, dtype=np.float16)
+    return {"shape": list(a16.shape), "float16_b64": base64.b64encode(a16.tobytes()).decode("ascii")}
+
+
+def unpack(d: dict) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(d["float16_b64"], validate=True), dtype=np.float16)
+    return a.reshape(d["shape"]).astype(np.float64)
 
 
 def class_centres(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Unit mean embedding of each class 0 .. C-1."""
     c = np.stack([emb[labels == k].mean(0) for k in range(int(labels.max()) + 1)])
     return (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_scorer(emb: np.ndarray, labels: np.ndarray) -> dict:
+    """What every score needs, from unit training-split embeddings [N, D] and their classes: the class
+    centres; KNN_PER_CLASS references per class (the first of each); the class means and the shared
+    covariance's MAHA_RANK leading directions, their variances and the mean variance of the rest."""
+    e, y = emb.astype(np.float64), labels
+    classes = range(int(y.max()) + 1)
+    ref = np.concatenate([e[y == k][:KNN_PER_CLASS] for k in classes])
+    means = np.stack([e[y == k].mean(0) for k in classes])
+    d = e - means[y]
+    var, vec = np.linalg.eigh(d.T @ d / len(d))  # ascending
+    r = min(MAHA_RANK, len(var) - 1)
+    return {"centres": class_centres(emb, labels).tolist(), "knn": {"k": KNN_K, "reference": pack(ref)},
+            "mahalanobis": {"means": pack(means), "directions": pack(vec[:, ::-1][:, :r].T),
+                            "variances": var[::-1][:r].tolist(), "rest_variance": float(var[:-r].mean())}}
+
+
+def scores(emb: np.ndarray, scorer: dict, kind: str) -> np.ndarray:
+    """Digit-ness of unit embeddings [N, D] under `fit_scorer`'s dict (or a reject.json): higher = more digit-like."""
+    e = emb.astype(np.float64)
+    if kind in ("centre", "energy"):
+        cos = e @ np.asarray(scorer["centres"], np.float64).T
+        if kind == "centre":
+            return cos.max(1)
+        top = cos.max(1, keepdims=True)  # log-sum-exp without overflow
+        return top[:, 0] + TEMPERATURE * np.log(np.exp((cos - top) / TEMPERATURE).sum(1))
+    if kind == "knn":
+        cos = e @ unpack(scorer["knn"]["reference"]).T
+        k = scorer["knn"]["k"]
+        return -np.partition(-cos, k - 1, axis=1)[:, k - 1]  # the k-th largest cosine
+    m = scorer["mahalanobis"]
+    means, u = unpack(m["means"]), unpack(m["directions"])
+    lam, rest = np.asarray(m["variances"], np.float64), float(m["rest_variance"])
+    # d = e - mu_j without forming [N, C, D]: its norm and its projections expand into products
+    sq = (e ** 2).sum(1)[:, None] - 2 * e @ means.T + (means ** 2).sum(1)[None]  # |d|^2  [N, C]
+    proj = (e @ u.T)[:, None, :] - (means @ u.T)[None]  # u d  [N, C, r]
+    dist = ((proj ** 2) / lam).sum(2) + (sq - (proj ** 2).sum(2)) / rest
+    return -dist.min(1)
 
 
 INK = ("ink fraction", "mean ink", "edges per ink", "pieces")
@@ -85,7 +135,7 @@ def in_band(x: np.ndarray, band: dict) -> np.ndarray:
 
 
 def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
-              centres: np.ndarray, band: dict) -> dict:
+              scorer: dict, band: dict) -> dict:
     """Each score's threshold and its acceptance of each kind of non-digit, a digit being an image whose
     ink statistics lie in `band` and whose score reaches the threshold; the threshold makes exactly
     DIGIT_ACCEPT of the validation `digits` pass both. The score that accepts the fewest non-digits (mean
@@ -94,26 +144,26 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
     x, emb = digits
     ok = in_band(x, band)
     for kind in SCORES:
-        d = np.where(ok, scores(emb, centres, kind), -np.inf)  # out of band: never accepted
+        d = np.where(ok, scores(emb, scorer, kind), -np.inf)  # out of band: never accepted
         thr = float(np.quantile(d, 1 - DIGIT_ACCEPT, method="lower"))
         if not np.isfinite(thr):
             raise RunFailed(f"the ink band keeps only {ok.mean():.1%} of the validation digits, under "
                              f"{DIGIT_ACCEPT:.0%}: they are not drawn like the band's digits")
-        per = {k: float(((scores(e, centres, kind) >= thr) & in_band(xi, band)).mean())
+        per = {k: float(((scores(e, scorer, kind) >= thr) & in_band(xi, band)).mean())
                for k, (xi, e) in nondigits.items()}
         cands[kind] = {"threshold": thr, "digits_accepted": float((d >= thr).mean()), "nondigits_accepted": per,
                        "nondigits_accepted_mean": float(np.mean(list(per.values())))}
     best = min(SCORES, key=lambda k: cands[k]["nondigits_accepted_mean"])
     per_band = {k: float(in_band(xi, band).mean()) for k, (xi, _) in nondigits.items()}
-    return {"score": best, "threshold": cands[best]["threshold"], "temperature": TEMPERATURE,
-            "centres": centres.tolist(), "band": band, "candidates": cands,
+    return {"score": best, "threshold": cands[best]["threshold"], "temperature": TEMPERATURE, **scorer,
+            "band": band, "candidates": cands,
             "band_alone": {"digits_accepted": float(ok.mean()), "nondigits_accepted": per_band}}
 
 
 def is_digit(x: np.ndarray, emb: np.ndarray, reject: dict) -> tuple[np.ndarray, np.ndarray]:
     """(digit-ness scores, verdicts) of network inputs (uint8 [N, H, W]) and their unit embeddings: ink,
     ink statistics within the band (when calibrated with one) and a score at or above the threshold."""
-    s = scores(emb, np.asarray(reject["centres"], np.float32), reject["score"])
+    s = scores(emb, reject, reject["score"])
     flat = x.reshape(len(x), -1)
     ok = (s >= reject["threshold"]) & (flat.max(1) > flat.min(1))  # a sheet without ink is no digit
     return s, ok & in_band(x, reject["band"]) if "band" in reject else ok
@@ -128,7 +178,8 @@ def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dic
     try:
         r = json.loads(path.read_text())
         ok = r["score"] in SCORES and float(r["threshold"]) == float(r["threshold"]) and len(r["centres"]) > 1
-    except (OSError, ValueError, KeyError, TypeError):
+        ok = ok and scores(np.zeros((1, len(r["centres"][0]))), r, r["score"]).shape == (1,)  # its arrays decode
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         ok = False
     if not ok:
         raise CheckpointError(f"{path} is damaged; calibrate again (python main.py wild) or delete it.")
