@@ -96,7 +96,8 @@ class TrainParams:
     energy_in: float = knob(-12.0, "outliers=energy: the energy (-logsumexp of the logits) known images are pushed "
                                    "below")
     energy_out: float = knob(-4.0, "outliers=energy: the energy generated non-digits are pushed above")
-    amp: str = knob("auto", "precision: auto (bf16 on CPUs with native bf16 and on CUDA) | bf16 | fp16 | off (fp32)")
+    amp: str = knob("auto", "precision: auto (bf16 on CUDA; on a CPU with native bf16 the faster of bf16 and fp32, "
+                            "measured once per machine; else fp32) | bf16 | fp16 | off (fp32)")
     channels_last: str = knob("auto", "NHWC memory layout: auto (the faster here, measured once per machine: "
                                       "utils/training/tuning.py) | true | false")
     tiny_conv: str = knob("auto", "convolutions with outputs <= 2x2 and 1x1 stride-2 shortcuts as one matrix product: "

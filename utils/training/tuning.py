@@ -5,7 +5,9 @@ the thread count: the memory layout (NCHW or NHWC: NHWC was 1.11x faster in fp32
 1.26x on an AVX2 EPYC and 17 % slower on an Intel Xeon with AMX) and whether the convolutions on tiny
 maps run as one matrix product (models/matmul_conv.py). `--channels_last=auto` and
 `--tiny_conv=auto` time one forward + backward pass of the run's network at its precision and input size
-under each combination and keep the fastest; a value set by hand is kept. The answer is cached per
+under each combination and keep the fastest; a value set by hand is kept. Where the CPU has native bf16,
+`--amp=auto` times the same pass in bf16 and in fp32 as well and means the faster one on this machine
+from then on (bf16 lost 218 to 279 img/s on AVX512-BF16 kernels without AMX). Each answer is cached per
 machine (CPU model and flags, threads, torch, kernel path) in the user's cache folder, so every run of a
 machine makes the same choice and computes the same numbers; metrics.json records it.
 
@@ -16,22 +18,20 @@ processes without a cached answer, which would time each other.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from models import get_model, input_channels
 from models.matmul_conv import convertible, swap
+from utils.core import device as devices
 from utils.core.config import TrainParams
-from utils.core.device import amp_dtype, autocast
+from utils.core.device import amp_dtype, autocast, machine_key
 from utils.core.progress import say
 
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface-mnist" / "tuning.json"
 # Which convolutions run as one matrix product: those whose output map is at most TINY_OUT x TINY_OUT
 # (ResNet18's layer4 at 28 px) and the 1x1 stride-2 shortcuts. Measured one by one (bench.profile_step,
 # results/bench/profile/amx_*.json: forward + both gradients, library time / matrix-product time) these
@@ -39,16 +39,6 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcf
 # (layer3) run at 0.43-0.54x: an input side of 4, the rule before, took those too.
 TINY_OUT = 2
 COMBOS = ((False, False), (True, False), (False, True), (True, True))  # (channels_last, tiny_conv)
-
-
-def machine_key() -> str:
-    flags = ""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        pass
-    name = torch.backends.cpu.get_cpu_capability()
-    return hashlib.sha256(f"{flags}|{torch.get_num_threads()}|{torch.__version__}|{name}".encode()).hexdigest()[:16]
 
 
 def _small(conv: nn.Conv2d, out: torch.Tensor) -> bool:
@@ -97,38 +87,61 @@ def _time(params: TrainParams, cl: bool, tiny: bool, batch: int, reps: int) -> f
 
 def _load() -> dict:
     try:
-        return json.loads(CACHE.read_text())
+        return json.loads(devices.TUNING_CACHE.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def choose(params: TrainParams, device: torch.device, measure: bool = True) -> tuple[TrainParams, dict]:
-    """params with channels_last and tiny_conv resolved to 'true'/'false', and how they were chosen."""
-    wanted = {"channels_last": params.channels_last, "tiny_conv": params.tiny_conv}
-    if "auto" not in wanted.values():
-        return params, {**wanted, "source": "set"}
-    if device.type != "cpu" or params.backbone_type != "resnet18":
-        fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
-        return dataclasses.replace(params, **fixed), {**fixed, "source": "default (not measured here)"}
-    batch = min(params.batch_size, 128)
-    precision = "bf16" if amp_dtype(device, params.amp) == torch.bfloat16 else "fp32"
-    key = (f"{machine_key()}|{precision}|{params.img_size}|{params.stem}|{params.embedding_dim}|{params.pretrained}"
-           f"|out{TINY_OUT}|{batch}")  # out: the rule of tiny_convs, so a new rule is measured anew
-    cache = _load()
-    if key not in cache:
-        if not measure:
-            fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
-            return dataclasses.replace(params, **fixed), {**fixed, "source": "default (no cached measurement)"}
+def _save(entries: dict) -> None:
+    """Add measurements to the cache (written whole under another name, then renamed into place)."""
+    cache = {**_load(), **entries}
+    devices.TUNING_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = devices.TUNING_CACHE.with_name(f"{devices.TUNING_CACHE.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cache, indent=1))
+    tmp.replace(devices.TUNING_CACHE)
+    devices.measured_precision.cache_clear()
+
+
+def _key(params: TrainParams, precision: str, batch: int) -> str:
+    # out: the rule of tiny_convs, so a new rule is measured anew
+    return (f"{machine_key()}|{precision}|{params.img_size}|{params.stem}|{params.embedding_dim}|{params.pretrained}"
+            f"|out{TINY_OUT}|{batch}")
+
+
+def _measure(params: TrainParams, precision: str, batch: int) -> dict[str, float]:
+    """Seconds of one forward + backward pass for every (channels_last, tiny_conv) at `precision`, cached."""
+    key = _key(params, precision, batch)
+    if key not in _load():
         say(f"measuring the fastest layout and convolution path on this machine ({precision}, batch {batch}; once, "
-            f"cached in {CACHE})", False)
+            f"cached in {devices.TUNING_CACHE})", False)
+        p = dataclasses.replace(params, amp="bf16" if precision == "bf16" else "off")
         with torch.random.fork_rng():  # the run's own random streams are not touched
             torch.manual_seed(0)
-            cache = {**_load(), key: {f"{cl}|{tiny}": _time(params, cl, tiny, batch, 2) for cl, tiny in COMBOS}}
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        tmp = CACHE.with_name(f"{CACHE.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(CACHE)
-    seconds = cache[key]
+            _save({key: {f"{cl}|{tiny}": _time(p, cl, tiny, batch, 2) for cl, tiny in COMBOS}})
+    return _load()[key]
+
+
+def choose(params: TrainParams, device: torch.device, measure: bool = True) -> tuple[TrainParams, dict]:
+    """params with channels_last and tiny_conv resolved to 'true'/'false', and how they were chosen. With
+    amp=auto on a CPU with native bf16 the faster precision is measured too (once per machine); amp stays
+    'auto' and means that precision here from then on (utils/core/device.py: amp_dtype)."""
+    wanted = {"channels_last": params.channels_last, "tiny_conv": params.tiny_conv}
+    cpu_resnet = device.type == "cpu" and params.backbone_type == "resnet18"
+    batch = min(params.batch_size, 128)
+    if cpu_resnet and measure and params.amp == "auto" and devices.cpu_has_native_bf16() \
+            and f"precision|{machine_key()}" not in _load():
+        best = {prec: min(_measure(params, prec, batch).values()) for prec in ("bf16", "fp32")}
+        _save({f"precision|{machine_key()}": {**best, "faster": min(best, key=best.get)}})
+    if "auto" not in wanted.values():
+        return params, {**wanted, "source": "set"}
+    if not cpu_resnet:
+        fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
+        return dataclasses.replace(params, **fixed), {**fixed, "source": "default (not measured here)"}
+    precision = "bf16" if amp_dtype(device, params.amp) == torch.bfloat16 else "fp32"
+    if _key(params, precision, batch) not in _load() and not measure:
+        fixed = {k: "false" if v == "auto" else v for k, v in wanted.items()}
+        return dataclasses.replace(params, **fixed), {**fixed, "source": "default (no cached measurement)"}
+    seconds = _measure(params, precision, batch)
     allowed = {c: s for c, s in seconds.items() if all(
         wanted[k] == "auto" or wanted[k] == v.lower() for k, v in zip(("channels_last", "tiny_conv"), c.split("|"),
                                                                         strict=True))}
