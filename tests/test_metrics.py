@@ -102,3 +102,29 @@ def test_histogram_bins_are_exact_and_duplicates_fit(bins: int) -> None:
         assert all(int(ref[max(0, b - 1):b + 2].sum()) >= 1 for b in nz.tolist())
     # the identical vectors of different labels are impostors at the top bin, never genuine ones
     assert int(st["impostor_hist"][bins - 1]) >= 2
+
+
+def test_the_histograms_counted_on_several_threads_equal_one_count() -> None:
+    """Above a million scores per chunk a CPU counts the bins in parts, one per thread (torch's bincount
+    runs on one core); the histogram is the one-part count's, whatever the thread count."""
+    from utils.scoring import metrics
+
+    idx = torch.randint(0, 1 << 17, (1_100_001,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
+    want = torch.bincount(idx, minlength=1 << 17)
+    threads, calls, real = torch.get_num_threads(), [], metrics._pool
+
+    def spy(workers: int):  # noqa: ANN202 - records that the parts were counted side by side
+        calls.append(workers)
+        return real(workers)
+
+    metrics._pool = spy
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            hist = torch.zeros(1 << 17, dtype=torch.int64)
+            metrics._count(idx, 1 << 17, hist)
+            assert torch.equal(hist, want), n
+    finally:
+        metrics._pool = real
+        torch.set_num_threads(threads)
+    assert calls == [3]  # one thread: one plain count

@@ -16,11 +16,30 @@ exact, and the integer it gives (|x| <= 2**23) is exact too; adding bins / 2 hap
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 FAR_TARGETS = (1e-2, 1e-3, 1e-4, 1e-5)
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="bincount")
+
+
+def _count(idx: torch.Tensor, size: int, hist: torch.Tensor) -> None:
+    """hist += bincount(idx). On a CPU torch's bincount runs on one core: split across the intra-op
+    threads (each counts a part into its own histogram; torch releases the GIL inside the op)."""
+    n = torch.get_num_threads()
+    if idx.device.type != "cpu" or n < 2 or idx.numel() < (1 << 20):
+        hist += torch.bincount(idx, minlength=size)
+        return
+    for part in _pool(n).map(lambda p: torch.bincount(p, minlength=size), idx.tensor_split(n)):
+        hist += part
 
 
 def _chunks(n: int, size: int):
@@ -43,9 +62,10 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     (float32 and int32), reused for every chunk.
 
     Cost per score, next to the matrix product itself: a floor, a float->int32 copy, a clamp and one
-    bincount. The product is computed directly in bin units (queries pre-scaled by bins/2, exact
-    for a power of two), and both sides are sorted by label so a query's genuine pairs are one
-    contiguous column block: marking them touches 1/n_class of the scores instead of building a mask.
+    bincount (split over the CPU's threads). The product is computed directly in bin units (queries
+    pre-scaled by bins/2, exact for a power of two), and both sides are sorted by label so a query's
+    genuine pairs are one contiguous column block: marking them touches 1/n_class of the scores instead
+    of building a mask.
     """
     if bins & (bins - 1) or bins < 2:
         raise ValueError(f"bins must be a power of two, got {bins}")
@@ -85,7 +105,7 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
             idx.add_(int(half)).clamp_(0, bins)
             for r0, cnt, c0, c1 in groups:
                 idx[r0:r0 + cnt, c0:c1] += bins + 1  # genuine pairs count in the upper half
-            hist += torch.bincount(idx.view(-1), minlength=2 * (bins + 1))
+            _count(idx.view(-1), 2 * (bins + 1), hist)
     out: dict[str, torch.Tensor] = {}
     if identification:
         unsort = torch.empty_like(q_order)
