@@ -31,7 +31,10 @@ def test_amp_dtype_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     assert device.amp_dtype(cpu, "auto") is None  # emulated bf16 would be slower than fp32
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "measured_precision", lambda: None)  # this machine's cache is not read
     assert device.amp_dtype(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr(device, "measured_precision", lambda: "fp32")  # native, but measured slower here
+    assert device.amp_dtype(cpu, "auto") is None and device.amp_dtype(cpu, "bf16") == torch.bfloat16
 
 
 def test_data_placement() -> None:
