@@ -177,7 +177,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     report = json.loads((tmp / "results" / "wild" / "wild.json").read_text())["resnet18_arcface"]
     assert set(report["test"]["top1"]["after"]) == set(wild.STYLES) and report["reject"]["threshold"] == \
         stored["threshold"]
-    assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, "fashion_mnist"}
+    assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, *wild.UNSEEN, "fashion_mnist"}
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
     assert set(report["reject"]["candidates"]) == {"centre", "energy", "knn", "mahalanobis"}

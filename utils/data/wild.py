@@ -19,6 +19,8 @@ Digit styles (each digit of each font, `per_font` sheets each, positions/angles/
   chalk           light broken strokes on a dark green board
 Non-digits: letters (A-Z, a-z but the look-alikes), symbols, blank sheets, noise sheets and scribbles
 (random curves). Fashion-MNIST images, one more kind of non-digit, come from the data set itself.
+Held out only (the "test" part): geometric shapes and crops of the photograph and the terrain map that
+matplotlib ships (sample_data), kinds that no training outlier and no calibration is drawn from.
 Look-alikes (O o I l S Z B g q b G: shaped like 0, 1, 5, 2, 8, 9, 6) are drawn as their own kind: a
 digit-shaped letter is a digit to a digit model, so they are reported apart and count toward no target,
 and the outliers of training (utils/data/outliers.py) never include them.
@@ -36,6 +38,7 @@ from scipy import ndimage
 STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_paper", "grey_paper", "photo",
           "small_offcentre", "rotated", "chalk")
 NONDIGITS = ("letters", "symbols", "blank", "noise", "scribble")
+UNSEEN = ("shapes", "photo_patches")  # the test part only: no training and no choice sees their like
 LOOKALIKES = "OoIlSZBgqbG"  # O/o/0, I/l/1, S/5, Z/2, B/8, g/q/9, b/6, G/6
 LETTERS = "".join(c for c in string.ascii_letters if c not in LOOKALIKES)
 SYMBOLS = "+-=*#@%&?!$<>/\\()[]{}~^|"
@@ -147,6 +150,43 @@ def scribble(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
+def shapes(rng: np.random.Generator) -> np.ndarray:
+    """1-3 ellipses, rectangles or regular polygons, outlined with a pen of 4-9 px or filled."""
+    im = Image.new("L", (SHEET, SHEET), 0)
+    draw = ImageDraw.Draw(im)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(30, SHEET - 30, 2)
+        r = float(rng.uniform(15, 45))
+        fill, pen = (255 if rng.random() < 0.3 else None), int(rng.integers(4, 10))
+        box = [cx - r, cy - r * rng.uniform(0.5, 1), cx + r, cy + r * rng.uniform(0.5, 1)]
+        kind = int(rng.integers(3))
+        if kind == 0:
+            draw.ellipse(box, outline=255, width=pen, fill=fill)
+        elif kind == 1:
+            draw.rectangle(box, outline=255, width=pen, fill=fill)
+        else:
+            draw.regular_polygon((cx, cy, r), int(rng.integers(3, 9)), rotation=float(rng.uniform(0, 90)),
+                                 outline=255, width=pen, fill=fill)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def photo_patch(rng: np.random.Generator) -> Image.Image:
+    """A grey crop (40-100 % of the shorter side) of the photograph or the terrain map matplotlib ships."""
+    import matplotlib
+
+    data = Path(matplotlib.get_data_path()) / "sample_data"
+    if rng.random() < 0.5:
+        with Image.open(data / "grace_hopper.jpg") as im:
+            a = np.asarray(im.convert("L"), dtype=np.float32)
+    else:
+        with np.load(data / "jacksboro_fault_dem.npz", allow_pickle=False) as z:
+            e = z["elevation"].astype(np.float32)
+        a = 255 * (e - e.min()) / max(float(e.max() - e.min()), 1e-6)
+    side = int(min(a.shape) * rng.uniform(0.4, 1.0))
+    y, x = (int(rng.integers(0, n - side + 1)) for n in a.shape)
+    return Image.fromarray(np.uint8(a[y:y + side, x:x + side])).resize((SHEET, SHEET), Image.BILINEAR)
+
+
 def nondigit_sheet(kind: str, font: Path, i: int, rng: np.random.Generator) -> Image.Image:
     style = ("clean", "ink_on_paper", "grey_paper", "photo", "white_on_black")[i % 5]
     if kind in ("letters", "symbols", "lookalikes"):
@@ -154,6 +194,10 @@ def nondigit_sheet(kind: str, font: Path, i: int, rng: np.random.Generator) -> I
         ink = place(glyph(chars[i % len(chars)], font, 96), SHEET, int(rng.integers(50, 96)), rng)
     elif kind == "scribble":
         ink = scribble(rng)
+    elif kind == "shapes":
+        ink = shapes(rng)
+    elif kind == "photo_patches":
+        return photo_patch(rng)
     else:
         ink = np.zeros((SHEET, SHEET), np.float32)
     if kind == "noise":
@@ -175,7 +219,7 @@ def make_wild_set(folder: Path, part: str, per_font: int = 2, nondigits_per_font
                     path = folder / "digits" / style / str(d) / f"{font.stem}_{k}{suffix}"
                     save(digit_sheet(ink, style, rng), path)
                     out["digits"].append((str(path), style, d))
-    for n, kind in enumerate((*NONDIGITS, "lookalikes")):
+    for n, kind in enumerate((*NONDIGITS, "lookalikes", *(UNSEEN if part == "test" else ()))):
         rng = np.random.default_rng(SEEDS[part] + 100 + n)
         for font in fonts:
             for i in range(nondigits_per_font):

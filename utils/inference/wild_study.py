@@ -22,7 +22,7 @@ from utils.core.progress import say
 from utils.core.provenance import code_identity
 from utils.data.images import prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
-from utils.data.wild import LOOKALIKES, NONDIGITS, STYLES, make_wild_set
+from utils.data.wild import LOOKALIKES, NONDIGITS, STYLES, UNSEEN, make_wild_set
 from utils.inference.recognizer import Recognizer
 from utils.inference.reject import SCORES, calibrate, fit_scorer, in_band, ink_band, scores
 from utils.scoring import paper_plots, plots
@@ -53,10 +53,11 @@ def measure_digits(rec: Recognizer, items: list[tuple], norms: tuple[str, ...], 
     return out
 
 
-def nondigit_embeddings(rec: Recognizer, items: list[tuple], fashion: np.ndarray) -> dict[str, tuple]:
+def nondigit_embeddings(rec: Recognizer, items: list[tuple], fashion: np.ndarray,
+                        kinds: tuple[str, ...] = NONDIGITS) -> dict[str, tuple]:
     """{kind: (uint8 images, unit embeddings)} of the wild set's non-digits and of Fashion-MNIST images."""
     out = {}
-    for kind in NONDIGITS:
+    for kind in kinds:
         x = rec.load([p for p, k in items if k == kind])
         out[kind] = (x, rec.embed_loaded(x))
     c = rec.card  # Fashion-MNIST images go through the same normalisation as image files would
@@ -119,7 +120,8 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         say("held out: the test fonts, seeds and splits", False)
         test = measure_digits(rec, sets["test"]["digits"], tuple(dict.fromkeys(("fit", chosen))), gal)
         draw_sheets(rec, sets["test"]["digits"], Path(results_dir) / "wild" / "sheets.png")
-        test_non = nondigit_embeddings(rec, sets["test"]["nondigits"], fashion["test_x"].numpy()[:N_FASHION])
+        test_non = nondigit_embeddings(rec, sets["test"]["nondigits"], fashion["test_x"].numpy()[:N_FASHION],
+                                       (*NONDIGITS, *UNSEEN))
         look = rec.load([p for p, k in sets["test"]["nondigits"] if k == "lookalikes"])
         look_ok = accepted(rec, look, rec.embed_loaded(look))
     mnist_x, mnist_y = splits.test_x.numpy(), splits.test_y.numpy()
