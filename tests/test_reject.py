@@ -181,6 +181,9 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
     assert set(report["reject"]["candidates"]) == {"centre", "energy", "knn", "mahalanobis"}
+    assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
+    assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())
+    assert (tmp / "results" / "wild" / "resnet18_arcface_kinds_det.png").stat().st_size > 10_000
     assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
     assert (tmp / "results" / "wild" / "sheets.png").stat().st_size > 10_000
     blank = tmp / "blank.png"
@@ -204,3 +207,30 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     (ckpt.parent / "reject.json").write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
     r = call_main("verify", str(digit), str(blank), f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
     assert r.returncode == 2 and "calibrated for other weights" in r.stderr
+
+
+def test_separation_matches_a_pairwise_count_and_its_thresholds_are_the_digits_own() -> None:
+    from utils.inference.reject import separation
+
+    rng = np.random.default_rng(4)
+    d = np.concatenate([rng.normal(1, 0.3, 400), [-np.inf] * 3])  # three digits the ink tests turned away
+    n = np.concatenate([rng.normal(0, 0.3, 200), [-np.inf] * 50, np.round(rng.normal(1, 0.3, 20), 1)])
+    r = separation(d, n)
+    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in d for b in n]
+    assert r["auroc"] == pytest.approx(math.fsum(pairs) / len(pairs), abs=1e-12)
+    for k in (95, 99):
+        t = sorted(d)[int(math.floor((len(d) - 1) * (1 - k / 100)))]  # the digits' own lower quantile
+        assert (d >= t).mean() >= k / 100
+        assert r[f"accepted_at_{k}_digits"] == pytest.approx(float((n >= t).mean()))
+
+
+def test_digit_scores_turn_away_sheets_without_ink_whatever_their_score() -> None:
+    from utils.inference.reject import digit_scores, is_digit
+
+    reject = {"score": "centre", "threshold": 0.5, "centres": np.eye(2, 4).tolist()}
+    x = np.zeros((2, 28, 28), np.uint8)
+    x[1, 10:18, 13:15] = 255
+    emb = np.tile(np.eye(1, 4, dtype=np.float32), (2, 1))  # both on class 0's centre: cosine 1
+    s = digit_scores(x, emb, reject)
+    assert s[0] == -np.inf and s[1] == pytest.approx(1.0)
+    assert is_digit(x, emb, reject)[1].tolist() == [False, True]

@@ -24,7 +24,7 @@ from utils.data.images import prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
 from utils.data.wild import LOOKALIKES, NONDIGITS, STYLES, UNSEEN, make_wild_set
 from utils.inference.recognizer import Recognizer
-from utils.inference.reject import SCORES, calibrate, fit_scorer, in_band, ink_band, scores
+from utils.inference.reject import SCORES, calibrate, digit_scores, fit_scorer, in_band, ink_band, scores, separation
 from utils.scoring import paper_plots, plots
 
 NORMS = ("fit", "mnist", "mnist_stroke")
@@ -122,10 +122,16 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         draw_sheets(rec, sets["test"]["digits"], Path(results_dir) / "wild" / "sheets.png")
         test_non = nondigit_embeddings(rec, sets["test"]["nondigits"], fashion["test_x"].numpy()[:N_FASHION],
                                        (*NONDIGITS, *UNSEEN))
-        look = rec.load([p for p, k in sets["test"]["nondigits"] if k == "lookalikes"])
-        look_ok = accepted(rec, look, rec.embed_loaded(look))
+        look_x = rec.load([p for p, k in sets["test"]["nondigits"] if k == "lookalikes"])
+        look = (look_x, rec.embed_loaded(look_x))
     mnist_x, mnist_y = splits.test_x.numpy(), splits.test_y.numpy()
     mnist_emb = rec.embed_loaded(mnist_x)
+    look_ok = accepted(rec, *look)
+    digit_s = digit_scores(mnist_x, mnist_emb, reject)  # per kind: MNIST test digits against it, chosen score
+    per_kind = {}
+    for k, (x, e) in {**test_non, "lookalikes": look}.items():
+        non_s = digit_scores(x, e, reject)
+        per_kind[k] = {**separation(digit_s, non_s), "curve": kind_curve(digit_s, non_s)}
     digit_ok = accepted(rec, test["x"], test["emb"])
     report = {
         "model": model_name, "checkpoint_sha256": rec.model_id, "made_by": code_identity(),
@@ -137,7 +143,8 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
                                    "accepted": float(accepted(rec, mnist_x, mnist_emb).mean()), "images": len(mnist_y)},
                  "nondigits_accepted": {k: float(accepted(rec, x, e).mean()) for k, (x, e) in test_non.items()},
                  "nondigits": {k: len(e) for k, (_, e) in test_non.items()},
-                 "lookalikes_accepted": float(look_ok.mean()), "lookalikes": len(look_ok)},
+                 "lookalikes_accepted": float(look_ok.mean()), "lookalikes": len(look_ok),
+                 "separation": {k: {m: v for m, v in r.items() if m != "curve"} for k, r in per_kind.items()}},
         "det": det_curves((mnist_x, mnist_emb), test_non, scorer, reject["band"])}
     out = Path(results_dir) / "wild"
     reports = json.loads((out / "wild.json").read_text()) if (out / "wild.json").is_file() else {}
@@ -148,6 +155,10 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
     fig = plots.det_figure([{"label": f"{k} (chosen)" if k == reject["score"] else k, **c}
                             for k, c in report["det"].items()], "digit or not: held-out non-digits vs MNIST test")
     save_figure(fig, out / f"{model_name}_reject_det.png")
+    plots.close(fig)
+    fig = plots.det_figure([{"label": k, **r["curve"]} for k, r in per_kind.items()],
+                           f"{model_name}: MNIST test digits vs each held-out kind ({reject['score']} + ink band)")
+    save_figure(fig, out / f"{model_name}_kinds_det.png")
     plots.close(fig)
     say(f"wild: {out / 'wild.json'} ({model_name}) in {time.perf_counter() - t0:.0f} s", False)
     return report
@@ -187,10 +198,20 @@ def markdown(name: str, r: dict) -> str:
     c = t["mnist_control"]
     rows += [f"| MNIST test (control, {c['images']} images) | | {pct(c['top1'])} | {pct(c['accepted'])} |", "",
              f"Not digits, accepted as digits (reject score `{r['reject']['score']}`, threshold "
-             f"{r['reject']['threshold']:.4f}):\n", "| kind | images | accepted |", "|---|---|---|"]
-    rows += [f"| {k} | {t['nondigits'][k]} | {pct(a)} |" for k, a in t["nondigits_accepted"].items()]
-    if "lookalikes" in t:  # measured since the look-alikes became their own kind
-        rows += [f"| look-alikes ({LOOKALIKES}: no target) | {t['lookalikes']} | {pct(t['lookalikes_accepted'])} |"]
+             f"{r['reject']['threshold']:.4f}):\n"]
+    sep = t.get("separation")  # measured since AUROC and FPR joined the report
+    if sep is None:
+        rows += ["| kind | images | accepted |", "|---|---|---|"]
+        rows += [f"| {k} | {t['nondigits'][k]} | {pct(a)} |" for k, a in t["nondigits_accepted"].items()]
+    else:  # the last three columns against MNIST test digits, thresholds set on those digits
+        rows += ["| kind | images | accepted | AUROC | accepted at 95 % of digits | at 99 % of digits |",
+                 "|---|---|---|---|---|---|"]
+        rows += [f"| {k} | {t['nondigits'][k]} | {pct(a)} | {sep[k]['auroc']:.4f} | "
+                 f"{pct(sep[k]['accepted_at_95_digits'])} | {pct(sep[k]['accepted_at_99_digits'])} |"
+                 for k, a in t["nondigits_accepted"].items()]
+        look = sep["lookalikes"]
+        rows += [f"| look-alikes ({LOOKALIKES}: no target) | {t['lookalikes']} | {pct(t['lookalikes_accepted'])} | "
+                 f"{look['auroc']:.4f} | {pct(look['accepted_at_95_digits'])} | {pct(look['accepted_at_99_digits'])} |"]
     rows += ["", "Validation (the choices): top-1 per normalisation, and each reject score at 99 % of the "
              "validation digits accepted:\n", "| style | " + " | ".join(norms) + " |", "|---" * (len(norms) + 1) + "|"]
     rows += [f"| {s} | " + " | ".join(pct(v[n][s]) for n in norms) + " |" for s in STYLES]
@@ -202,6 +223,15 @@ def markdown(name: str, r: dict) -> str:
     rows += [f"| ink band alone | | {pct(b['digits_accepted'])} | "
              f"{pct(sum(b['nondigits_accepted'].values()) / len(b['nondigits_accepted']))} |"]
     return "\n".join(rows) + "\n\n"
+
+
+def kind_curve(digit_s: np.ndarray, non_s: np.ndarray, points: int = 400) -> dict:
+    """Non-digits of one kind accepted (FAR) against digits rejected (FRR) over thresholds: DET points."""
+    both = np.concatenate([digit_s, non_s])
+    thr = np.unique(np.quantile(both[np.isfinite(both)], np.linspace(0, 1, points)))
+    far, frr = np.array([(non_s >= t).mean() for t in thr]), np.array([(digit_s < t).mean() for t in thr])
+    i = int(np.argmin(np.abs(far - frr)))
+    return {"far": far.tolist(), "frr": frr.tolist(), "eer": float((far[i] + frr[i]) / 2)}
 
 
 def det_curves(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
