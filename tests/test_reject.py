@@ -165,6 +165,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     monkeypatch.setattr(wild, "font_files", lambda part: one[part])
     monkeypatch.setattr(command, "N_FASHION", 50)
     monkeypatch.setattr(command, "N_CENTRES", 300)
+    monkeypatch.setattr(command, "N_POSITIVE", 20)
     tmp = compared_copy
     r = call_main("wild", f"--ckpt_dir={tmp / 'ckp'}", f"--results_dir={tmp / 'results'}", "--per_font=1", cwd=tmp)
     assert r.returncode == 0, r.stderr
@@ -184,6 +185,8 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())
     assert (tmp / "results" / "wild" / "resnet18_arcface_kinds_det.png").stat().st_size > 10_000
+    assert set(report["test"]["positive"]) == set(wild.POSITIVE)
+    assert all(v["images"] > 0 and 0 <= v["accepted"] <= 1 for v in report["test"]["positive"].values())
     assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
     assert (tmp / "results" / "wild" / "sheets.png").stat().st_size > 10_000
     blank = tmp / "blank.png"

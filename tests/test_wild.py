@@ -148,3 +148,26 @@ def test_the_wild_set_is_drawn_alike_every_time_from_disjoint_fonts(tmp_path: Pa
     for path, style, _ in a["digits"]:  # every style of sheet becomes an MNIST-like digit
         if style != "photo":  # noise may leave a speck that shifts the box by a pixel or two
             check_mnist_like(load_image(path, 28, "light_on_dark", normalise="mnist"), margins=False)
+
+
+def test_degraded_digits_are_the_same_files_every_time_and_keep_their_labels(tmp_path: Path) -> None:
+    """The positive kinds of the report: validation-split digits blurred, shrunk, faint or JPEG-compressed."""
+    from PIL import Image
+
+    from utils.data import wild
+
+    rng = np.random.default_rng(0)
+    digits = np.zeros((20, 28, 28), np.uint8)
+    digits[:, 6:22, 12:16] = 255  # a bar: light ink on dark, as MNIST stores it
+    labels = rng.integers(0, 10, 20)
+    a = wild.write_degraded(tmp_path / "a", digits, labels, 5, 33)
+    b = wild.write_degraded(tmp_path / "b", digits, labels, 5, 33)
+    assert [k for _, k, _ in a] == [k for k in wild.POSITIVE for _ in range(5)]
+    for (pa, ka, la), (pb, kb, lb) in zip(a, b, strict=True):
+        assert (ka, la) == (kb, lb) and Path(pa).read_bytes() == Path(pb).read_bytes()
+        i = int(Path(pa).name.split(".")[0])
+        assert la == labels[i]
+        with Image.open(pa) as im:
+            g = np.asarray(im.convert("L"), np.float32)
+        assert g.shape == (wild.SHEET, wild.SHEET) and g[:8].mean() > 200  # white paper around the digit
+        assert g.min() < (200 if ka == "faint" else 120)  # the ink is there, lighter when faint

@@ -39,6 +39,9 @@ STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_pap
           "small_offcentre", "rotated", "chalk")
 NONDIGITS = ("letters", "symbols", "blank", "noise", "scribble")
 UNSEEN = ("shapes", "photo_patches")  # the test part only: no training and no choice sees their like
+# genuine digits the fonts do not draw: MNIST validation-split digits degraded as a camera, a scanner or a
+# weak pen would (never the test split); measured as digits that must be accepted
+POSITIVE = ("blurred", "low_res", "faint", "jpeg")
 LOOKALIKES = "OoIlSZBgqbG"  # O/o/0, I/l/1, S/5, Z/2, B/8, g/q/9, b/6, G/6
 LETTERS = "".join(c for c in string.ascii_letters if c not in LOOKALIKES)
 SYMBOLS = "+-=*#@%&?!$<>/\\()[]{}~^|"
@@ -185,6 +188,43 @@ def photo_patch(rng: np.random.Generator) -> Image.Image:
     side = int(min(a.shape) * rng.uniform(0.4, 1.0))
     y, x = (int(rng.integers(0, n - side + 1)) for n in a.shape)
     return Image.fromarray(np.uint8(a[y:y + side, x:x + side])).resize((SHEET, SHEET), Image.BILINEAR)
+
+
+def degraded_sheet(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
+    """An MNIST digit (uint8 [28, 28], light ink on dark) as a sheet of dark ink on white paper at SHEET px,
+    degraded by `kind`: blurred (Gaussian, 2-4 px), low_res (shrunk to 8-16 px, then resampled up),
+    faint (grey ink, 20-45 % contrast) or jpeg (quality 8-20). Returns the sheet and its file suffix."""
+    ink = np.asarray(Image.fromarray(digit).resize((SHEET, SHEET), Image.BICUBIC), dtype=np.float32) / 255.0
+    ink = np.clip(ink, 0.0, 1.0)
+    if kind == "faint":
+        paper = float(rng.uniform(235, 255))
+        contrast = float(rng.uniform(0.20, 0.45))
+        return Image.fromarray(np.uint8(np.rint(paper * (1 - contrast * ink))), mode="L"), ".png"
+    sheet = Image.fromarray(np.uint8(np.rint(255 * (1 - ink))), mode="L")
+    if kind == "blurred":
+        return sheet.filter(ImageFilter.GaussianBlur(float(rng.uniform(2, 4)))), ".png"
+    if kind == "low_res":
+        side = int(rng.integers(8, 17))
+        return sheet.resize((side, side), Image.BILINEAR).resize((SHEET, SHEET), Image.BILINEAR), ".png"
+    return sheet, f".q{int(rng.integers(8, 21))}.jpg"
+
+
+def write_degraded(folder: Path, digits: np.ndarray, labels: np.ndarray, per_kind: int,
+                   seed: int) -> list[tuple[str, str, int]]:
+    """per_kind sheets of every POSITIVE kind from the given digits -> [(path, kind, label)], same files every time."""
+    out = []
+    for n, kind in enumerate(POSITIVE):
+        rng = np.random.default_rng([seed, n])
+        for i in rng.choice(len(digits), size=min(per_kind, len(digits)), replace=False):
+            im, suffix = degraded_sheet(digits[i], kind, rng)
+            path = folder / "positive" / kind / f"{i}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if suffix.endswith(".jpg"):
+                im.save(path, quality=int(suffix.split(".")[1][1:]))
+            else:
+                im.save(path)
+            out.append((str(path), kind, int(labels[i])))
+    return out
 
 
 def nondigit_sheet(kind: str, font: Path, i: int, rng: np.random.Generator) -> Image.Image:

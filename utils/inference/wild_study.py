@@ -22,13 +22,13 @@ from utils.core.progress import say
 from utils.core.provenance import code_identity
 from utils.data.images import prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
-from utils.data.wild import LOOKALIKES, NONDIGITS, STYLES, UNSEEN, make_wild_set
+from utils.data.wild import LOOKALIKES, NONDIGITS, POSITIVE, STYLES, UNSEEN, make_wild_set, write_degraded
 from utils.inference.recognizer import Recognizer
 from utils.inference.reject import SCORES, calibrate, digit_scores, fit_scorer, in_band, ink_band, scores, separation
 from utils.scoring import paper_plots, plots
 
 NORMS = ("fit", "mnist", "mnist_stroke")
-N_CENTRES, N_GALLERY, N_FASHION = 10_000, 20, 2_000
+N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE = 10_000, 20, 2_000, 300
 
 
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
@@ -124,6 +124,14 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
                                        (*NONDIGITS, *UNSEEN))
         look_x = rec.load([p for p, k in sets["test"]["nondigits"] if k == "lookalikes"])
         look = (look_x, rec.embed_loaded(look_x))
+        # genuine digits the fonts do not draw, from the second half of the validation split
+        half = len(splits.val_y) // 2
+        pos = write_degraded(Path(tmp) / "test", splits.val_x.numpy()[half:], splits.val_y.numpy()[half:],
+                             N_POSITIVE, 33)
+        pos_x = rec.load([p for p, _, _ in pos])
+        pos_e = rec.embed_loaded(pos_x)
+        pos_kind, pos_y = np.array([k for _, k, _ in pos]), np.array([d for *_, d in pos])
+        pos_ok, pos_hit = accepted(rec, pos_x, pos_e), top1(pos_e, *gal) == pos_y
     mnist_x, mnist_y = splits.test_x.numpy(), splits.test_y.numpy()
     mnist_emb = rec.embed_loaded(mnist_x)
     look_ok = accepted(rec, *look)
@@ -144,7 +152,9 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
                  "nondigits_accepted": {k: float(accepted(rec, x, e).mean()) for k, (x, e) in test_non.items()},
                  "nondigits": {k: len(e) for k, (_, e) in test_non.items()},
                  "lookalikes_accepted": float(look_ok.mean()), "lookalikes": len(look_ok),
-                 "separation": {k: {m: v for m, v in r.items() if m != "curve"} for k, r in per_kind.items()}},
+                 "separation": {k: {m: v for m, v in r.items() if m != "curve"} for k, r in per_kind.items()},
+                 "positive": {k: {"images": int((pos_kind == k).sum()), "accepted": float(pos_ok[pos_kind == k].mean()),
+                                  "top1": float(pos_hit[pos_kind == k].mean())} for k in POSITIVE}},
         "det": det_curves((mnist_x, mnist_emb), test_non, scorer, reject["band"])}
     out = Path(results_dir) / "wild"
     reports = json.loads((out / "wild.json").read_text()) if (out / "wild.json").is_file() else {}
@@ -195,6 +205,9 @@ def markdown(name: str, r: dict) -> str:
             "| style | top-1 before (fit) | top-1 after | digits accepted |", "|---|---|---|---|"]
     rows += [f"| {s} | {pct(t['top1']['before'][s])} | {pct(t['top1']['after'][s])} | {pct(t['digits_accepted'][s])} |"
              for s in STYLES]
+    for k, d in t.get("positive", {}).items():  # measured since the degraded digits joined the report
+        rows += [f"| degraded: {k} ({d['images']} validation-split digits) | | {pct(d['top1'])} | "
+                 f"{pct(d['accepted'])} |"]
     c = t["mnist_control"]
     rows += [f"| MNIST test (control, {c['images']} images) | | {pct(c['top1'])} | {pct(c['accepted'])} |", "",
              f"Not digits, accepted as digits (reject score `{r['reject']['score']}`, threshold "
