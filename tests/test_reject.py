@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -206,8 +207,10 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert card["reject"]["threshold"] == stored["threshold"] and card["reject"]["centres"] == stored["centres"]
     o = json.loads(call_main("verify", str(digit), str(blank), f"--onnx={tmp / 'exp'}", "--json=true", cwd=tmp).stdout)
     assert o["digit"] == v["digit"] and o["digit_score"] == pytest.approx(v["digit_score"], abs=1e-5)
-    # retrained weights: the old calibration is refused, not silently applied
+    assert stored["checkpoint_file"] == {"size": ckpt.stat().st_size, "mtime_ns": ckpt.stat().st_mtime_ns}
+    # retrained weights (a new file: another modification time): the old calibration is refused
     (ckpt.parent / "reject.json").write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
     r = call_main("verify", str(digit), str(blank), f"--ckpt_dir={tmp / 'ckp'}", cwd=tmp)
     assert r.returncode == 2 and "calibrated for other weights" in r.stderr
 
@@ -237,3 +240,27 @@ def test_digit_scores_turn_away_sheets_without_ink_whatever_their_score() -> Non
     s = digit_scores(x, emb, reject)
     assert s[0] == -np.inf and s[1] == pytest.approx(1.0)
     assert is_digit(x, emb, reject)[1].tolist() == [False, True]
+
+
+def test_an_unchanged_checkpoint_is_not_hashed_again(tmp_path: Path) -> None:
+    """A cold verify trusts reject.json's hash while best.pt keeps the size and time it had when calibrated."""
+    import os
+
+    from utils.inference.reject import file_identity
+
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    r = {"score": "centre", "threshold": 0.5, "centres": np.eye(2, 4).tolist(), "checkpoint_sha256": "abc",
+         "checkpoint_file": file_identity(tmp_path / "best.pt")}
+    (tmp_path / "reject.json").write_text(json.dumps(r))
+    asked = []
+
+    def sha() -> str:
+        asked.append(1)
+        return "abc"
+
+    assert load_reject(tmp_path, sha)["threshold"] == 0.5 and asked == []
+    st = (tmp_path / "best.pt").stat()
+    os.utime(tmp_path / "best.pt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # written again
+    assert load_reject(tmp_path, sha)["threshold"] == 0.5 and asked == [1]  # hashed, and it matches
+    with pytest.raises(CheckpointError, match="other weights"):
+        load_reject(tmp_path, lambda: "def")

@@ -192,9 +192,17 @@ def separation(digits: np.ndarray, nondigits: np.ndarray) -> dict:
     return {"auroc": float(auroc), **at}
 
 
+def file_identity(path: Path) -> dict:
+    """Size and modification time of a file: what a cold start compares before it hashes 180 MB."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dict | None:
-    """ckp/<model>/reject.json when present (None otherwise), refused when calibrated for other weights
-    (`checkpoint_sha256` is asked only then: hashing a 180 MB checkpoint costs ~0.1 s of a cold start)."""
+    """ckp/<model>/reject.json when present (None otherwise), refused when calibrated for other weights.
+    A callable `checkpoint_sha256` is asked only when best.pt's size or modification time differ from those
+    reject.json recorded (hashing a 183 MB checkpoint took 0.2-0.3 s of a cold `verify`'s 0.8 s above
+    `import torch`); a retrained or copied checkpoint has another time, so it is hashed and compared."""
     path = folder / "reject.json"
     if not path.is_file():
         return None
@@ -206,7 +214,14 @@ def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dic
         ok = False
     if not ok:
         raise CheckpointError(f"{path} is damaged; calibrate again (python main.py wild) or delete it.")
-    want = checkpoint_sha256() if callable(checkpoint_sha256) else checkpoint_sha256
+    if callable(checkpoint_sha256):
+        try:
+            same_file = r.get("checkpoint_file") == file_identity(folder / "best.pt")
+        except OSError:
+            same_file = False
+        want = r.get("checkpoint_sha256") if same_file else checkpoint_sha256()
+    else:
+        want = checkpoint_sha256
     if r.get("checkpoint_sha256") != want:
         raise CheckpointError(f"{path} was calibrated for other weights than {folder / 'best.pt'}; calibrate "
                               f"again (python main.py wild --model_name=...) or delete it.")

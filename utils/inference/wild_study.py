@@ -24,7 +24,17 @@ from utils.data.images import prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
 from utils.data.wild import LOOKALIKES, NONDIGITS, POSITIVE, STYLES, UNSEEN, make_wild_set, write_degraded
 from utils.inference.recognizer import Recognizer
-from utils.inference.reject import SCORES, calibrate, digit_scores, fit_scorer, in_band, ink_band, scores, separation
+from utils.inference.reject import (
+    SCORES,
+    calibrate,
+    digit_scores,
+    file_identity,
+    fit_scorer,
+    in_band,
+    ink_band,
+    scores,
+    separation,
+)
 from utils.scoring import paper_plots, plots
 
 NORMS = ("fit", "mnist", "mnist_stroke")
@@ -114,7 +124,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, scorer, train_x[rest])
         chosen = reject["normalise"]
         with atomic_write(ckpt.parent / "reject.json", "w") as f:
-            json.dump(reject, f)
+            json.dump({**reject, "checkpoint_file": file_identity(ckpt)}, f)
         say(f"normalisation of new images: {chosen}; reject score: {reject['score']}, threshold "
             f"{reject['threshold']:.4f} -> {ckpt.parent / 'reject.json'}", False)
         say("held out: the test fonts, seeds and splits", False)
