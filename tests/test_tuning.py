@@ -84,8 +84,10 @@ def test_amp_auto_means_the_precision_measured_faster_where_bf16_is_native(timed
     assert device.amp_dtype(CPU, "auto") == torch.bfloat16  # not measured yet: native bf16 is taken
     q, how = tuning.choose(resolve(TrainArcFaceParams(), {"amp": "bf16"}), CPU)
     assert {a for *_, a in timed} == {"bf16"} and device.amp_dtype(CPU, "auto") == torch.bfloat16
-    q, how = tuning.choose(resolve(TrainArcFaceParams(), {}), CPU)
+    q, how = tuning.choose(resolve(TrainArcFaceParams(), {"batch_size": 32}), CPU)
     assert q.amp == "auto" and {a for *_, a in timed} == {"bf16", "off"}  # both precisions, each once
+    # decided on the default network (batch 128), then this run's own layout measured at its batch
+    assert {b for _, _, b, a in timed if a == "off"} == {128, 32}
     assert device.amp_dtype(CPU, "auto") is None and device.amp_dtype(CPU, "bf16") == torch.bfloat16
     assert how["seconds_per_pass"]["True|True"] == 0.7  # the layout chosen at the precision that runs
     n = len(timed)

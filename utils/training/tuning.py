@@ -130,7 +130,10 @@ def choose(params: TrainParams, device: torch.device, measure: bool = True) -> t
     batch = min(params.batch_size, 128)
     if cpu_resnet and measure and params.amp == "auto" and devices.cpu_has_native_bf16() \
             and f"precision|{machine_key()}" not in _load():
-        best = {prec: min(_measure(params, prec, batch).values()) for prec in ("bf16", "fp32")}
+        # one answer per machine, so it is measured on the default preset's network (28 px, 512-d, batch
+        # 128) whatever run comes first: a quick_debug run's small pass must not decide for real training
+        ref = dataclasses.replace(params, img_size=28, stem="s2", embedding_dim=512, pretrained=False)
+        best = {prec: min(_measure(ref, prec, 128).values()) for prec in ("bf16", "fp32")}
         _save({f"precision|{machine_key()}": {**best, "faster": min(best, key=best.get)}})
     if "auto" not in wanted.values():
         return params, {**wanted, "source": "set"}
