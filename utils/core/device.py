@@ -57,10 +57,7 @@ def place(x: torch.Tensor, how: str, device: torch.device) -> torch.Tensor:
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX) and the kernels in use can: with
     ATEN_CPU_CAPABILITY=avx2 (the other kernel path, forced) bf16 is emulated and slower, as on AVX2 CPUs."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     kernels = torch.backends.cpu.get_cpu_capability().upper()
     return any(f in flags for f in ("avx512_bf16", "amx_bf16")) and kernels.startswith(("AVX512", "AMX"))
 
@@ -69,13 +66,17 @@ def cpu_has_native_bf16() -> bool:
 TUNING_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arcface-mnist" / "tuning.json"
 
 
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, or '' where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def machine_key() -> str:
     """What a measured choice depends on: the CPU's flags, the threads, torch and its kernel path."""
-    flags = ""
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        pass
+    flags = next((line for line in _cpuinfo().splitlines() if line.startswith("flags")), "")
     name = torch.backends.cpu.get_cpu_capability()
     return hashlib.sha256(f"{flags}|{torch.get_num_threads()}|{torch.__version__}|{name}".encode()).hexdigest()[:16]
 
