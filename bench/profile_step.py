@@ -12,7 +12,8 @@ Three views of the default preset's step (ResNet18 at 28 px, the ArcFace head, A
     backward-weight, with the GFLOP/s each reaches against the matrix-product peak of the precision
     (a 2048^3 product measured in the same run).
 The table also times each convolution as one matrix product (models/matmul_conv.py, forward and both
-gradients) beside the library's three calls. Writes results/bench/profile/<cpu kind>_<precision>_<layout>.json,
+gradients) beside the library's three calls, and AdamW's three implementations (a loop per tensor, foreach,
+fused) side by side on the same weights. Writes results/bench/profile/<cpu kind>_<precision>_<layout>.json,
 naming the CPU, its kind (avx2, avx512, avx512_bf16, amx), the kernel path ATen uses and the thread count.
 """
 
@@ -188,6 +189,23 @@ def op_classes(net: TrainNet, opt: torch.optim.Optimizer, ema: WeightEMA, data: 
     return dict(totals)
 
 
+def optimiser_table(weights: list[torch.Tensor], params, steps: int) -> dict[str, float]:
+    """Seconds per AdamW step over the network's weights (gradients set) for each of torch's implementations,
+    timed side by side: one Python loop per tensor (torch's CPU default), foreach (grouped) and fused."""
+    out = {}
+    for name, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        copies = [w.detach().clone().requires_grad_(True) for w in weights]
+        for c, w in zip(copies, weights, strict=True):
+            c.grad = w.grad.clone() if w.grad is not None else torch.zeros_like(w)
+        opt = torch.optim.AdamW(copies, lr=params.lr, weight_decay=params.weight_decay, **kw)
+        opt.step()  # warm-up: allocates the moments
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        out[name] = (time.perf_counter() - t0) / steps
+    return out
+
+
 OPTIONS = {"amp": Option("bf16", "precision: bf16 | off (fp32)"),
            "channels_last": Option("false", "NHWC layout: true | false"),
            "tiny_conv": Option("false", "small convolutions as one matrix product (training/tuning.py): true | false"),
@@ -226,6 +244,10 @@ def main(argv: list[str]) -> None:
     print(f"step {step_s * 1e3:.0f} ms ({params.batch_size / step_s:.0f} img/s): " +
           ", ".join(f"{k} {v / step_s:.0%}" for k, v in ph.items()), flush=True)
     classes = op_classes(net, opt, ema, data, params, opts["steps"])
+    optimisers = optimiser_table([*model.parameters(), *head.parameters()], params, 5 * opts["steps"])
+    print("AdamW per step: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in optimisers.items()) +
+          f" (fused {optimisers['loop'] / optimisers['fused']:.1f}x faster than the loop, "
+          f"{(optimisers['loop'] - optimisers['fused']) / step_s:.0%} of this step)")
     x = model_input(data["train_x"][:params.batch_size], params, device, None).to(dtype)
     convs = conv_table(build_models(params, device)[0], x, dtype, nhwc, opts["reps"])  # the library's convolutions
     bd, bw = (sum(r[f"backward_{k}_ms"] for r in convs) for k in ("data", "weight"))
@@ -250,7 +272,8 @@ def main(argv: list[str]) -> None:
                      "threads": torch.get_num_threads(), "torch": str(torch.__version__), "precision": precision,
                      "layout": layout, "batch_size": params.batch_size, "commit": code_identity()["git_commit"],
                      "matmul_peak_gflops": peak, "step_seconds": step_s, "images_per_s": params.batch_size / step_s,
-                     "phases_seconds": ph, "op_class_seconds": classes, "conv_gflop_per_step": flops / 1e9,
+                     "phases_seconds": ph, "op_class_seconds": classes,
+                     "adamw_seconds": optimisers, "conv_gflop_per_step": flops / 1e9,
                      "fraction_of_peak": step_gflops / peak, "convolutions": convs})
     print(f"wrote {out}")
 

@@ -45,13 +45,28 @@ def test_mcnemar_against_known_tables() -> None:
 
 def test_code_mismatch_names_why_a_run_is_not_reused() -> None:
     clean_a = {"git_commit": A, "git_dirty": False}
-    assert reuse.code_mismatch({"git_commit": A, "git_dirty": False}, clean_a, set()) is None
-    assert "records no commit" in reuse.code_mismatch({"acc_1nn": 0.9}, clean_a, set())
-    assert "uncommitted" in reuse.code_mismatch({"git_commit": A, "git_dirty": True}, clean_a, set())
-    assert "not a clean commit" in reuse.code_mismatch({"git_commit": A}, {"git_commit": A, "git_dirty": True}, set())
-    other = reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A})
+    assert reuse.code_mismatch({"git_commit": A, "git_dirty": False}, clean_a, []) is None
+    assert "records no commit" in reuse.code_mismatch({"acc_1nn": 0.9}, clean_a, [])
+    assert "uncommitted" in reuse.code_mismatch({"git_commit": A, "git_dirty": True}, clean_a, [])
+    assert "not a clean commit" in reuse.code_mismatch({"git_commit": A}, {"git_commit": A, "git_dirty": True}, [])
+    other = reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, [{A}])
     assert "trained by commit bbbbbbbbbb" in other and "--vouch" in other
-    assert reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, {A, B}) is None
+    assert reuse.code_mismatch({"git_commit": B, "git_dirty": False}, clean_a, [{A, B}]) is None
+
+
+def test_commits_vouched_against_different_references_are_not_equal(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-pinned golden reference (a change that moved the numbers) splits the vouched commits in two."""
+    C = "c" * 40
+    old, new = {"checks": [{"reference": "1" * 40}]}, {"checks": [{"reference": "2" * 40}]}
+    (tmp_path / "numerics.json").write_text(json.dumps({"commits": {A: old, B: old, C: new}}))
+    monkeypatch.setattr(reuse, "VOUCHED", tmp_path / "numerics.json")
+    equal = reuse.vouched()
+    assert sorted(map(sorted, equal)) == [[A, B], [C]]
+    assert reuse.same_numbers({A, B}, equal) and not reuse.same_numbers({A, C}, equal)
+    assert "--vouch" in reuse.code_mismatch({"git_commit": C, "git_dirty": False}, {"git_commit": A}, equal)
+    (tmp_path / "numerics.json").write_text("{not json")
+    assert reuse.vouched() == []
 
 
 def test_seeds_option_is_checked_before_anything_trains(tmp_path: Path) -> None:
@@ -127,7 +142,8 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     assert {m["git_commit"] for m in _metrics(tmp).values()} == {B}
 
     # commits vouched as computing the same numbers are reused; other params are not
-    (tmp / "numerics.json").write_text(json.dumps({"commits": {A: {}, B: {}}}))
+    check = {"checks": [{"reference": "r" * 40}]}
+    (tmp / "numerics.json").write_text(json.dumps({"commits": {A: check, B: check}}))
     fake_code["git_commit"] = A
     r = call_main("compare", "--seeds=1", "--reuse=true", *quick(tmp), cwd=tmp)
     assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == B
@@ -139,14 +155,14 @@ def test_summary_refuses_to_mix_precisions_layouts_or_unvouched_commits() -> Non
     nhwc, nchw = "channels_last=true, tiny_conv=false", "channels_last=false, tiny_conv=false"
     rows = [{"amp": "fp32", "git_commit": A, "layout": nhwc}, {"amp": "bf16", "git_commit": A, "layout": nhwc}]
     with pytest.raises(study.ConfigError, match="different precisions"):
-        study.check_combinable(rows, set())
+        study.check_combinable(rows, [])
     rows = [{"amp": "fp32", "git_commit": A, "layout": nhwc}, {"amp": "fp32", "git_commit": B, "layout": nhwc}]
     with pytest.raises(study.ConfigError, match="--vouch"):
-        study.check_combinable(rows, {A})
-    study.check_combinable(rows, {A, B})
+        study.check_combinable(rows, [{A}])
+    study.check_combinable(rows, [{A, B}])
     rows[1]["layout"] = nchw  # vouched commits, but the golden check pins the layout: not combinable
     with pytest.raises(study.ConfigError, match="different layouts"):
-        study.check_combinable(rows, {A, B})
+        study.check_combinable(rows, [{A, B}])
 
 
 def test_runs_record_the_commit_of_this_checkout() -> None:

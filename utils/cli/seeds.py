@@ -31,7 +31,7 @@ from utils.core.progress import say
 from utils.core.provenance import code_identity
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
-from utils.run.reuse import reusable, vouched
+from utils.run.reuse import reusable, same_numbers, vouched
 from utils.scoring import plots
 from utils.scoring.stats import mcnemar, paired, spread
 
@@ -114,7 +114,7 @@ def load_run(p: TrainParams) -> dict:
             "layout": ", ".join(f"{k}={m.get(k, 'unrecorded')}" for k in ("channels_last", "tiny_conv"))}
 
 
-def check_combinable(rows: list[dict], equal: set[str]) -> None:
+def check_combinable(rows: list[dict], equal: list[set[str]]) -> None:
     """One summary = one precision and training code that computes the same numbers."""
     amps = {r["amp"] for r in rows}
     if len(amps) > 1 or None in amps:
@@ -125,7 +125,7 @@ def check_combinable(rows: list[dict], equal: set[str]) -> None:
         raise ConfigError(f"the study's runs used different layouts ({'; '.join(sorted(layouts))}); retrain them "
                           f"with one --channels_last and --tiny_conv.")
     commits = {r["git_commit"] for r in rows}
-    if None in commits or (len(commits) > 1 and not commits <= equal):
+    if None in commits or not same_numbers(commits, equal):
         raise ConfigError(f"the study's runs come from commits {sorted(map(str, commits))}, not all recorded as "
                           f"computing the same numbers; run python tests/golden.py --vouch at each, or retrain.")
 

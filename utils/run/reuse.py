@@ -46,15 +46,27 @@ def finished(p: TrainParams) -> dict | None:
     return metrics if same else None
 
 
-def vouched() -> set[str]:
-    """The commits results/numerics.json vouches for (empty when the file is absent or damaged)."""
+def vouched() -> list[set[str]]:
+    """Groups of commits results/numerics.json records as computing the same numbers, one group per golden
+    reference they were checked against: a re-pinned reference (a change that moved the numbers) starts a
+    new group, so commits on either side of it never count as equal. Empty when the file is absent or damaged."""
     try:
-        return set(json.loads(VOUCHED.read_text())["commits"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        commits = json.loads(VOUCHED.read_text())["commits"]
+        groups: dict[str, set[str]] = {}
+        for sha, entry in commits.items():
+            for check in entry["checks"]:
+                groups.setdefault(check["reference"], set()).add(sha)
+        return list(groups.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
-def code_mismatch(m: dict, now: dict, equal: set[str]) -> str | None:
+def same_numbers(commits: set[str], equal: list[set[str]]) -> bool:
+    """One commit, or commits all vouched against one reference."""
+    return len(commits) <= 1 or any(commits <= group for group in equal)
+
+
+def code_mismatch(m: dict, now: dict, equal: list[set[str]]) -> str | None:
     """Why the run of metrics `m` was not trained by code that computes what `now` computes; None if it was."""
     old = m.get("git_commit")
     if old is None:
@@ -63,13 +75,13 @@ def code_mismatch(m: dict, now: dict, equal: set[str]) -> str | None:
         return f"it was trained from a tree with uncommitted changes or by two versions of the code ({old[:10]})"
     if now.get("git_commit") is None or now.get("git_dirty"):
         return "this tree's code is not a clean commit (commit or stash your changes)"
-    if old == now["git_commit"] or {old, now["git_commit"]} <= equal:
+    if same_numbers({old, now["git_commit"]}, equal):
         return None
     return (f"it was trained by commit {old[:10]}, this is {now['git_commit'][:10]}, and results/numerics.json "
-            f"does not record both as computing the golden numbers (python tests/golden.py --vouch at each)")
+            f"does not record both as computing the same golden numbers (python tests/golden.py --vouch at each)")
 
 
-def reusable(p: TrainParams, now: dict, equal: set[str]) -> dict | None:
+def reusable(p: TrainParams, now: dict, equal: list[set[str]]) -> dict | None:
     """finished(p), when code that computes what this code computes trained it (the seeds study's rule)."""
     m = finished(p)
     if m is None:

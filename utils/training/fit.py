@@ -39,8 +39,12 @@ RESUMED = ("epoch", "best_val_loss", "best_epoch", "epochs_no_improve", "history
 
 
 def make_optimizer(params: TrainParams, model: nn.Module, head: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(list(model.parameters()) + list(head.parameters()),
-                             lr=params.lr, weight_decay=params.weight_decay)
+    """AdamW over the backbone and the head. The fused kernel updates every tensor in one pass instead of a
+    Python loop per tensor (bench.profile_step: ~5x faster on a 2-core CPU, ~13 % of the step); the same
+    update rule, rounded differently, so it moved the numbers once (tests/golden.py's reference)."""
+    weights = list(model.parameters()) + list(head.parameters())
+    fused = all(w.device.type in ("cpu", "cuda") for w in weights) or None  # other devices: torch's default
+    return torch.optim.AdamW(weights, lr=params.lr, weight_decay=params.weight_decay, fused=fused)
 
 
 def make_scheduler(params: TrainParams, optimizer: torch.optim.Optimizer,
