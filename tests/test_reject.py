@@ -107,6 +107,21 @@ def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accep
     assert r["band_alone"]["nondigits_accepted"]["noise"] == 0.0
 
 
+def test_a_group_of_degraded_digits_widens_the_ink_band_to_admit_soft_ink() -> None:
+    from utils.inference.reject import in_band, ink_band
+
+    rng = np.random.default_rng(2)
+    sharp = strokes(2000, rng)
+    soft = (strokes(500, rng).astype(np.float32) * 0.45).astype(np.uint8)  # grey ink: a faint scan of a digit
+    noise = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+    alone = ink_band(sharp)
+    assert not in_band(soft, alone).any()  # MNIST's band alone turns every faint digit away
+    both = ink_band(sharp, soft)
+    assert in_band(soft, both).mean() >= 0.99 and in_band(sharp, both).mean() >= 0.99
+    assert not in_band(noise, both).any()  # still no stroke, still no digit
+    assert both["cut"][0] == alone["cut"] and len(both["cut"]) == 2
+
+
 def recogniser(reject: dict | None) -> Recognizer:
     """A stand-in embedder that sends every image to class 0's direction: only the verdict logic is tested."""
     card = {"native_size": 28, "img_size": 28, "channels": 1, "mean": 0.1307, "std": 0.3081,

@@ -118,15 +118,23 @@ def ink_statistics(x: np.ndarray) -> np.ndarray:
                      np.asarray(pieces, np.float64)], axis=1)
 
 
-def ink_band(digit_images: np.ndarray) -> dict:
-    """The range of each ink statistic over MNIST digits: the same small share cut from both ends of
-    every statistic, as much as leaves BAND_KEEPS of the digits inside all four ranges."""
-    s = ink_statistics(digit_images)
-    for cut in (0.0025, 0.002, 0.0015, 0.001, 0.0005, 0.00025, 0.0):
-        low, high = np.quantile(s, cut, axis=0), np.quantile(s, 1 - cut, axis=0)
-        if ((s >= low) & (s <= high)).all(1).mean() >= BAND_KEEPS:
-            break
-    return {"names": list(INK), "low": low.tolist(), "high": high.tolist(), "cut": cut}
+def ink_band(digit_images: np.ndarray, *degraded: np.ndarray) -> dict:
+    """The range of each ink statistic over genuine digits: for each group of images (MNIST's digits, then
+    any degraded copies of digits: blurred, low-resolution, faint, JPEG) the same small share cut from both
+    ends of every statistic, as much as leaves BAND_KEEPS of the group inside all four ranges; the band is
+    the union of the groups' ranges, so softer or greyer ink of a real digit is not a reason to turn it away."""
+    lows, highs, cuts = [], [], []
+    for group in (digit_images, *degraded):
+        s = ink_statistics(group)
+        for cut in (0.0025, 0.002, 0.0015, 0.001, 0.0005, 0.00025, 0.0):
+            low, high = np.quantile(s, cut, axis=0), np.quantile(s, 1 - cut, axis=0)
+            if ((s >= low) & (s <= high)).all(1).mean() >= BAND_KEEPS:
+                break
+        lows.append(low)
+        highs.append(high)
+        cuts.append(cut)
+    return {"names": list(INK), "low": np.min(lows, 0).tolist(), "high": np.max(highs, 0).tolist(),
+            "cut": cuts[0] if len(cuts) == 1 else cuts}
 
 
 def in_band(x: np.ndarray, band: dict) -> np.ndarray:

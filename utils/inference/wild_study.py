@@ -81,10 +81,18 @@ def accepted(rec: Recognizer, x: np.ndarray, emb: np.ndarray) -> np.ndarray:
     return np.array([d["digit"] for d in rec.digits(x, emb)])
 
 
+def band_images(rec: Recognizer, digits: np.ndarray, labels: np.ndarray, folder: Path) -> list[np.ndarray]:
+    """Degraded copies of training-split digits (one group per POSITIVE kind), drawn as sheets and read back as
+    the network sees them: the ink band's other groups. The measured positives come from the validation split."""
+    made = write_degraded(folder, digits, labels, N_POSITIVE, 34)
+    return [rec.load([p for p, k, _ in made if k == kind]) for kind in POSITIVE]
+
+
 def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fashion: dict, gal: tuple,
-                            scorer: dict, centre_images: np.ndarray) -> tuple[dict, dict]:
+                            scorer: dict, centre: tuple[np.ndarray, np.ndarray], folder: Path) -> tuple[dict, dict]:
     """Choose the normalisation of new images and calibrate the reject option, on validation data only: the
-    validation wild fonts, MNIST's validation split, Fashion-MNIST's train split. Sets both on `rec`."""
+    validation wild fonts, MNIST's validation split, Fashion-MNIST's train split; the ink band from training
+    digits (`centre`: images, labels) and degraded copies of them. Sets both on `rec`."""
     say("validation: normalisation and the reject score", False)
     val = measure_digits(rec, wild_val["digits"], NORMS, gal)
     # the normalisation that reads the validation wild digits best (mean over styles)
@@ -92,11 +100,15 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     rec.card = {**rec.card, "normalise": chosen}
     val_digits = rec.embed_loaded(splits.val_x.numpy())
     val_non = nondigit_embeddings(rec, wild_val["nondigits"], fashion["train_x"].numpy()[:N_FASHION])
-    reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, ink_band(centre_images))
+    centre_images = centre[0]
+    band = ink_band(centre_images, *band_images(rec, *centre, folder))
+    reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band)
     reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
                                  "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
-                                 "centres": f"{len(centre_images)} training-split images (not the gallery's)"}}
+                                 "centres": f"{len(centre_images)} training-split images (not the gallery's)",
+                                 "ink_band": f"those images and {N_POSITIVE} degraded copies of them per kind "
+                                             f"({', '.join(POSITIVE)})"}}
     rec.reject = reject
     return val, reject
 
@@ -121,7 +133,8 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         rest = np.setdiff1d(np.arange(len(train_y)), pick)[:N_CENTRES]
         gal = (rec.embed_loaded(train_x[pick]), train_y[pick])
         scorer = fit_scorer(rec.embed_loaded(train_x[rest]), train_y[rest])  # centres, references, covariance
-        val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, scorer, train_x[rest])
+        val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, scorer,
+                                              (train_x[rest], train_y[rest]), Path(tmp) / "band")
         chosen = reject["normalise"]
         with atomic_write(ckpt.parent / "reject.json", "w") as f:
             json.dump({**reject, "checkpoint_file": file_identity(ckpt)}, f)
