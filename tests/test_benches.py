@@ -62,3 +62,30 @@ def test_infer_bench_times_import_torch_beside_a_cold_verify(compared: Path, tmp
     cold = doc["cold_verify_seconds"]
     assert cold["import_torch"] > 0 and cold["checkpoint"] > 0  # both measured in one run, side by side
     assert doc["exact_search_large"]["gallery"] == 2000 and doc["embed_images_per_s"]["torch"] > 0
+
+
+def test_tta_shift_moves_pixels_and_fills_the_border_with_background() -> None:
+    import torch
+
+    from bench.tta import VIEW_SETS, shifted
+
+    x = torch.arange(1, 17, dtype=torch.uint8).view(1, 4, 4)
+    assert torch.equal(shifted(x, 0, 0), x)
+    right = shifted(x, 0, 1)
+    assert torch.equal(right[0, :, 1:], x[0, :, :-1]) and not right[0, :, 0].any()
+    up = shifted(x, -1, 0)
+    assert torch.equal(up[0, :-1], x[0, 1:]) and not up[0, -1].any()
+    assert torch.equal(shifted(shifted(x, 1, 1), -1, -1)[0, :3, :3], x[0, :3, :3])
+    assert [len(v) for v in VIEW_SETS.values()] == [1, 5, 9] and VIEW_SETS["none"] == [(0, 0)]
+
+
+@needs_mnist
+def test_tta_bench_scores_every_view_set_on_validation(compared: Path, tmp_path: Path) -> None:
+    from bench import tta
+
+    out = tmp_path / "tta.json"
+    tta.main([f"--ckpt={compared / 'ckp' / 'resnet18_arcface' / 'best.pt'}", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert list(doc["results"]) == ["none", "cross", "grid"] and doc["loss"] == "arcface"
+    assert all(0 < r["val_acc_1nn"] <= 1 and 0 <= r["val_eer"] <= 1 for r in doc["results"].values())
+    assert doc["machine"]["cpu"] and doc["precision"]
