@@ -190,14 +190,16 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
 
     ckpt = tmp / "ckp" / "resnet18_arcface" / "best.pt"
     stored = json.loads((ckpt.parent / "reject.json").read_text())
-    assert stored["checkpoint_sha256"] == sha256(ckpt) and stored["score"] in ("centre", "energy")
+    assert stored["checkpoint_sha256"] == sha256(ckpt)
     report = json.loads((tmp / "results" / "wild" / "wild.json").read_text())["resnet18_arcface"]
     assert set(report["test"]["top1"]["after"]) == set(wild.STYLES) and report["reject"]["threshold"] == \
         stored["threshold"]
     assert set(report["test"]["nondigits_accepted"]) == {*wild.NONDIGITS, *wild.UNSEEN, "fashion_mnist"}
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
-    assert set(report["reject"]["candidates"]) == {"centre", "energy", "knn", "mahalanobis"}
+    cands = report["reject"]["candidates"]
+    assert set(cands) == {"centre", "energy", "knn", "mahalanobis"}  # the chosen one accepts the fewest non-digits
+    assert stored["score"] == min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
     assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())
     assert (tmp / "results" / "wild" / "resnet18_arcface_kinds_det.png").stat().st_size > 10_000
@@ -221,7 +223,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     card = json.loads((tmp / "exp" / "model.json").read_text())
     assert card["reject"]["threshold"] == stored["threshold"] and card["reject"]["centres"] == stored["centres"]
     o = json.loads(call_main("verify", str(digit), str(blank), f"--onnx={tmp / 'exp'}", "--json=true", cwd=tmp).stdout)
-    assert o["digit"] == v["digit"] and o["digit_score"] == pytest.approx(v["digit_score"], abs=1e-5)
+    assert o["digit"] == v["digit"] and o["digit_score"] == pytest.approx(v["digit_score"], rel=1e-5, abs=1e-5)  # Mahalanobis scores reach thousands
     assert stored["checkpoint_file"] == {"size": ckpt.stat().st_size, "mtime_ns": ckpt.stat().st_mtime_ns}
     # retrained weights (a new file: another modification time): the old calibration is refused
     (ckpt.parent / "reject.json").write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
