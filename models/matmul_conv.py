@@ -31,10 +31,19 @@ class MatmulConv2d(nn.Conv2d):
         wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
         if kh == kw == 1 and self.padding == (0, 0):  # a 1x1 convolution needs no unfolding, only a stride
             cols = x[:, :, ::self.stride[0], ::self.stride[1]].permute(0, 2, 3, 1).reshape(n * ho * wo, -1)
+            weight = self.weight.reshape(self.out_channels, -1)
         else:
             cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [N, C*k*k, L]
-            cols = cols.transpose(1, 2).reshape(n * ho * wo, -1)
-        out = cols @ self.weight.reshape(self.out_channels, -1).t()  # [N*L, C_out]
+            if self.weight.is_contiguous(memory_format=torch.channels_last):
+                # the weight's memory is [C_out, kh, kw, C]: order the columns alike, so the weight matrix is a
+                # view. Reshaping it to [C_out, C*k*k] instead copied 9 MB per 512->512 layer forward and
+                # backward (25 ms of a 260 ms AMX step, bench.profile_step)
+                cols = cols.view(n, -1, kh * kw, cols.shape[-1]).permute(0, 3, 2, 1).reshape(n * ho * wo, -1)
+                weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+            else:
+                cols = cols.transpose(1, 2).reshape(n * ho * wo, -1)
+                weight = self.weight.reshape(self.out_channels, -1)
+        out = cols @ weight.t()  # [N*L, C_out]
         return out.view(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)  # NCHW shape, NHWC memory
 
 

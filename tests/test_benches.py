@@ -89,3 +89,14 @@ def test_tta_bench_scores_every_view_set_on_validation(compared: Path, tmp_path:
     assert list(doc["results"]) == ["none", "cross", "grid"] and doc["loss"] == "arcface"
     assert all(0 < r["val_acc_1nn"] <= 1 and 0 <= r["val_eer"] <= 1 for r in doc["results"].values())
     assert doc["machine"]["cpu"] and doc["precision"]
+
+
+def test_matmul_conv_order_bench_times_both_orders_of_the_same_convolution(tmp_path: Path) -> None:
+    from bench import matmul_conv_order
+
+    out = tmp_path / "order.json"
+    matmul_conv_order.main(["--amp=off", "--reps=1", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert [r["conv"] for r in doc["rows"]] == ["512->512 3x3 stride 1", "256->512 3x3 stride 2"]
+    assert all(r["unfold_order_ms"] > 0 and r["weight_order_ms"] > 0 for r in doc["rows"])
+    assert doc["precision"] == "fp32" and doc["cpu_kind"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 import torchvision
@@ -74,14 +76,16 @@ def test_the_toy_network_gives_signed_features_of_its_dimension(dim: int) -> Non
 ])
 def test_matmul_convolution_equals_the_library_in_float64(cin: int, cout: int, k: int, stride: int, pad: int,
                                                           side: int) -> None:
-    """Forward and both gradients of MatmulConv2d against F.conv2d, in float64, NCHW and NHWC input."""
+    """Forward and both gradients of MatmulConv2d against F.conv2d, in float64, NCHW and NHWC input and weight
+    (an NHWC weight takes the column order that keeps its matrix a view)."""
     from models.matmul_conv import MatmulConv2d, to_matmul
 
     torch.manual_seed(0)
     lib = torch.nn.Conv2d(cin, cout, k, stride, pad, bias=False).double()
     mm = to_matmul(lib)
     assert isinstance(mm, MatmulConv2d) and mm.weight is lib.weight
-    for layout in (torch.contiguous_format, torch.channels_last):
+    for layout, weight_layout in itertools.product((torch.contiguous_format, torch.channels_last), repeat=2):
+        lib.weight.data = lib.weight.data.contiguous(memory_format=weight_layout)
         x = torch.randn(3, cin, side, side, dtype=torch.float64).contiguous(memory_format=layout)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = lib(xa), mm(xb)
