@@ -46,11 +46,16 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
-def view_embeddings(model: torch.nn.Module, x: torch.Tensor, params: TrainParams,
-                    device: torch.device) -> dict[tuple[int, int], torch.Tensor]:
-    """Unit embeddings of every shift in SHIFTS."""
-    return {s: F.normalize(embed(model, shifted(x, *s), params, device, desc=f"shift {s}", line=False), dim=1)
-            for s in SHIFTS}
+def view_embeddings(model: torch.nn.Module, x: torch.Tensor, params: TrainParams, device: torch.device,
+                    what: str) -> dict[tuple[int, int], torch.Tensor]:
+    """Unit embeddings of every shift in SHIFTS, with a line per shift (rate and ETA)."""
+    out, t0 = {}, time.perf_counter()
+    for i, s in enumerate(SHIFTS, 1):
+        out[s] = F.normalize(embed(model, shifted(x, *s), params, device, desc=f"shift {s}", line=False), dim=1)
+        took = time.perf_counter() - t0
+        print(f"  {what}: shift {i}/{len(SHIFTS)} {s}, {i * len(x) / took:.0f} img/s, "
+              f"ETA {took / i * (len(SHIFTS) - i):.0f} s", flush=True)
+    return out
 
 
 def trained_params(state: dict) -> TrainParams:
@@ -79,8 +84,8 @@ def main(argv: list[str]) -> None:
     splits, params, model, head = prepare_run(params, device)
     load_weights(model, head, state)
     t0 = time.perf_counter()
-    query = view_embeddings(model, splits.val_x, params, device)
-    gallery = view_embeddings(model, splits.train_x, params, device)
+    query = view_embeddings(model, splits.val_x, params, device, "validation queries")
+    gallery = view_embeddings(model, splits.train_x, params, device, "train-split gallery")
     seconds = time.perf_counter() - t0
     results = {}
     for vs, shifts in VIEW_SETS.items():
