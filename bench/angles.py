@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from trainArcFace import TrainArcFaceParams
-from utils.core.config import parse_overrides, resolve
+from utils.core.config import parse_overrides, resolve, trained_params
 from utils.core.io import load_checkpoint, write_json
 from utils.run.experiment import load_weights, paths, prepare_run
 from utils.scoring.metrics import evaluate_embeddings
@@ -33,9 +33,7 @@ def main(argv: list[str]) -> None:
     argv = [a for a in argv if a != "--retrieval=true"]
     params = resolve(TrainArcFaceParams(), {"use_tqdm": False, **parse_overrides(argv)})
     state = load_checkpoint(paths(params)[1] / "best.pt")
-    params = resolve(TrainArcFaceParams(), {**{k: v for k, v in state["params"].items()
-                                               if k in vars(params) and k not in ("data_root", "resume")},
-                                            "use_tqdm": False})
+    params = trained_params(state["params"], data_root=params.data_root, use_tqdm=False)
     device = torch.device("cpu")
     splits, params, model, head = prepare_run(params, device)
     load_weights(model, head, state)

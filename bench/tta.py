@@ -22,9 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainArcFace import TrainArcFaceParams
-from trainResnet import TrainResnetParams
-from utils.core.config import ConfigError, TrainParams, resolve
+from utils.core.config import ConfigError, TrainParams, trained_params
 from utils.core.device import resolve_device
 from utils.core.io import load_checkpoint, write_json
 from utils.core.options import Option, file_tag, refuse_rest, run_script, split
@@ -58,15 +56,6 @@ def view_embeddings(model: torch.nn.Module, x: torch.Tensor, params: TrainParams
     return out
 
 
-def trained_params(state: dict) -> TrainParams:
-    """The checkpoint's own params, resolved through the dataclass of its loss (validated as a run would be)."""
-    saved = state["params"]
-    cls = TrainResnetParams if saved.get("loss_fuc_type") == "softmax" else TrainArcFaceParams
-    fields = vars(cls())
-    return resolve(cls(), {**{k: v for k, v in saved.items() if k in fields and k not in ("data_root", "resume")},
-                           "use_tqdm": False})
-
-
 OPTIONS = {"ckpt": Option("", "a best.pt to measure (required)"),
            "name": Option("", "tag of the output file (default: the checkpoint's model name)"),
            "out": Option("", "JSON to write (default results/bench/tta/<name>.json)")}
@@ -78,7 +67,7 @@ def main(argv: list[str]) -> None:
     if not opts["ckpt"]:
         raise ConfigError("bench.tta: --ckpt=PATH is required (a best.pt written by a run).")
     state = load_checkpoint(Path(opts["ckpt"]))
-    params = trained_params(state)
+    params = trained_params(state["params"], use_tqdm=False)
     name = file_tag(opts["name"] or params.model_name, required=True)
     device = resolve_device(params.device)
     splits, params, model, head = prepare_run(params, device)

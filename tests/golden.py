@@ -5,8 +5,8 @@ per-epoch history). A refactor that changes no number leaves them identical; a c
 numerics (data order, initialisation, a loss formula, the schedule) moves them. The numbers themselves
 depend on the machine: another CPU, kernel path (AVX-512 or AVX2), thread count or torch version picks
 other kernels that round differently, and training amplifies that. So the reference is a *commit*
-(REFERENCE: the last commit that changed the numbers on purpose), and its numbers are computed on the machine that compares, from a
-temporary `git worktree` of that commit, and cached by (commit, machine fingerprint):
+(REFERENCE: the last commit that changed the numbers on purpose), and its numbers are computed on the
+machine that compares, from a temporary `git worktree` of that commit, and cached by (commit, machine fingerprint):
 
     python tests/golden.py                   # this checkout against the reference, every kernel path here
     python tests/golden.py --vouch           # the same for HEAD (clean); if identical, record it in

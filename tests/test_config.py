@@ -139,3 +139,18 @@ def test_hist_bins_must_be_a_power_of_two() -> None:
 
     with pytest.raises(ConfigError, match="power of two"):
         resolve(TrainArcFaceParams(), {"hist_bins": 3000})
+
+
+def test_a_checkpoints_params_are_read_back_validated() -> None:
+    """One reader for every command and bench that opens a trained model: its own params, validated, the
+    machine's data_root instead of the trainer's, unknown fields (another version's) dropped, no --resume."""
+    import dataclasses
+
+    from utils.core.config import trained_params
+
+    saved = {**dataclasses.asdict(resolve(TrainResnetParams(), {"lr": 0.003})), "resume": "auto",
+             "a_field_from_the_future": 1, "data_root": "/elsewhere"}
+    p = trained_params(saved, data_root="/here", use_tqdm=False)
+    assert p.loss_fuc_type == "softmax" and p.lr == 0.003 and p.data_root == "/here" and p.resume == ""
+    with pytest.raises(ConfigError, match="lr"):
+        trained_params({**saved, "lr": -1.0})  # a hand-edited checkpoint is refused like a command line

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.core.config import HELP, ConfigError, TrainParams, parse_overrides, resolve
+from utils.core.config import HELP, ConfigError, TrainParams, parse_overrides, resolve, trained_params
 from utils.core.errors import CheckpointError
 from utils.core.io import evaluation_weights, save_figure, write_json
 from utils.core.options import Option, comma_list, describe, split
@@ -145,8 +145,7 @@ def draw_model_figures(models: list[dict], base: TrainParams, out: Path) -> None
     score_rows, angle_rows, fail_rows, maps, numbers = [], [], [], [], {}
     for m in models:
         p = m["state"]["params"]
-        params = resolve(TrainParams(), {**{k: v for k, v in p.items() if k in vars(base)},
-                                                "data_root": base.data_root, "use_tqdm": False})
+        params = trained_params(p, data_root=base.data_root, use_tqdm=False)
         splits, params = load_splits(params)
         a, met, loss = m["arrays"], m["metrics"], p["loss_fuc_type"]
         score_rows.append({"label": m["name"], "loss": loss, "genuine": a["test_genuine"],

@@ -165,6 +165,14 @@ def resolve(params: TrainParams, overrides: dict[str, Any] | None = None) -> Tra
     return out
 
 
+def trained_params(saved: dict[str, Any], **overrides: Any) -> TrainParams:
+    """The params a checkpoint was trained with (its "params" dict), validated like a new run's. Fields this
+    code does not know (another version's) are dropped; `overrides` replace what belongs to this machine
+    (data_root, use_tqdm); a stored --resume never applies to reading the weights."""
+    known = {f.name for f in fields(TrainParams)}
+    return resolve(TrainParams(), {**{k: v for k, v in saved.items() if k in known}, "resume": "", **overrides})
+
+
 def loss_defaults(cls: type[TrainParams], values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The run's loss hyper-parameters: given ones kept, the rest the loss's own SPEC default.
 

@@ -12,7 +12,6 @@ goes to DIR/parity_failed.json, and the command exits with status 1.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.core.config import TrainParams
+from utils.core.config import trained_params
 from utils.core.errors import RunFailed
 from utils.core.io import write_json
 from utils.data.loading import load_splits
@@ -84,10 +83,7 @@ def export(ckpt: Path, out: Path, data_root: str) -> dict:
     """Export the checkpoint to `out`; returns parity.json's dict. RunFailed when a check fails."""
     net, state = load_network(ckpt)
     p = state["params"]
-    fields = {f.name for f in dataclasses.fields(TrainParams)}
-    params = TrainParams(**{k: v for k, v in p.items() if k in fields})
-    params = dataclasses.replace(params, data_root=data_root)
-    splits, _ = load_splits(params)
+    splits, _ = load_splits(trained_params(p, data_root=data_root, use_tqdm=False))
     queries, qy = splits.test_x[:N_QUERIES].numpy(), splits.test_y[:N_QUERIES].numpy()
     gallery, gy = splits.train_x[:N_GALLERY].numpy(), splits.train_y[:N_GALLERY].numpy()
     card = {"format": "arcface-mnist-export-1", "model_name": p["model_name"], "loss_fuc_type": p["loss_fuc_type"],

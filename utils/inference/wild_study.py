@@ -8,7 +8,6 @@ digit), as `search` answers with such a gallery; the class centres come from the
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.core.config import TrainParams
+from utils.core.config import trained_params
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.progress import say
 from utils.core.provenance import code_identity
@@ -117,10 +116,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
           results_dir: str) -> dict:
     """Calibrate on validation, store ckp/<model>/reject.json, measure the held-out wild set; returns the report
     (also added to results/wild/wild.json and wild.md, with the model's DET of digits against non-digits)."""
-    p = state["params"]
-    fields = {f.name for f in dataclasses.fields(TrainParams)}
-    params = dataclasses.replace(TrainParams(**{k: v for k, v in p.items() if k in fields}), data_root=data_root)
-    splits, _ = load_splits(params)
+    splits, _ = load_splits(trained_params(state["params"], data_root=data_root, use_tqdm=False))
     fashion = load_idx_dataset(data_root, "fashion_mnist")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
