@@ -86,7 +86,9 @@ def main(argv: list[str]) -> None:
         print(f"{vs:5s} ({len(shifts)} views): val 1-NN {m['acc_1nn']:.4%}  EER {m['eer']:.4%}  "
               f"TAR@1e-3 {m['tar_at_far']['1e-03']:.4%}", flush=True)
     out = Path(opts["out"] or Path("results/bench/tta") / f"{name}.json")
-    write_json(out, {"checkpoint": str(opts["ckpt"]), "model_name": params.model_name,
+    ckpt = Path(opts["ckpt"])  # named by its last folders: a committed result holds no absolute path
+    named = str(Path(*ckpt.parts[-4:])) if ckpt.is_absolute() else str(ckpt)
+    write_json(out, {"checkpoint": named, "model_name": params.model_name,
                      "loss": params.loss_fuc_type, "seed": params.seed, "results": results,
                      "embed_seconds_all_views": round(seconds, 1), "machine": machine(device),
                      "precision": precision(device, params.amp), "eval_amp": params.eval_amp, **code_identity()})
