@@ -11,13 +11,13 @@ Writes results/bench/matmul_conv_order.json naming the CPU, its kind, the precis
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.profile_step import _best
 from models.matmul_conv import MatmulConv2d, to_matmul
 from utils.core.io import write_json
 from utils.core.options import Option, refuse_rest, run_script, split
@@ -39,18 +39,14 @@ class UnfoldOrder(MatmulConv2d):
 
 
 def fwd_bwd_ms(conv: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, reps: int) -> float:
-    """Best of three means over `reps` forward + backward passes, after as many warm-up passes."""
-    means = []
-    for _ in range(3):
-        for i in range(2 * reps):
-            if i == reps:
-                t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
-                y = conv(x)
-            y.float().sum().backward()
-            conv.weight.grad, x.grad = None, None
-        means.append((time.perf_counter() - t0) / reps * 1e3)
-    return min(means)
+    """The fastest of `reps` forward + backward passes (bench.profile_step's timer), in ms."""
+    def once() -> None:
+        with torch.autocast("cpu", dtype or torch.bfloat16, enabled=dtype is not None):
+            y = conv(x)
+        y.float().sum().backward()
+        conv.weight.grad, x.grad = None, None
+
+    return _best(once, reps) * 1e3
 
 
 OPTIONS = {"amp": Option("bf16", "precision: bf16 | off (fp32)"),
