@@ -8,10 +8,8 @@ failures.json} and ckp/<model>/ {best.pt, last.pt}. results/DET.png is then redr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +23,6 @@ from utils.core.device import resolve_device, seed_everything
 from utils.core.distributed import DistContext, barrier
 from utils.core.errors import ChanceLevel, CheckpointError, TrainingInterrupted
 from utils.core.io import (
-    check_writable,
     evaluation_weights,
     load_checkpoint,
     save_checkpoint,
@@ -187,43 +184,15 @@ def run(params: TrainParams, train: bool = True) -> dict:
     params = quick_debug_params(params)
     ctx, device_name = distributed.setup(params.device)
     try:
-        results, ckpt = paths(params)
-        if ctx.is_main:
-            check_writable(results.parent)
-            check_writable(ckpt.parent)
-        with rundir.hold(results, ckpt) if ctx.is_main else contextlib.nullcontext():
+        with rundir.RunFolders(*paths(params), is_main=ctx.is_main) as folders:
             barrier(ctx)  # a crashed run's swap is finished before any rank reads a checkpoint
-            out = _run(params, train, ctx, resolve_device(device_name), results, ckpt)
+            out = _run(params, train, ctx, resolve_device(device_name), folders)
         # the ranks leave together: rank 1 tearing gloo down while rank 0 still wrote its files aborted
         # it now and then ("terminate called without an active exception", SIGABRT) in CI
         barrier(ctx)
         return out
     finally:
         distributed.cleanup()
-
-
-def _stage(train: bool, ckpt: Path, results: Path, src: Path | None, resumed: dict | None, ctx: DistContext) -> None:
-    """Prepare the staging folders: fresh for a new run; a resume keeps (or brings) its checkpoints; a
-    re-evaluation starts from hard links of the published files."""
-    if not ctx.is_main:
-        return
-    stage_c = rundir.staging(ckpt)
-    if not train:
-        rundir.fresh_staging(ckpt, link_from_final=True)
-        rundir.fresh_staging(results, link_from_final=True)
-        return
-    in_stage = src is not None and src.parent.resolve() == stage_c.resolve()
-    if resumed is not None and not in_stage and resumed["best_epoch"] >= 0 and not (src.parent / "best.pt").is_file() \
-            and (resumed["best_epoch"] != resumed["epoch"] - 1 or resumed["partial"] is not None):
-        raise CheckpointError(f"resuming from {src} needs its run's best.pt beside it (best epoch "
-                              f"{resumed['best_epoch']} is not the checkpoint's own); copy it there.")
-    rundir.fresh_staging(ckpt, keep=("best.pt", "last.pt") if in_stage else ())
-    if resumed is not None and not in_stage:
-        if (src.parent / "best.pt").is_file():
-            shutil.copy2(src.parent / "best.pt", stage_c / "best.pt")  # the resumed run's best so far
-        elif resumed["best_epoch"] >= 0:  # the checkpoint is its run's best epoch itself
-            shutil.copy2(src, stage_c / "best.pt")
-    rundir.fresh_staging(results)
 
 
 def _resume_state(params: TrainParams, train: bool, expect: dict, ctx: DistContext) -> tuple[Path | None, dict | None]:
@@ -298,42 +267,51 @@ def _write_evaluation(params: TrainParams, ev: dict, splits: Splits, trained: tu
     return metrics
 
 
-def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, results: Path,
-         ckpt: Path) -> dict:
-    """Train (or take the saved best checkpoint), evaluate, publish: everything is written into staging folders
-    first and published at the end in one step (utils/run/rundir.py), so a failure leaves the old run whole."""
-    expect = {k: getattr(params, k) for k in CKPT_KEYS}
-    code = code_identity()  # taken before anything trains
-    if params.scale_lr and ctx.enabled:
-        params = dataclasses.replace(params, lr=params.lr * ctx.world)
-    src, resume_state = _resume_state(params, train, expect, ctx)
-    best_state = None if train else load_checkpoint(ckpt / "best.pt", expect)  # fail before loading data
-    _stage(train, ckpt, results, src, resume_state, ctx)
-    barrier(ctx)
-    splits, params, model, head = prepare_run(params, device, measure=not ctx.enabled)
+def _announce(params: TrainParams, splits: Splits, train: bool, device: torch.device, ctx: DistContext) -> None:
     if ctx.is_main:
         say(f"{'training' if train else 'evaluating'} {params.model_name} ({params.loss_fuc_type}): "
             f"{params.dataset_name}, {len(splits.train_y)} train / {len(splits.val_y)} validation / "
             f"{len(splits.test_y)} test images" + (f", {params.total_epochs} epochs of {params.batch_size}" if train
                                                    else "") +
             f", {device_description(device, ctx)}, {precision(device, params.amp)}", params.use_tqdm)
-    stage = (rundir.staging(results), rundir.staging(ckpt))
-    tb = tensorboard_log(params, stage[0]) if ctx.is_main else None
+
+
+def _saved(ckpt: Path, best_state: dict, expect: dict) -> tuple[dict, dict, dict]:
+    """What a re-evaluation reports as trained: the saved best checkpoint, its summary and provenance."""
+    return (best_state, best_state.get("summary") or run_summary(ckpt, best_state, expect),
+            best_state.get("provenance") or {"git_commit": None, "git_note": "trained before runs recorded their code"})
+
+
+def _run(params: TrainParams, train: bool, ctx: DistContext, device: torch.device, folders: rundir.RunFolders) -> dict:
+    """Train (or take the saved best checkpoint), then evaluate, then publish. Everything is written into the
+    staging folders first and published at the end in one step, so a failure leaves the old run whole."""
+    expect = {k: getattr(params, k) for k in CKPT_KEYS}
+    code = code_identity()  # taken before anything trains
+    if params.scale_lr and ctx.enabled:
+        params = dataclasses.replace(params, lr=params.lr * ctx.world)
+    src, resume_state = _resume_state(params, train, expect, ctx)
+    best_state = None if train else load_checkpoint(folders.ckpt / "best.pt", expect)  # fail before loading data
+    folders.prepare(train, src, resume_state)
+    barrier(ctx)
+    splits, params, model, head = prepare_run(params, device, measure=not ctx.enabled)
+    _announce(params, splits, train, device, ctx)
+    tb = tensorboard_log(params, folders.stage[0]) if ctx.is_main else None
+
     if train:
-        trained = _train(params, (splits, model, head), device, ctx, stage, resume_state, code, expect, tb)
+        trained = _train(params, (splits, model, head), device, ctx, folders.stage, resume_state, code, expect, tb)
     else:
-        trained = (best_state, best_state.get("summary") or run_summary(ckpt, best_state, expect),
-                   best_state.get("provenance") or {"git_commit": None,
-                                                    "git_note": "trained before runs recorded their code"})
+        trained = _saved(folders.ckpt, best_state, expect)
+
     load_weights(model, head, trained[0])
     ev = evaluate(params, model, head, splits, device, ctx)
     if ev is None:  # a non-zero torchrun rank: rank 0 writes
         return {}
     if train:
         check_learned(ev["metrics"]["val_acc_1nn"], splits, params)
-    metrics = _write_evaluation(params, ev, splits, trained, train, device, ctx, stage, tb)
-    rundir.publish(results, ckpt)
-    draw_det(results.parent)
+    metrics = _write_evaluation(params, ev, splits, trained, train, device, ctx, folders.stage, tb)
+
+    folders.publish()
+    draw_det(folders.results.parent)
     return metrics
 
 

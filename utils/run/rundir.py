@@ -12,6 +12,9 @@ A run writes only into staging. When it has finished (metrics.json is the last f
 published folders always hold one consistent run. The lock is an flock: the kernel releases it when
 its process ends in any way, so a crash never leaves a stale lock. Model names never start with '.',
 so these hidden names cannot collide with another model's folders.
+
+`RunFolders` is the one context a run needs: it checks the folders are writable, holds the locks, prepares
+staging (fresh, resumed or relinked) and publishes; under torchrun only rank 0 touches the folders.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from utils.core.errors import FolderBusy, check_ctrl_c
-from utils.core.io import remove_stale_temps
+from utils.core.errors import CheckpointError, FolderBusy, check_ctrl_c
+from utils.core.io import check_writable, remove_stale_temps
 
 
 def staging(final: Path) -> Path:
@@ -124,3 +127,52 @@ def hold(results: Path, ckpt: Path) -> Iterator[None]:
                 folder.rmdir()  # only when empty: a run refused before it wrote anything leaves no trace
         for f in held:
             f.close()  # releases the flock
+
+
+class RunFolders:
+    """A model's results and checkpoint folders for the length of one run (`with RunFolders(...) as folders`):
+    writable and locked on entry, staged by `prepare`, swapped in by `publish`; a run that leaves the
+    context without publishing (any error or signal) leaves the published run as it was."""
+
+    def __init__(self, results: Path, ckpt: Path, is_main: bool = True) -> None:
+        self.results, self.ckpt, self.is_main = results, ckpt, is_main
+        self.stage = (staging(results), staging(ckpt))
+        self._held = contextlib.ExitStack()
+
+    def __enter__(self) -> RunFolders:
+        if self.is_main:
+            check_writable(self.results.parent)
+            check_writable(self.ckpt.parent)
+            self._held.enter_context(hold(self.results, self.ckpt))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.close()
+
+    def prepare(self, train: bool, src: Path | None, resumed: dict | None) -> None:
+        """Staging for a new run (empty), a resumed one (its checkpoints kept or brought from `src`) or a
+        re-evaluation (hard links of the published files, some of which it rewrites)."""
+        if not self.is_main:
+            return
+        if not train:
+            fresh_staging(self.ckpt, link_from_final=True)
+            fresh_staging(self.results, link_from_final=True)
+            return
+        stage_c = self.stage[1]
+        in_stage = src is not None and src.parent.resolve() == stage_c.resolve()
+        if resumed is not None and not in_stage and resumed["best_epoch"] >= 0 \
+                and not (src.parent / "best.pt").is_file() \
+                and (resumed["best_epoch"] != resumed["epoch"] - 1 or resumed["partial"] is not None):
+            raise CheckpointError(f"resuming from {src} needs its run's best.pt beside it (best epoch "
+                                  f"{resumed['best_epoch']} is not the checkpoint's own); copy it there.")
+        fresh_staging(self.ckpt, keep=("best.pt", "last.pt") if in_stage else ())
+        if resumed is not None and not in_stage:
+            if (src.parent / "best.pt").is_file():
+                shutil.copy2(src.parent / "best.pt", stage_c / "best.pt")  # the resumed run's best so far
+            elif resumed["best_epoch"] >= 0:  # the checkpoint is its run's best epoch itself
+                shutil.copy2(src, stage_c / "best.pt")
+        fresh_staging(self.results)
+
+    def publish(self) -> None:
+        if self.is_main:
+            publish(self.results, self.ckpt)
