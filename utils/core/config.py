@@ -21,7 +21,6 @@ from typing import Any
 from losses import registry
 from utils.core import datasets
 from utils.core.errors import ConfigError
-from utils.core.options import parse_value
 from utils.core.presets import PRESETS
 
 STEMS = {"cifar": 8, "s2": 8, "imagenet": 16}  # stem name -> smallest sensible img_size
@@ -126,6 +125,21 @@ class TrainParams:
     sync_bn: bool = knob(True, "torchrun: BatchNorm statistics over the global batch (true|false)")
     scale_lr: bool = knob(False, "torchrun: multiply lr by the number of processes (true|false)")
     hist_bins: int = knob(1 << 20, "score histogram bins of the evaluation (a power of two)")
+
+
+BOOLEANS = {"true": True, "false": False}
+
+
+def parse_value(name: str, text: str, kind: type) -> Any:
+    """`text` as `kind`; a ConfigError saying what --name expects otherwise."""
+    if kind is bool:
+        if text.strip().lower() not in BOOLEANS:
+            raise ConfigError(f"--{name}={text}: expected true or false.")
+        return BOOLEANS[text.strip().lower()]
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{name}={text}: expected {kind.__name__}.") from None
 
 
 def parse_overrides(args: list[str], cls: type = TrainParams) -> dict[str, Any]:

@@ -4,7 +4,8 @@
     opts, rest = split(args, own)      # typed values of own options; the rest for the caller
 
 One boolean syntax everywhere: true or false (any case). Field overrides (`--lr=1e-3`) go through the
-same value parser (utils/core/config.parse_overrides); every error is a ConfigError naming the option.
+same value parser (utils/core/config.parse_value, beside the fields it types); every error is a
+ConfigError naming the option.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from utils.core.config import parse_value
 from utils.core.errors import ConfigError
-
-BOOLEANS = {"true": True, "false": False}
 
 
 @dataclass(frozen=True)
@@ -24,18 +24,6 @@ class Option:
     default: str | None  # as typed on the command line; None = required
     help: str
     kind: type = str  # str, int, float or bool
-
-
-def parse_value(name: str, text: str, kind: type) -> Any:
-    """`text` as `kind`; a ConfigError saying what --name expects otherwise."""
-    if kind is bool:
-        if text.strip().lower() not in BOOLEANS:
-            raise ConfigError(f"--{name}={text}: expected true or false.")
-        return BOOLEANS[text.strip().lower()]
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"--{name}={text}: expected {kind.__name__}.") from None
 
 
 def split(args: list[str], own: dict[str, Option]) -> tuple[dict[str, Any], list[str]]:

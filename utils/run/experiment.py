@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from losses import build_head, registry
+from losses import registry
 from models import get_model
 from utils.core import distributed
 from utils.core.config import TrainParams, parse_classes, recorded
@@ -58,8 +58,10 @@ def train_classes(params: TrainParams) -> int:
 
 def build_models(params: TrainParams, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     model = get_model(params.backbone_type, params.embedding_dim, params.stem, params.pretrained)
-    head = build_head(params.loss_fuc_type, params.embedding_dim, train_classes(params),
-                      **{f: getattr(params, f) for f in registry.spec(params.loss_fuc_type)["params"]})
+    # params come validated (config.resolve checked them against the SPEC): the head is built directly; a
+    # hyper-parameter left None takes the head's own default, which is its SPEC's
+    own = {f: v for f in registry.spec(params.loss_fuc_type)["params"] if (v := getattr(params, f)) is not None}
+    head = registry.head_class(params.loss_fuc_type)(params.embedding_dim, train_classes(params), **own)
     return model.to(device), head.to(device)
 
 
