@@ -50,15 +50,20 @@ def test_cuda_requested_without_cuda_is_a_config_error(monkeypatch: pytest.Monke
         resolve(TrainArcFaceParams(), {"device": "cuda"})
 
 
-def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    p = dataclasses.replace(TrainArcFaceParams(), total_epochs=2, warmup_epochs=0.5, lr=1.0)
+def _learning_rates(p: TrainArcFaceParams, steps_per_epoch: int = 10) -> list[float]:
+    """The learning rate of every step of p's schedule (base rate 1)."""
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = fit_mod.make_scheduler(p, opt, steps_per_epoch=10)
+    sched = fit_mod.make_scheduler(p, opt, steps_per_epoch=steps_per_epoch)
     lrs = []
-    for _ in range(20):
+    for _ in range(p.total_epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
+    return lrs
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    lrs = _learning_rates(dataclasses.replace(TrainArcFaceParams(), total_epochs=2, warmup_epochs=0.5, lr=1.0))
     assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False)) and lrs[-1] < 0.02
 
@@ -180,14 +185,8 @@ def test_native_bf16_needs_the_flags_and_kernels_that_use_them(monkeypatch: pyte
 
 
 def test_onecycle_rises_then_falls_linearly_to_zero() -> None:
-    p = resolve(TrainArcFaceParams(), {"schedule": "onecycle", "total_epochs": 2, "warmup_epochs": 0.5})
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = fit_mod.make_scheduler(p, opt, steps_per_epoch=10)
-    lrs = []
-    for _ in range(20):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = _learning_rates(resolve(TrainArcFaceParams(), {"schedule": "onecycle", "total_epochs": 2,
+                                                         "warmup_epochs": 0.5}))
     assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     assert lrs[5:] == pytest.approx([1 - k / 15 for k in range(15)])  # linear, reaching 0 at the end
 
