@@ -80,6 +80,50 @@ def test_seeds_option_is_checked_before_anything_trains(tmp_path: Path) -> None:
     assert not (tmp_path / "results").exists()
 
 
+def test_shared_arm_is_softmax_with_arcface_settings_the_head_alone_differing() -> None:
+    """--shared=true: per seed a third run, softmax with the ArcFace model's optimiser, schedule and
+    augmentation; fields given on the command line still reach every arm."""
+    from dataclasses import fields
+
+    from losses import registry
+    from trainArcFace import TrainArcFaceParams
+    from trainResnet import TrainResnetParams
+
+    runs = study.plan([0, 3], {"total_epochs": 2}, (TrainArcFaceParams, TrainResnetParams), shared=True)
+    assert [(r.model_name, study.arm(r)) for r in runs] == [
+        ("resnet18_arcface_s0", "arcface"), ("resnet18_softmax_s0", "softmax"),
+        ("resnet18_softmax_shared_s0", "softmax_shared"), ("resnet18_arcface_s3", "arcface"),
+        ("resnet18_softmax_s3", "softmax"), ("resnet18_softmax_shared_s3", "softmax_shared")]
+    arc, own, same = runs[:3]
+    assert own.lr != arc.lr and own.weight_decay != arc.weight_decay  # the default pair's own settings differ
+    head = {"model_name", "loss_fuc_type", *registry.hyper_fields()}
+    differ = {f.name for f in fields(arc) if getattr(arc, f.name) != getattr(same, f.name)}
+    assert same.loss_fuc_type == "softmax" and differ and differ <= head, differ
+    assert {r.total_epochs for r in runs} == {2}
+    lr = study.plan([0], {"lr": 3e-3}, (TrainArcFaceParams, TrainResnetParams), shared=True)
+    assert [r.lr for r in lr] == [3e-3] * 3
+
+
+def test_summary_compares_both_ways_paired_by_seed() -> None:
+    """The shared comparison is paired over the seeds both its arms ran, with McNemar from the failures."""
+    def row(name: str, seed: int, acc: float, wrong: set[int]) -> dict:
+        return {"arm": name, "seed": seed, "acc_1nn": acc, "eer": 1 - acc, "best_epoch": 0, "git_commit": A,
+                "tar_at_far": {"1e-03": acc, "1e-04": acc}, "_wrong": wrong}
+    rows = [row("arcface", 0, 0.990, {1, 2}), row("arcface", 1, 0.992, {3}), row("arcface", 2, 0.994, set()),
+            row("softmax", 0, 0.991, {1}), row("softmax", 1, 0.990, {4, 5}), row("softmax", 2, 0.993, {6}),
+            row("softmax_shared", 0, 0.985, {1, 7, 8}), row("softmax_shared", 1, 0.989, {3, 9})]
+    out = study.summarise(rows)
+    assert out["seeds"] == [0, 1, 2] and out["difference_shared"]["seeds"] == [0, 1]
+    assert out["difference_shared"]["acc_1nn"]["mean"] == pytest.approx(((0.990 - 0.985) + (0.992 - 0.989)) / 2)
+    assert out["difference"]["acc_1nn"]["mean"] == pytest.approx((-0.001 + 0.002 + 0.001) / 3)
+    assert out["softmax_shared"]["acc_1nn"]["n"] == 2
+    m0 = out["difference_shared"]["mcnemar"][0]  # arcface wrong {1, 2}, shared wrong {1, 7, 8}
+    assert (m0["arcface_only_right"], m0["softmax_shared_only_right"]) == (2, 1)
+    text = study.markdown(rows, out)
+    assert "| arcface - softmax_shared | 0 | 2 | 1 |" in text and "| ArcFace - softmax, paired |" in text
+    assert study.summarise(rows[:6]).keys() >= {"difference"} and "difference_shared" not in study.summarise(rows[:6])
+
+
 @pytest.fixture
 def fake_code(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     """The code identity runs record, set by the test (the working tree may have edits); no vouched commits."""

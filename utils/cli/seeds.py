@@ -2,6 +2,7 @@
 
     python main.py compare --seeds=3 [--reuse=true] [--field=value ...]    # seeds 0, 1, 2
     python main.py compare --seeds=0,1,2,3,4 --reuse=true
+    python main.py compare --seeds=5 --shared=true   # also softmax under ArcFace's settings: the head alone differs
 
 Each run is an ordinary run (staged, locked, resumable) published in results/seeds/<model>_s<seed>/
 (checkpoints in ckp/seeds/). The study trains in fp32 unless --amp is given, so that CPUs with and
@@ -10,7 +11,10 @@ training code match (same commit, or commits that results/numerics.json records 
 golden quick_debug numbers identically: `python tests/golden.py --vouch`), and resumes an
 interrupted one; a run of other code or params is trained again. After every run the summary of the
 finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png} and results/DET.png (the
-same picture: the headline DET is the study's, every seed visible). Runs of different layouts
+same picture: the headline DET is the study's, every seed visible). With --shared=true every seed also
+trains softmax with the ArcFace model's optimiser, schedule and augmentation (resnet18_softmax_shared_s<seed>),
+and the summary compares ArcFace with softmax both ways: each with its own validation-chosen settings, and
+under one shared set where the head, with its scale and margin, is the only difference. Runs of different layouts
 (channels_last, tiny_conv) are never combined: the golden check that vouches commits pins the layout.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +41,24 @@ from utils.scoring import plots
 from utils.scoring.stats import mcnemar, paired, spread
 
 LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
+SHARED = "softmax_shared"  # the arm of softmax trained with ArcFace's settings (--shared=true)
+# (name in seeds.json, the two arms, what differs between them)
+COMPARISONS = (("difference", "arcface", "softmax", "each loss with its own settings"),
+               ("difference_shared", "arcface", SHARED, "one shared set of settings: the head alone differs"))
 TARS = ("1e-03", "1e-04")
 MAX_SEED = 2**31 - 1
 
 
 OPTIONS = {"seeds": Option(None, "a count N (seeds 0 .. N-1) or a list of seeds such as 0,1,2"),
            "reuse": Option("false", "keep finished runs of the same params and code; resume an interrupted one",
-                           bool)}
+                           bool),
+           "shared": Option("false", "also train softmax with ArcFace's optimiser, schedule and augmentation, so "
+                            "that the head is the only difference, and compare both ways", bool)}
 
 
-def parse_args(args: list[str]) -> tuple[list[int], bool, dict]:
-    """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse=true|false; the rest are field overrides."""
+def parse_args(args: list[str]) -> tuple[list[int], bool, bool, dict]:
+    """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse and --shared (true|false); the rest are field
+    overrides."""
     opts, rest = split(args, OPTIONS)
     value = opts["seeds"]
     vals = comma_list("seeds", value, int)
@@ -56,23 +68,44 @@ def parse_args(args: list[str]) -> tuple[list[int], bool, dict]:
         vals = list(range(vals[0]))
     if not vals or len(set(vals)) != len(vals) or not all(0 <= v <= MAX_SEED for v in vals):
         raise ConfigError(f"--seeds={value}: give distinct seeds 0 .. {MAX_SEED}, e.g. 0,1,2 (or a count).")
-    seeds, reuse = vals, opts["reuse"]
+    seeds, reuse, shared = vals, opts["reuse"], opts["shared"]
     overrides = parse_overrides(rest)
     own = [k for k in ("model_name", "seed", "loss_fuc_type", "resume") if k in overrides]
     if own:
         raise ConfigError(f"--{own[0]} is set by the seeds study for each run; choose seeds with --seeds.")
-    return seeds or [], reuse, overrides
+    return seeds or [], reuse, shared, overrides
 
 
-def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...]) -> list[TrainParams]:
-    """Both models for every seed (seed-major, so that pairs finish early); resolved before anything trains."""
+def settings_of(source: type[TrainParams], target: type[TrainParams]) -> dict:
+    """The fields `target` takes from `source` so that only the head differs: every class default of
+    `source` that differs from `target`'s, the model's name, its loss and the loss's own hyper-parameters
+    apart (for the default pair: ArcFace's learning rate and weight decay)."""
+    a, b = source(), target()
+    head = {"model_name", "loss_fuc_type", *registry.hyper_fields()}
+    return {f.name: getattr(a, f.name) for f in fields(a)
+            if f.name not in head and getattr(a, f.name) != getattr(b, f.name)}
+
+
+def arm(p: TrainParams) -> str:
+    """Which arm of the study a run is: its loss, or SHARED for softmax under ArcFace's settings."""
+    return SHARED if p.model_name.endswith(f"_shared_s{p.seed}") else p.loss_fuc_type
+
+
+def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...],
+         shared: bool = False) -> list[TrainParams]:
+    """Both models for every seed, and with `shared` the second model under the first one's settings
+    (seed-major, so that pairs finish early); resolved before anything trains. Command-line fields apply
+    to every arm."""
     results = Path(overrides.get("results_dir", "results")) / "seeds"
     ckpt = Path(overrides.get("ckpt_dir", "ckp")) / "seeds"
+    mine = share(overrides, [overrides.get("loss_fuc_type", cls.loss_fuc_type) for cls in pair])
+    arms = [(cls, {}, mine_, cls.model_name) for cls, mine_ in zip(pair, mine, strict=True)]
+    if shared:
+        arms.append((pair[1], settings_of(pair[0], pair[1]), mine[1], f"{pair[1].model_name}_shared"))
     runs = []
-    shared = share(overrides, [overrides.get("loss_fuc_type", cls.loss_fuc_type) for cls in pair])
     for seed in seeds:
-        for cls, mine in zip(pair, shared, strict=True):
-            values = {**SEEDS_STUDY, **mine, "seed": seed, "model_name": f"{cls.model_name}_s{seed}",
+        for cls, borrowed, own, name in arms:
+            values = {**SEEDS_STUDY, **borrowed, **own, "seed": seed, "model_name": f"{name}_s{seed}",
                       "results_dir": str(results), "ckpt_dir": str(ckpt)}
             runs.append(resolve(cls(), values))
     return runs
@@ -80,8 +113,8 @@ def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...])
 
 def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
     """Train (or reuse) both models of `pair` (TrainArcFaceParams, TrainResnetParams) for every seed."""
-    seeds, reuse, overrides = parse_args(args)
-    runs = plan(seeds, overrides, pair)
+    seeds, reuse, shared, overrides = parse_args(args)
+    runs = plan(seeds, overrides, pair, shared)
     root = Path(runs[0].results_dir)
     now, equal = code_identity(), vouched()
     done: list[TrainParams] = []
@@ -106,7 +139,8 @@ def load_run(p: TrainParams) -> dict:
     folder = Path(p.results_dir) / p.model_name
     m = json.loads((folder / "metrics.json").read_text())
     wrong = {f["query"] for f in json.loads((folder / "failures.json").read_text())["misidentified"]}
-    return {"folder": folder.as_posix(), "loss_fuc_type": p.loss_fuc_type, "seed": p.seed, "acc_1nn": m["acc_1nn"],
+    return {"folder": folder.as_posix(), "loss_fuc_type": p.loss_fuc_type, "arm": arm(p), "seed": p.seed,
+            "acc_1nn": m["acc_1nn"],
             "eer": m["eer"], "tar_at_far": m["tar_at_far"], "best_epoch": m["best_epoch"],
             "train_seconds": m["train_seconds"], "git_commit": m.get("git_commit"), "amp": m.get("amp"),
             "machine": m.get("machine"), "n_query": m["n_query"], "_wrong": wrong,
@@ -131,20 +165,27 @@ def check_combinable(rows: list[dict], equal: list[set[str]]) -> None:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """seeds.json's "summary": per loss mean/std, and ArcFace - softmax paired by seed with McNemar per seed."""
-    by = {loss: {r["seed"]: r for r in rows if r["loss_fuc_type"] == loss} for loss in LOSSES}
-    seeds = sorted(set(by["arcface"]) & set(by["softmax"]))
+    """seeds.json's "summary": per arm mean/std over the seeds of the default pair; each comparison
+    (COMPARISONS) as the paired difference over the seeds both its arms ran, with McNemar per seed."""
+    by = {name: {r["seed"]: r for r in rows if r["arm"] == name} for name in (*LOSSES, SHARED)}
     metric = {"acc_1nn": lambda r: r["acc_1nn"], "eer": lambda r: r["eer"],
               **{f"tar_at_far_{t}": (lambda r, t=t: r["tar_at_far"][t]) for t in TARS}}
-    out: dict = {loss: {k: spread([f(by[loss][s]) for s in seeds]) for k, f in metric.items()} for loss in LOSSES}
-    out["difference"] = {k: paired([f(by["arcface"][s]) for s in seeds], [f(by["softmax"][s]) for s in seeds])
-                         for k, f in metric.items()}
-    out["difference"]["mcnemar"] = []
-    for s in seeds:  # discordant test images: right by one model, wrong by the other
-        t = mcnemar(len(by["softmax"][s]["_wrong"] - by["arcface"][s]["_wrong"]),
-                    len(by["arcface"][s]["_wrong"] - by["softmax"][s]["_wrong"]))
-        out["difference"]["mcnemar"].append({"seed": s, "arcface_only_right": t.pop("only_a"),
-                                             "softmax_only_right": t.pop("only_b"), **t})
+    seeds = sorted(set(by["arcface"]) & set(by["softmax"]))
+    out: dict = {name: {k: spread([f(by[name][s]) for s in seeds]) for k, f in metric.items()} for name in LOSSES}
+    for key, a, b, meaning in COMPARISONS:
+        both = sorted(set(by[a]) & set(by[b]))
+        if not both:
+            continue
+        if b not in out:  # the shared arm: its own spread over the seeds it ran
+            out[b] = {k: spread([f(by[b][s]) for s in both]) for k, f in metric.items()}
+        out[key] = {k: paired([f(by[a][s]) for s in both], [f(by[b][s]) for s in both]) for k, f in metric.items()}
+        out[key]["compares"] = f"{a} - {b}: {meaning}"
+        out[key]["seeds"] = both
+        out[key]["mcnemar"] = []
+        for s in both:  # discordant test images: right by one model, wrong by the other
+            t = mcnemar(len(by[b][s]["_wrong"] - by[a][s]["_wrong"]), len(by[a][s]["_wrong"] - by[b][s]["_wrong"]))
+            out[key]["mcnemar"].append({"seed": s, f"{a}_only_right": t.pop("only_a"),
+                                        f"{b}_only_right": t.pop("only_b"), **t})
     out["seeds"] = seeds
     return out
 
@@ -175,23 +216,29 @@ def markdown(rows: list[dict], summary: dict) -> str:
     """seeds.md: per-seed rows, mean ± std (n), paired differences and McNemar per seed; in %."""
     lines = ["| loss | seed | 1-NN acc % | EER % | TAR@FAR=1e-3 % | TAR@FAR=1e-4 % | best epoch (from 1) | commit |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["loss_fuc_type"], r["seed"])):
-        lines.append(f"| {r['loss_fuc_type']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | "
+    for r in sorted(rows, key=lambda r: (r["arm"], r["seed"])):
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | "
                      f"{r['tar_at_far']['1e-03'] * 100:.2f} | {r['tar_at_far']['1e-04'] * 100:.2f} | "
                      f"{r['best_epoch'] + 1} | {str(r['git_commit'])[:10]} |")
     keys = ("acc_1nn", "eer", *(f"tar_at_far_{t}" for t in TARS))
     lines += ["", "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for loss in LOSSES:
-        lines.append(f"| {loss}, mean ± std (n) | " + " | ".join(_pm(summary[loss][k]) for k in keys) + " |")
-    d = summary["difference"]
-    ci = [("-" if d[k]["ci95"] is None else f"[{d[k]['ci95'][0] * 100:.3f}, {d[k]['ci95'][1] * 100:.3f}]")
-          for k in keys]
-    lines.append("| ArcFace - softmax, paired | " + " | ".join(_pm(d[k]) for k in keys) + " |")
-    lines.append("| 95 % t-interval | " + " | ".join(ci) + " |")
-    lines += ["", "| seed | test images only ArcFace gets right | only softmax | McNemar p | test |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {m['seed']} | {m['arcface_only_right']} | {m['softmax_only_right']} | {m['p_value']:.3g} | "
-              f"{m['method']} |" for m in d["mcnemar"]]
+    for name in (*LOSSES, SHARED):
+        if name in summary:
+            lines.append(f"| {name}, mean ± std (n) | " + " | ".join(_pm(summary[name][k]) for k in keys) + " |")
+    mcnemar_rows = []
+    for key, a, b, _ in COMPARISONS:
+        if key not in summary:
+            continue
+        d = summary[key]
+        ci = [("-" if d[k]["ci95"] is None else f"[{d[k]['ci95'][0] * 100:.3f}, {d[k]['ci95'][1] * 100:.3f}]")
+              for k in keys]
+        label = "ArcFace - softmax" if b == "softmax" else f"{a} - {b}"
+        lines.append(f"| {label}, paired | " + " | ".join(_pm(d[k]) for k in keys) + " |")
+        lines.append("| 95 % t-interval | " + " | ".join(ci) + " |")
+        mcnemar_rows += [f"| {a} - {b} | {m['seed']} | {m[f'{a}_only_right']} | {m[f'{b}_only_right']} | "
+                         f"{m['p_value']:.3g} | {m['method']} |" for m in d["mcnemar"]]
+    lines += ["", "| comparison | seed | test images only the first gets right | only the second | McNemar p | test |",
+              "|---|---|---|---|---|---|", *mcnemar_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -209,16 +256,19 @@ def median_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarra
 def draw(rows: list[dict], out: Path) -> None:
     """DET_seeds.png: every seed's curve thin, each loss's pointwise median bold."""
     curves = []
-    for loss in LOSSES:
-        mine = [r for r in rows if r["loss_fuc_type"] == loss]
+    for loss in (*LOSSES, SHARED):
+        mine = [r for r in rows if r["arm"] == loss]
+        if not mine:
+            continue
         got = [read_curve(Path(r["folder"]) / "far_frr.csv") for r in mine]
-        color = registry.color(loss)
+        color = registry.color(mine[0]["loss_fuc_type"])
+        ls = "--" if loss == SHARED else "-"  # softmax under ArcFace's settings: softmax's colour, dashed
         curves += [{"label": None, "far": far, "frr": frr, "eer": r["eer"], "color": color, "lw": 0.7, "alpha": 0.5,
-                    "ls": "-"} for r, (far, frr) in zip(mine, got, strict=True)]
+                    "ls": ls} for r, (far, frr) in zip(mine, got, strict=True)]
         far, frr = median_curve(got)
         eer = spread([r["eer"] for r in mine])
         curves.append({"label": f"{loss}: median FRR over {len(mine)} seeds at each FAR; EER mean ± std {_pm(eer)} %",
-                       "far": far, "frr": frr, "eer": eer["mean"], "color": color, "lw": 2.2, "ls": "-",
+                       "far": far, "frr": frr, "eer": eer["mean"], "color": color, "lw": 2.2, "ls": ls,
                        "legend_eer": False})
         curves[-1 - len(mine)]["label"] = f"{loss}: one seed each (seeds {', '.join(str(r['seed']) for r in mine)})"
         curves[-1 - len(mine)]["legend_eer"] = False
