@@ -192,6 +192,16 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     fake_code["git_commit"] = A
     r = call_main("compare", "--seeds=1", "--reuse=true", *quick(tmp), cwd=tmp)
     assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == B
+    # --shared=true: the pair is reused, only softmax under ArcFace's settings trains; both comparisons
+    r = call_main("compare", "--seeds=1", "--reuse=true", "--shared=true", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0, r.stderr
+    assert _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == B  # reused, not retrained
+    arc, same = (json.loads((tmp / "results" / "seeds" / n / "params.json").read_text())
+                 for n in ("resnet18_arcface_s0", "resnet18_softmax_shared_s0"))
+    assert same["loss_fuc_type"] == "softmax" and (same["lr"], same["weight_decay"]) == (arc["lr"], arc["weight_decay"])
+    out = json.loads((tmp / "results" / "seeds" / "seeds.json").read_text())["summary"]
+    assert out["difference_shared"]["seeds"] == [0] and out["difference"]["seeds"] == [0]
+    assert "arcface - softmax_shared" in (tmp / "results" / "seeds" / "seeds.md").read_text()
     r = call_main("compare", "--seeds=1", "--reuse=true", "--weight_decay=0.01", *quick(tmp), cwd=tmp)
     assert r.returncode == 0 and _metrics(tmp)["resnet18_arcface_s0"]["git_commit"] == A
 
