@@ -90,7 +90,9 @@ def train_and_score(params: TrainParams, per_epoch: bool = False) -> dict:
     t0 = time.perf_counter()
     best = score(model, splits, params, device)
     return {**best, "val_acc_head": summary["history"][summary["best_epoch"]]["val_acc"],
-            "best_epoch": summary["best_epoch"], "epochs_trained": summary["epochs_trained"],
+            # counted from 0 like metrics.json's; the per-epoch list and the printed line count from 1
+            "best_epoch": summary["best_epoch"], "best_epoch_counts_from": 0,
+            "epochs_trained": summary["epochs_trained"],
             "train_seconds": round(summary["train_seconds"], 1), "eval_seconds": round(time.perf_counter() - t0, 1),
             "device": device_description(device), "machine": machine(device),
             "precision": precision(device, params.amp), "channels_last": params.channels_last,
@@ -158,7 +160,8 @@ def main(argv: list[str]) -> None:
         r = train_and_score(p, per_epoch)
         runs.append({"loss": p.loss_fuc_type, "seed": p.seed, **r})
         print(f"[{name}] {p.loss_fuc_type} seed {p.seed}: val 1-NN {r['val_acc_1nn']:.4%}  EER {r['val_eer']:.4%}  "
-              f"head {r['val_acc_head']:.4%}  best epoch {r['best_epoch']}  train {r['train_seconds']:.0f} s",
+              f"head {r['val_acc_head']:.4%}  best epoch {r['best_epoch'] + 1} (from 1)  "
+              f"train {r['train_seconds']:.0f} s",
               flush=True)
     mean = {loss: {k: statistics.mean(r[k] for r in runs if r["loss"] == loss)
                    for k in ("val_acc_1nn", "val_eer", "val_acc_head", "train_seconds")} for loss in losses}
