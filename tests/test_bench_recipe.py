@@ -58,7 +58,8 @@ def test_only_train_and_validation_images_are_embedded(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(br, "prepare_run", prepare)
     monkeypatch.setattr(br, "embed", embed)
-    params = resolve(TrainResnetParams(), {"quick_debug": True, "use_tqdm": False, "ckpt_dir": str(tmp_path)})
+    params = resolve(TrainResnetParams(), {"quick_debug": True, "img_size": 16, "use_tqdm": False,
+                                           "ckpt_dir": str(tmp_path)})
     r = br.train_and_score(params, per_epoch=True)
     s = seen["splits"]
     # after the one quick_debug epoch, then the best checkpoint: validation queries against the train gallery
@@ -87,7 +88,7 @@ def test_time_to_accuracy_reports_reached_and_given_up(tmp_path: Path) -> None:
     from bench.train import time_to_accuracy
 
     out = tmp_path / "tta.json"
-    small = {"quick_debug": True, "ema_decay": 0.9, "ckpt_dir": str(tmp_path / "ckp")}
+    small = {"quick_debug": True, "img_size": 16, "ema_decay": 0.9, "ckpt_dir": str(tmp_path / "ckp")}
     time_to_accuracy(0.0, str(out), None, overrides=small)
     d = json.loads(out.read_text())
     assert d["reached"] and d["log"][0]["epochs"] == 0.5 and d["seconds"] == d["log"][0]["train_seconds"]

@@ -19,7 +19,7 @@ from conftest import ROOT, call_main, needs_mnist
 # The layout is pinned: a lone process times the layouts (utils/training/tuning.py), torchrun ranks without
 # a cached answer take NCHW; the comparison is of the distribution, in the layout it was measured in.
 COMMON = ["arcface", "--quick_debug=true", "--use_tqdm=false", "--amp=off", "--log_steps=true",
-          "--channels_last=true", "--tiny_conv=false"]
+          "--channels_last=true", "--tiny_conv=false", "--img_size=16"]  # 16 px: conftest.quick says why
 OPEN = ["--known_classes=0-5"]  # every rank must take part in the open-set embedding too
 QUICK = Path("results", "quick_debug")  # where quick_debug runs write when no --results_dir is given
 
