@@ -11,6 +11,7 @@ machine that compares, from a temporary `git worktree` of that commit, and cache
     python tests/golden.py                   # this checkout against the reference, every kernel path here
     python tests/golden.py --vouch           # the same for HEAD (clean); if identical, record it in
     python tests/golden.py --vouch=SHA       #   results/numerics.json (utils/cli/seeds.py reads it)
+    python tests/golden.py --vouch=SHA --reference=OLD   # a commit of an earlier study, against its reference
     python tests/golden.py --record          # compute the reference here and keep it in the fixture
 
 tests/fixtures/golden_quick_debug.json holds entries recorded on machines this project ran on; an entry
@@ -222,27 +223,28 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def compare(env: dict[str, str], commit: str | None = None,
-            losses: tuple[str, ...] = LOSSES) -> tuple[dict, list[str]]:
+def compare(env: dict[str, str], commit: str | None = None, losses: tuple[str, ...] = LOSSES,
+            reference: str = REFERENCE) -> tuple[dict, list[str]]:
     """(fingerprint, differences) between `commit` (None: this checkout as it is) and the reference."""
-    fp, ref = numbers_of(REFERENCE, env, losses)
+    fp, ref = numbers_of(reference, env, losses)
     got, numbers = in_subprocess(env, losses=losses) if commit is None else numbers_of(commit, env, losses)
     if got != fp:
         raise RuntimeError(f"the machine changed while measuring: {fp} then {got}")
     return fp, differences(ref, numbers)
 
 
-def vouch(commit: str = "HEAD") -> int:
-    """Record `commit` in results/numerics.json when every kernel path here gives the reference's numbers."""
-    sha = full_sha(commit)
+def vouch(commit: str = "HEAD", reference: str = REFERENCE) -> int:
+    """Record `commit` in results/numerics.json when every kernel path here gives the reference's numbers.
+    An older `reference` re-vouches commits of an earlier study on a new machine (their reference, not today's)."""
+    sha, reference = full_sha(commit), full_sha(reference)
     if commit == "HEAD" and git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"):
         print("vouch needs a clean checkout of a commit (commit or stash your changes first), or --vouch=SHA")
         return 2
     checked, fps = [], []
     for env in kernel_envs():
-        fp, diff = compare(env, sha)
+        fp, diff = compare(env, sha, reference=reference)
         if diff:
-            print(f"{sha[:10]} on the {fp['kernel_path']} kernel path differs from {REFERENCE[:10]}; not vouched:\n"
+            print(f"{sha[:10]} on the {fp['kernel_path']} kernel path differs from {reference[:10]}; not vouched:\n"
                   + "\n".join(diff[:20]))
             return 1
         checked.append(fp["kernel_path"])
@@ -251,7 +253,7 @@ def vouch(commit: str = "HEAD") -> int:
     record = json.loads(out.read_text())
     entry = record["commits"].setdefault(sha, {})
     entry["kernel_paths"] = sorted(set(entry.get("kernel_paths", [])) | set(checked))
-    check = {"reference": REFERENCE, "cpu": fps[0]["cpu"], "cpu_flags": fps[0]["cpu_flags"],
+    check = {"reference": reference, "cpu": fps[0]["cpu"], "cpu_flags": fps[0]["cpu_flags"],
              "threads": fps[0]["threads"], "torch": fps[0]["torch"], "kernel_paths": checked,
              "date": str(datetime.date.today())}
     entry["checks"] = [c for c in entry.get("checks", []) if {**c, "date": None} != {**check, "date": None}] + [check]
@@ -274,7 +276,7 @@ def cli(argv: list[str]) -> int:
         return 0
     try:
         if "vouch" in opts:
-            return vouch(opts["vouch"] or "HEAD")
+            return vouch(opts["vouch"] or "HEAD", opts.get("reference") or REFERENCE)
         if "record" in opts:
             for env in kernel_envs():
                 fp, numbers = numbers_of(REFERENCE, env)
