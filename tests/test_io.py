@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.core.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, write_json
+from utils.core.io import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, save_same, write_json
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path: Path) -> None:
@@ -46,3 +46,23 @@ def test_checkpoint_missing_truncated_or_foreign(tmp_path: Path) -> None:
     torch.save({"weights": 1}, tmp_path / "f.pt")
     with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
         load_checkpoint(tmp_path / "f.pt")
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_the_same_checkpoint_under_two_names_parts_at_the_next_write(tmp_path: Path, links: bool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A best epoch's last.pt is its best.pt (one write); the next last.pt leaves best.pt as it was. Without hard
+    links (some file systems) the file is copied."""
+    if not links:
+        def no_link(*_: object) -> None:
+            raise OSError(95, "Operation not supported")
+        monkeypatch.setattr("os.link", no_link)
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    save_checkpoint(last, good_state(epoch=0))
+    save_checkpoint(best, good_state(epoch=1))
+    save_same(best, last)
+    assert last.read_bytes() == best.read_bytes()
+    assert (last.stat().st_ino == best.stat().st_ino) == links
+    save_checkpoint(last, good_state(epoch=2))
+    assert load_checkpoint(best)["params"]["epoch"] == 1 and load_checkpoint(last)["params"]["epoch"] == 2
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary name left

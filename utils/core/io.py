@@ -17,6 +17,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,25 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     torch.save(state, buf)
     with atomic_write(path, "wb") as f:
         f.write(buf.getbuffer())
+
+
+def save_same(src: str | Path, path: str | Path) -> None:
+    """`path` becomes a second name of the file `src` (a hard link, through a temporary name and one rename):
+    the same checkpoint is not serialised and written twice. Safe because every write here replaces a file
+    by renaming a new one over it, so the two names part at the next write of either. Copied where the file
+    system has no hard links."""
+    src, path = Path(src), Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.link.tmp"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(src, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        with open(src, "rb") as f, atomic_write(path, "wb") as out:
+            shutil.copyfileobj(f, out, 1 << 24)
 
 
 REQUIRED_KEYS = ("model", "head", "optimizer", "scheduler", "epoch", "params")

@@ -26,7 +26,7 @@ from utils.core.config import TrainParams
 from utils.core.device import amp_dtype, data_placement, place, restore_rng, rng_state
 from utils.core.distributed import SINGLE, DistContext, all_sum, barrier, convert_sync_batchnorm
 from utils.core.errors import DataError, NonFiniteLoss, TrainingInterrupted, leave_on_ctrl_c
-from utils.core.io import save_checkpoint
+from utils.core.io import save_checkpoint, save_same
 from utils.core.progress import say
 from utils.data.images import polarity_of
 from utils.data.loading import Splits
@@ -112,10 +112,13 @@ class Run:
         if self.on_step is not None:
             self.on_step(epoch, step, value)
 
-    def save(self, name: str, partial: dict | None = None) -> None:
-        """Rank 0 writes the checkpoint `name` (best.pt, or the resumable last.pt) into ckpt_dir."""
+    def save(self, name: str, partial: dict | None = None, also: str | None = None) -> None:
+        """Rank 0 writes the checkpoint `name` (best.pt, or the resumable last.pt) into ckpt_dir; `also` names
+        the same state again (a hard link: a best epoch's last.pt is its best.pt, 187 MB written once)."""
         if self.ctx.is_main:
             save_checkpoint(self.ckpt_dir / name, snapshot(self, partial))
+            if also is not None:
+                save_same(self.ckpt_dir / name, self.ckpt_dir / also)
 
     def interrupted(self, signum: int) -> TrainingInterrupted:
         barrier(self.ctx)  # last.pt exists before any rank reports it
@@ -241,9 +244,11 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
                                          "val_acc": val_acc, "val_angle_deg": val_angle, "lr": partial["lr"],
                                          "seconds": time.perf_counter() - te})
             st["train_seconds"] = time.perf_counter() - t0
+            # best.pt first: a kill in between leaves last.pt at the epoch before, which a resume repeats
             if improved:
-                run.save("best.pt")
-            run.save("last.pt")
+                run.save("best.pt", also="last.pt")
+            else:
+                run.save("last.pt")
             if ctx.is_main:
                 on_epoch(st)
                 say(epoch_line(params, st, len(train_x), improved), params.use_tqdm)
