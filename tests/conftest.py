@@ -87,7 +87,7 @@ def call_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProce
 def quick(tmp: Path) -> list[str]:
     """A quick_debug run at 16 px: every code path of a 28 px run in half its seconds (measured on a 2-core
     AVX2 CPU: 5.5 s against 10 s), which keeps the suite under CI's 15 minutes there. The golden check
-    (tests/golden.py) keeps quick_debug's own 28 px, so the numbers it guards are those a user's run computes."""
+    (tests/golden.py) runs at the same size."""
     return ["--quick_debug=true", "--use_tqdm=false", "--img_size=16", f"--results_dir={tmp / 'results'}",
             f"--ckpt_dir={tmp / 'ckp'}"]
 

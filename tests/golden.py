@@ -1,6 +1,6 @@
 """The golden check: this commit computes the same training numbers as the reference commit, on this machine.
 
-One `--quick_debug=true --amp=off` run of every loss (fp32, CPU) gives ~100 numbers (metrics and the
+One `--quick_debug=true --amp=off --img_size=16` run of every loss (fp32, CPU) gives ~100 numbers (metrics and the
 per-epoch history). A refactor that changes no number leaves them identical; a change to the training
 numerics (data order, initialisation, a loss formula, the schedule) moves them. The numbers themselves
 depend on the machine: another CPU, kernel path (AVX-512 or AVX2), thread count or torch version picks
@@ -40,6 +40,10 @@ REFERENCE = "da980caf494d3faf2e22af25619c58eb51183398"
 LOSSES = ("softmax", "normface", "sphereface", "cosface", "arcface", "combined", "subcenter_arcface")
 METRICS = ("acc_1nn", "acc_head", "val_acc_1nn", "eer", "eer_threshold", "auc", "tar_at_far")
 HISTORY = ("train_loss", "val_loss", "val_acc", "val_angle_deg")
+# The golden runs are quick_debug at 16 px: every layer, loss, augmentation and schedule step of a 28 px run in
+# about half its seconds (96 s -> ~50 s for seven losses on a 2-core AVX2 CPU). Part of each entry's key, so
+# numbers measured at another size are never compared with these.
+RUN = {"img_size": 16}
 # ATen and oneDNN take their AVX2 kernels on an AVX-512 CPU under this environment (read at start-up).
 # Written here, not imported: this file also drives the reference commit's tree, whose modules differ.
 FORCED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -95,7 +99,8 @@ def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, di
             extra = [] if loss in ("softmax", "arcface") else [f"--loss_fuc_type={loss}", f"--model_name=golden_{loss}"]
             extra += PINNED.get(loss, [])
             rc = main.main([cmd, "--quick_debug=true", "--amp=off", "--device=cpu", "--use_tqdm=false",
-                            f"--results_dir={tmp}/results", f"--ckpt_dir={tmp}/ckp", *layout, *extra])
+                            *(f"--{k}={v}" for k, v in RUN.items()), f"--results_dir={tmp}/results",
+                            f"--ckpt_dir={tmp}/ckp", *layout, *extra])
             if rc != 0:
                 raise SystemExit(f"golden run of {loss} failed (exit {rc})")
             name = f"golden_{loss}" if extra else f"resnet18_{loss}"
@@ -157,7 +162,7 @@ def cached(commit: str, fp: dict) -> dict | None:
     """Numbers of `commit` on a machine of fingerprint `fp`: from the fixture, else the user's cache."""
     for path in (FIXTURE, CACHE):
         for e in _entries(path):
-            if e.get("commit") == commit and e.get("machine") == fp:
+            if e.get("commit") == commit and e.get("machine") == fp and e.get("run") == RUN:
                 return e["numbers"]
     return None
 
@@ -170,8 +175,9 @@ def store(path: Path, commit: str, fp: dict, numbers: dict) -> None:
         doc = {}
     doc.setdefault("about", "golden quick_debug numbers per (commit, machine fingerprint): tests/golden.py")
     doc["reference"] = REFERENCE
-    kept = [e for e in doc.get("entries", []) if not (e.get("commit") == commit and e.get("machine") == fp)]
-    doc["entries"] = [*kept, {"commit": commit, "machine": fp, "recorded": str(datetime.date.today()),
+    kept = [e for e in doc.get("entries", []) if e.get("run") == RUN and not (e.get("commit") == commit and
+                                                                              e.get("machine") == fp)]
+    doc["entries"] = [*kept, {"commit": commit, "machine": fp, "run": RUN, "recorded": str(datetime.date.today()),
                               "numbers": numbers}]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -254,7 +260,7 @@ def vouch(commit: str = "HEAD", reference: str = REFERENCE) -> int:
     entry = record["commits"].setdefault(sha, {})
     entry["kernel_paths"] = sorted(set(entry.get("kernel_paths", [])) | set(checked))
     check = {"reference": reference, "cpu": fps[0]["cpu"], "cpu_flags": fps[0]["cpu_flags"],
-             "threads": fps[0]["threads"], "torch": fps[0]["torch"], "kernel_paths": checked,
+             "threads": fps[0]["threads"], "torch": fps[0]["torch"], "kernel_paths": checked, "run": RUN,
              "date": str(datetime.date.today())}
     entry["checks"] = [c for c in entry.get("checks", []) if {**c, "date": None} != {**check, "date": None}] + [check]
     out.write_text(json.dumps(record, indent=1) + "\n")

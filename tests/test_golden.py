@@ -46,7 +46,7 @@ def test_differences_names_every_changed_value() -> None:
 
 
 def test_an_entry_serves_only_the_machine_it_was_recorded_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fixture is a cache, not truth: another CPU, thread count, torch or kernel path finds nothing."""
+    """The fixture is a cache, not truth: another CPU, thread count, torch, kernel path or run size finds nothing."""
     monkeypatch.setattr(golden, "FIXTURE", tmp_path / "fixture.json")
     monkeypatch.setattr(golden, "CACHE", tmp_path / "cache.json")
     here = {"cpu": "Some CPU", "cpu_flags": "0123", "threads": 2, "torch": "2.14.1", "kernel_path": "avx512"}
@@ -60,6 +60,8 @@ def test_an_entry_serves_only_the_machine_it_was_recorded_on(tmp_path: Path, mon
     assert golden.cached("def", here) == {"arcface": {"eer": 0.2}}
     golden.store(golden.FIXTURE, "abc", here, {"arcface": {"eer": 0.3}})  # replaced, not doubled
     assert len(json.loads(golden.FIXTURE.read_text())["entries"]) == 1
+    monkeypatch.setattr(golden, "RUN", {"img_size": 28})  # numbers of runs of another size are not these
+    assert golden.cached("abc", here) is None
 
 
 def test_without_history_the_check_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,8 +79,10 @@ def test_generated_outliers_are_deterministic_prepared_and_of_every_kind() -> No
 
 
 @needs_mnist
-@pytest.mark.parametrize("kind", ["uniform", "energy"])
-def test_a_run_trains_with_outliers(tmp_path: Path, kind: str) -> None:
+def test_a_run_trains_with_outliers(tmp_path: Path) -> None:
+    """End to end with the uniform term; the energy term takes the same path (TrainNet, with_outliers) and differs
+    only in training_loss, which the float64 test above checks for both."""
+    kind = "uniform"
     r = call_main("arcface", *quick(tmp_path), f"--outliers={kind}", "--amp=off", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "non-digits for training with outliers" in r.stdout + r.stderr
