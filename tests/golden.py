@@ -93,7 +93,8 @@ def measure(root: Path = ROOT, losses: tuple[str, ...] = LOSSES) -> dict[str, di
     layout = ["--channels_last=true", "--tiny_conv=false"] if config.is_file() and "tiny_conv" in \
         config.read_text() else []
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    # under pytest, in the RAM-backed folder tests/conftest.py chose for temporary files where it has room
+    with tempfile.TemporaryDirectory(dir=os.environ.get("PYTEST_DEBUG_TEMPROOT")) as tmp:
         for loss in losses:
             cmd = "softmax" if loss == "softmax" else "arcface"
             extra = [] if loss in ("softmax", "arcface") else [f"--loss_fuc_type={loss}", f"--model_name=golden_{loss}"]
