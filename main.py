@@ -14,6 +14,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # names for the annotations only: torch and the engine load when a command needs them
+    from collections.abc import Callable
+
+    from utils.core.config import TrainParams
 
 flag = "flag1"  # flag1: ArcFace, flag2: softmax, compare: both, test: evaluate saved checkpoints
 
@@ -27,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {  # name: (arguments, what it does,
     "softmax": ("", "train + evaluate ResNet18 + softmax (trainResnet.py)", "main"),
     "compare": ("", "both, then one DET figure (results/DET.png); --seeds=N: the pair over seeds (results/seeds/)",
                 "main"),
-    "test": ("", "evaluate the saved best checkpoint(s) in ckp/ without training", "main"),
+    "test": ("", "evaluate the saved best checkpoint(s) in ckp/ without training; --model_name=NAME: that one",
+             "main"),
     "grid": ("", "the margin-loss grid: every loss x data set x seed, closed and open set (results/grid/)",
              "utils.cli.grid"),
     "figures": ("", "the papers' pictures from the trained models (results/figures/)", "utils.cli.figures"),
@@ -190,6 +197,20 @@ def default_model() -> str:
     return TrainResnetParams.model_name if FLAGS.get(flag, flag) == "softmax" else TrainArcFaceParams.model_name
 
 
+def trained_by(jobs: list[tuple[Callable[..., dict], TrainParams]]) -> list[tuple[Callable[..., dict], TrainParams]]:
+    """`test --model_name=NAME`: the one model of that name, re-evaluated by the class that trained it (softmax,
+    or the margin family), as its checkpoint's params say; both while there is no such checkpoint (refused)."""
+    from pathlib import Path
+
+    from utils.core.io import load_checkpoint
+
+    path = Path(jobs[0][1].ckpt_dir) / jobs[0][1].model_name / "best.pt"
+    if not path.is_file():
+        return jobs[:1]
+    loss = load_checkpoint(path, mmap=True)["params"].get("loss_fuc_type")
+    return [(f, p) for f, p in jobs if (p.loss_fuc_type == "softmax") == (loss == "softmax")]
+
+
 def train(command: str, args: list[str]) -> None:
     from trainArcFace import TrainArcFaceParams, trainArcFaceMain
     from trainResnet import TrainResnetParams, trainResnetSoftmaxMain
@@ -209,6 +230,8 @@ def train(command: str, args: list[str]) -> None:
               if command in (cmd, "compare", "test")]
     losses = [overrides.get("loss_fuc_type", cls.loss_fuc_type) for _, cls in wanted]
     jobs = [(f, resolve(cls(), mine)) for (f, cls), mine in zip(wanted, share(overrides, losses), strict=True)]
+    if command == "test" and "model_name" in overrides:
+        jobs = trained_by(jobs)
     if len({p.model_name for _, p in jobs}) < len(jobs):
         raise ConfigError("both models would share one model_name; do not override model_name with "
                           "compare/test, or run arcface and softmax separately.")

@@ -65,6 +65,12 @@ def test_test_command_reevaluates_saved_checkpoints(compared_copy: Path) -> None
         again = check_model_outputs(tmp / "results", n)
         assert again["acc_1nn"] == pytest.approx(m["acc_1nn"]) and again["eer"] == pytest.approx(m["eer"], abs=1e-6)
         assert again["best_epoch"] == m["best_epoch"] and again["epochs_trained"] == m["epochs_trained"]
+    # one named model (a seeds-study run, a recipe candidate): the class that trained it evaluates it alone
+    r = call_main("test", "--model_name=resnet18_softmax", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 0 and "resnet18_softmax: 1-NN acc" in r.stdout and "resnet18_arcface" not in r.stdout, \
+        r.stderr
+    r = call_main("test", "--model_name=nothing_here", *quick(tmp), *SMALL, cwd=tmp)
+    assert r.returncode == 2 and "no best checkpoint found" in r.stderr
 
 
 def test_help_lists_commands_and_fields(tmp_path: Path) -> None:
