@@ -100,3 +100,17 @@ def test_matmul_conv_order_bench_times_both_orders_of_the_same_convolution(tmp_p
     assert [r["conv"] for r in doc["rows"]] == ["512->512 3x3 stride 1", "256->512 3x3 stride 2"]
     assert all(r["unfold_order_ms"] > 0 and r["weight_order_ms"] > 0 for r in doc["rows"])
     assert doc["precision"] == "fp32" and doc["cpu_kind"] in ("amx", "avx512_bf16", "avx512", "avx2", "other")
+
+
+def test_thin_pen_bench_counts_what_the_wild_sets_thin_pen_leaves(tmp_path: Path) -> None:
+    """The same sheets as make_wild_set (the bench checks each against digit_sheet), counted per part."""
+    from bench import thin_pen
+
+    out = tmp_path / "thin.json"
+    thin_pen.main(["--per_font=1", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    for part in ("val", "test"):
+        r = doc["parts"][part]
+        assert r["sheets"] == 10 * len(r["fonts"]) and 0 < r["ink_kept_median"] < 1
+        assert r["under_20pct_ink"] <= r["under_50pct_ink"] <= r["sheets"]
+        assert max(r["strokes_broken"], r["under_20pct_ink"]) <= r["broken_or_under_20pct"] <= r["sheets"]
