@@ -36,12 +36,7 @@ def load_network(path: Path) -> tuple[NormalisedEmbedder, dict]:
                               f"calibrated); add them with python main.py test --model_name=... first.")
     p, card = state["params"], state["input"]
     try:  # every backbone get_model builds; the weights come from the checkpoint, never a download
-        # built without initialising (on the meta device, then uninitialised memory): the strict load below
-        # fills every parameter and buffer, and drawing 11M random weights first cost 0.11 s of a cold verify
-        with torch.device("meta"):
-            net = get_model(p.get("backbone_type", "resnet18"), p["embedding_dim"], p["stem"],
-                            in_channels=card["channels"])
-        net = net.to_empty(device="cpu")
+        net = get_model(p.get("backbone_type", "resnet18"), p["embedding_dim"], p["stem"], in_channels=card["channels"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path} names a network this code cannot build ({e}); use a checkpoint of "
                               f"this project's backbones.") from None
