@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from utils.core.errors import CheckpointError, FolderBusy, check_ctrl_c
-from utils.core.io import check_writable, remove_stale_temps
+from utils.core.io import check_writable, remove_stale_temps, save_same
 
 
 def staging(final: Path) -> Path:
@@ -85,10 +85,7 @@ def fresh_staging(final: Path, keep: tuple[str, ...] = (), link_from_final: bool
     if link_from_final and final.is_dir():
         for f in final.iterdir():
             if f.is_file() and not (stage / f.name).exists():
-                try:
-                    os.link(f, stage / f.name)
-                except OSError:  # file systems without hard links
-                    shutil.copy2(f, stage / f.name)
+                save_same(f, stage / f.name)  # a hard link, or a copy where the file system has none
     return stage
 
 
