@@ -5,7 +5,8 @@
 
 Side by side in one run, on this machine:
   * cold start: wall time of `python main.py verify A B` as a new process (interpreter, imports, model
-    load, two images, decision), with the checkpoint and with --onnx;
+    load, two images, decision), with the checkpoint and with --onnx, each also with scipy.ndimage
+    imported first (what reading an image cost before utils/data/regions.py);
   * embedding throughput in images/s from uint8 arrays (batch 256), torch fp32 and onnxruntime;
   * search: ms per query against a gallery of 50,000 embeddings (10 identities, the original's
     gallery size), matching only (query embeddings given) and from an image file; and exact search
@@ -38,13 +39,18 @@ from utils.inference.recognizer import Recognizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cold_verify(a: Path, b: Path, extra: list[str], repeats: int) -> float:
-    """Median wall seconds of `python main.py verify a b` in a fresh process."""
+def cold_verify(a: Path, b: Path, extra: list[str], repeats: int, preload: str = "") -> float:
+    """Median wall seconds of `python main.py verify a b` in a fresh process; `preload`: a module imported
+    first (to show side by side what an import the command no longer needs would cost)."""
+    args = ["verify", str(a), str(b), *extra]
+    cmd = [sys.executable, str(ROOT / "main.py"), *args]
+    if preload:
+        cmd = [sys.executable, "-c", f"import {preload}, runpy, sys; sys.argv = {['main.py', *args]!r}; "
+                                     f"runpy.run_path({str(ROOT / 'main.py')!r}, run_name='__main__')"]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, str(ROOT / "main.py"), "verify", str(a), str(b), *extra],
-                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         times.append(time.perf_counter() - t0)
         if r.returncode != 0:
             raise SystemExit(f"verify failed: {r.stderr.strip()}")
@@ -124,13 +130,18 @@ def main(argv: list[str]) -> None:
     pair = (tmp / "0.png", tmp / "1.png")
     common = [f"--model_name={a.model_name}", f"--ckpt_dir={a.ckpt_dir}"]
     rows = {"cold_verify_seconds": {"import_torch": cold_import_torch(a.repeats),
-                                    "checkpoint": cold_verify(*pair, common, a.repeats)},
+                                    "checkpoint": cold_verify(*pair, common, a.repeats),
+                                    # what reading images cost before utils/data/regions.py replaced scipy
+                                    "checkpoint_scipy_ndimage_imported": cold_verify(*pair, common, a.repeats,
+                                                                                     preload="scipy.ndimage")},
             "embed_images_per_s": {"torch": throughput(rec, images)},
             "search": search_ms(rec, a.gallery, rec.embed(images[:1]).shape[1], pair[0]),
             "exact_search_large": exact_search(rec.embed(images[:1]).shape[1], a.large)}
     if a.onnx:
         ort = Recognizer.from_onnx(a.onnx)
         rows["cold_verify_seconds"]["onnx"] = cold_verify(*pair, [f"--onnx={a.onnx}"], a.repeats)
+        rows["cold_verify_seconds"]["onnx_scipy_ndimage_imported"] = cold_verify(
+            *pair, [f"--onnx={a.onnx}"], a.repeats, preload="scipy.ndimage")
         rows["embed_images_per_s"]["onnxruntime"] = throughput(ort, images)
     for k, v in rows.items():
         print(f"{k}: " + ", ".join(f"{n} {x:.3g}" for n, x in v.items()))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-from scipy import ndimage
 
 from utils.core.errors import ImageError
+from utils.data.regions import box_mean, distance_to_background, label, window_extreme
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
 POLARITIES = ("light_on_dark", "dark_on_light", "none")
@@ -148,8 +148,8 @@ def paper_and_ink(grey: np.ndarray, invert: str) -> np.ndarray:
     # strokes are lines a few pixels wide, paper grain and sensor noise are specks: judge each pixel by its
     # neighbourhood (a ~1 % window of the sheet), then keep the ink's connected parts of any real size
     k = max(3, round(max(ink.shape) / 100) | 1)
-    mask = ndimage.uniform_filter(ink, size=k) >= INK_FLOOR
-    parts, n = ndimage.label(mask)
+    mask = box_mean(ink, k) >= INK_FLOOR
+    parts, n = label(mask)
     if n > 1:
         sizes = np.bincount(parts.ravel())[1:]
         mask = np.isin(parts, 1 + np.flatnonzero(sizes >= MIN_PART * sizes.max()))
@@ -177,11 +177,11 @@ def stroke_width(box: np.ndarray) -> float:
     (a stroke w pixels wide has its centre (w + 1) / 2 pixels from the paper). The ink is smoothed over 5 x 5
     first so that grainy strokes (chalk, a dry pen) count as the lines they draw; that widens a sharp line
     by 2 pixels, taken off again."""
-    mask = ndimage.uniform_filter(box, size=5) >= 0.3
+    mask = box_mean(box, 5) >= 0.3
     if not mask.any():
         return 0.0
-    d = ndimage.distance_transform_edt(mask)
-    ridge = mask & (d >= ndimage.maximum_filter(d, size=3))
+    d = distance_to_background(mask)
+    ridge = mask & (d >= window_extreme(d, np.ones((3, 3), bool), largest=True))
     return float(2 * d[ridge].mean() - 3)
 
 
@@ -195,8 +195,8 @@ def normalise_stroke(ink: np.ndarray) -> np.ndarray:
     y, x = np.ogrid[-abs(r):abs(r) + 1, -abs(r):abs(r) + 1]
     footprint = x * x + y * y <= r * r
     if r > 0:
-        return ndimage.grey_dilation(box, footprint=footprint)
-    thin = ndimage.grey_erosion(box, footprint=footprint)
+        return window_extreme(box, footprint, largest=True)
+    thin = window_extreme(box, footprint, largest=False)
     return thin if thin.sum() >= 0.2 * box.sum() else box
 
 

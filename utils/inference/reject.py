@@ -34,9 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from utils.core.errors import CheckpointError, RunFailed
+from utils.data.regions import count_parts
 
 SCORES = ("centre", "energy", "knn", "mahalanobis")
 TEMPERATURE = 1 / 16
@@ -113,7 +113,7 @@ def ink_statistics(x: np.ndarray) -> np.ndarray:
     ink = a.reshape(len(a), -1)
     on = ink > 0.2
     edges = np.abs(np.diff(a, axis=1)).sum((1, 2)) + np.abs(np.diff(a, axis=2)).sum((1, 2))
-    pieces = [ndimage.label(i > 0.3)[1] for i in a]
+    pieces = count_parts(a > 0.3)
     return np.stack([on.mean(1), ink.sum(1) / np.maximum(on.sum(1), 1), edges / np.maximum(ink.sum(1), 1e-6),
                      np.asarray(pieces, np.float64)], axis=1)
 
