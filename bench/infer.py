@@ -6,7 +6,8 @@
 Side by side in one run, on this machine:
   * cold start: wall time of `python main.py verify A B` as a new process (interpreter, imports, model
     load, two images, decision), with the checkpoint and with --onnx, each also with scipy.ndimage
-    imported first (what reading an image cost before utils/data/regions.py);
+    imported first (what reading an image cost before utils/data/regions.py), beside `import torch`
+    alone; the medians of rounds that take every command in turn (all runs are kept);
   * embedding throughput in images/s from uint8 arrays (batch 256), torch fp32 and onnxruntime;
   * search: ms per query against a gallery of 50,000 embeddings (10 identities, the original's
     gallery size), matching only (query embeddings given) and from an image file; and exact search
@@ -39,32 +40,28 @@ from utils.inference.recognizer import Recognizer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cold_verify(a: Path, b: Path, extra: list[str], repeats: int, preload: str = "") -> float:
-    """Median wall seconds of `python main.py verify a b` in a fresh process; `preload`: a module imported
-    first (to show side by side what an import the command no longer needs would cost)."""
+def verify_command(a: Path, b: Path, extra: list[str], preload: str = "") -> list[str]:
+    """`python main.py verify a b` as a new process; `preload`: a module imported first (to show side by
+    side what an import the command no longer needs would cost)."""
     args = ["verify", str(a), str(b), *extra]
-    cmd = [sys.executable, str(ROOT / "main.py"), *args]
-    if preload:
-        cmd = [sys.executable, "-c", f"import {preload}, runpy, sys; sys.argv = {['main.py', *args]!r}; "
-                                     f"runpy.run_path({str(ROOT / 'main.py')!r}, run_name='__main__')"]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        times.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise SystemExit(f"verify failed: {r.stderr.strip()}")
-    return statistics.median(times)
+    if not preload:
+        return [sys.executable, str(ROOT / "main.py"), *args]
+    return [sys.executable, "-c", f"import {preload}, runpy, sys; sys.argv = {['main.py', *args]!r}; "
+                                  f"runpy.run_path({str(ROOT / 'main.py')!r}, run_name='__main__')"]
 
 
-def cold_import_torch(repeats: int) -> float:
-    """Median wall seconds of `python -c "import torch"` in a fresh process: the floor of any torch command."""
-    times = []
+def cold_starts(commands: dict[str, list[str]], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each command as a fresh process, `repeats` rounds taking every command in turn,
+    so that a slow spell of the machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch"], check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, cmd in commands.items():
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            times[name].append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                raise SystemExit(f"{name} failed: {r.stderr.strip()}")
+    return times
 
 
 def throughput(rec: Recognizer, images: np.ndarray) -> float:
@@ -129,20 +126,20 @@ def main(argv: list[str]) -> None:
         Image.fromarray(images[i]).save(tmp / f"{i}.png")
     pair = (tmp / "0.png", tmp / "1.png")
     common = [f"--model_name={a.model_name}", f"--ckpt_dir={a.ckpt_dir}"]
-    rows = {"cold_verify_seconds": {"import_torch": cold_import_torch(a.repeats),
-                                    "checkpoint": cold_verify(*pair, common, a.repeats),
-                                    # what reading images cost before utils/data/regions.py replaced scipy
-                                    "checkpoint_scipy_ndimage_imported": cold_verify(*pair, common, a.repeats,
-                                                                                     preload="scipy.ndimage")},
+    commands = {"import_torch": [sys.executable, "-c", "import torch"],  # the floor of any torch command
+                "checkpoint": verify_command(*pair, common),
+                # what reading images cost before utils/data/regions.py replaced scipy
+                "checkpoint_scipy_ndimage_imported": verify_command(*pair, common, preload="scipy.ndimage")}
+    if a.onnx:
+        commands["onnx"] = verify_command(*pair, [f"--onnx={a.onnx}"])
+        commands["onnx_scipy_ndimage_imported"] = verify_command(*pair, [f"--onnx={a.onnx}"], preload="scipy.ndimage")
+    starts = cold_starts(commands, a.repeats)
+    rows = {"cold_verify_seconds": {name: statistics.median(t) for name, t in starts.items()},
             "embed_images_per_s": {"torch": throughput(rec, images)},
             "search": search_ms(rec, a.gallery, rec.embed(images[:1]).shape[1], pair[0]),
             "exact_search_large": exact_search(rec.embed(images[:1]).shape[1], a.large)}
     if a.onnx:
-        ort = Recognizer.from_onnx(a.onnx)
-        rows["cold_verify_seconds"]["onnx"] = cold_verify(*pair, [f"--onnx={a.onnx}"], a.repeats)
-        rows["cold_verify_seconds"]["onnx_scipy_ndimage_imported"] = cold_verify(
-            *pair, [f"--onnx={a.onnx}"], a.repeats, preload="scipy.ndimage")
-        rows["embed_images_per_s"]["onnxruntime"] = throughput(ort, images)
+        rows["embed_images_per_s"]["onnxruntime"] = throughput(Recognizer.from_onnx(a.onnx), images)
     for k, v in rows.items():
         print(f"{k}: " + ", ".join(f"{n} {x:.3g}" for n, x in v.items()))
     cold = rows["cold_verify_seconds"]
@@ -152,7 +149,8 @@ def main(argv: list[str]) -> None:
         e = rows["embed_images_per_s"]
         print(f"onnxruntime / torch embedding throughput: {e['onnxruntime'] / e['torch']:.2f}x")
     write_json(Path(a.out), {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "made_by": code_identity(),
-                             "cpus": os.cpu_count(), "repeats": a.repeats, "model": a.model_name, **rows})
+                             "cpus": os.cpu_count(), "repeats": a.repeats, "model": a.model_name, **rows,
+                             "cold_start_runs_seconds": starts})
     print(f"wrote {a.out}")
 
 

@@ -61,6 +61,8 @@ def test_infer_bench_times_import_torch_beside_a_cold_verify(compared: Path, tmp
     doc = json.loads(out.read_text())
     cold = doc["cold_verify_seconds"]
     assert cold["import_torch"] > 0 and cold["checkpoint"] > 0  # both measured in one run, side by side
+    assert cold["checkpoint_scipy_ndimage_imported"] > 0  # the import reading images no longer needs
+    assert {len(t) for t in doc["cold_start_runs_seconds"].values()} == {1}
     assert doc["exact_search_large"]["gallery"] == 2000 and doc["embed_images_per_s"]["torch"] > 0
 
 
