@@ -16,6 +16,7 @@ from conftest import call_main, needs_mnist, quick
 
 from trainArcFace import TrainArcFaceParams
 from utils.core.config import ConfigError, resolve
+from utils.core.errors import DataError
 from utils.data.outliers import KINDS, make_outliers
 from utils.training.outlier_loss import training_loss
 
@@ -89,3 +90,17 @@ def test_a_run_trains_with_outliers(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "results" / "resnet18_arcface" / "metrics.json").read_text())
     assert 0 < m["acc_1nn"] <= 1 and math.isfinite(m["eer"])
     assert json.loads((tmp_path / "results" / "resnet18_arcface" / "params.json").read_text())["outliers"] == kind
+
+
+def test_outlier_kinds_choose_what_is_mixed_in_and_refuse_unknown_ones() -> None:
+    digits = np.zeros((4, 28, 28), np.uint8)
+    digits[:, 6:22, 12:16] = 255
+    _, kinds = make_outliers(30, 28, "light_on_dark", "mnist", digits, seed=1, kinds=("symbols", "letters"))
+    assert sorted(set(kinds.tolist())) == [KINDS.index("letters"), KINDS.index("symbols")]
+    assert np.bincount(kinds)[[KINDS.index("letters"), KINDS.index("symbols")]].tolist() == [15, 15]
+    with pytest.raises(DataError, match="no kind of outlier left"):
+        make_outliers(5, 28, "light_on_dark", "mnist", digits, seed=1, kinds=("fashion",))
+    assert resolve(TrainArcFaceParams(), {"outlier_kinds": "letters,scribble"}).outlier_kinds == "letters,scribble"
+    for bad in ("letters,photos", "letters,letters", ""):
+        with pytest.raises(ConfigError, match="outlier_kinds"):
+            resolve(TrainArcFaceParams(), {"outlier_kinds": bad})

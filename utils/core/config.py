@@ -28,6 +28,7 @@ BACKBONES = ("resnet18", "toy")  # models/__init__.py builds them
 SCHEDULES = ("cosine", "onecycle", "step")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 OUTLIER_LOSSES = ("off", "uniform", "energy")
+OUTLIER_KINDS = ("letters", "symbols", "scribble", "noise", "pieces", "fashion")  # utils/data/outliers.py
 
 
 
@@ -92,6 +93,8 @@ class TrainParams:
                                 "logits' energy)")
     outlier_fraction: float = knob(0.2, "generated non-digits per training image (0.2: 10,000 beside MNIST's 50,000)")
     outlier_weight: float = knob(0.5, "weight of the outlier term beside the classification loss")
+    outlier_kinds: str = knob(",".join(OUTLIER_KINDS), "comma-separated kinds of generated non-digits mixed in, "
+                                                       "equal shares: " + ", ".join(OUTLIER_KINDS))
     energy_in: float = knob(-12.0, "outliers=energy: the energy (-logsumexp of the logits) known images are pushed "
                                    "below")
     energy_out: float = knob(-4.0, "outliers=energy: the energy generated non-digits are pushed above")
@@ -262,6 +265,9 @@ def validate(p: TrainParams) -> None:
         (p.outliers in OUTLIER_LOSSES, f"outliers '{p.outliers}' unknown; choose one of {OUTLIER_LOSSES}."),
         (0 < p.outlier_fraction <= 1, f"outlier_fraction={p.outlier_fraction} must be in (0, 1]."),
         (0 <= p.outlier_weight <= 100, f"outlier_weight={p.outlier_weight} must be in [0, 100]."),
+        (bool(p.outlier_kinds.split(",")) and set(p.outlier_kinds.split(",")) <= set(OUTLIER_KINDS)
+         and len(set(p.outlier_kinds.split(","))) == len(p.outlier_kinds.split(",")),
+         f"outlier_kinds '{p.outlier_kinds}': give distinct kinds from {', '.join(OUTLIER_KINDS)}, comma-separated."),
         (p.energy_in < p.energy_out, f"energy_in={p.energy_in} must be below energy_out={p.energy_out}."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
         (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),

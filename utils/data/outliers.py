@@ -13,8 +13,8 @@ set's normalisation), so that training sees what inference will see:
   pieces            a training digit cut by a random line through its middle, one side kept
   fashion           Fashion-MNIST's *training* file, where it is on disk (its test file stays held out)
 
-The kinds take equal shares (fashion's share goes to the others when it is absent). The images are
-deterministic in (seed, count, size).
+The kinds chosen (`--outlier_kinds`, all by default) take equal shares (fashion's share goes to the others
+when it is absent). The images are deterministic in (seed, count, size, kinds).
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.core.config import OUTLIER_KINDS
 from utils.core.errors import DataError
 from utils.core.progress import say
 from utils.data import wild
 from utils.data.images import prepare_grey, to_grey
 from utils.data.loading import load_idx_dataset
 
-KINDS = ("letters", "symbols", "scribble", "noise", "pieces", "fashion")
+KINDS = OUTLIER_KINDS
 
 
 def low_frequency_noise(rng: np.random.Generator, side: int = wild.SHEET) -> np.ndarray:
@@ -56,10 +57,14 @@ def fashion_train(data_root: str) -> np.ndarray | None:
 
 
 def make_outliers(n: int, size: int, polarity: str, normalise: str, digits: np.ndarray, seed: int,
-                  fashion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [n, size, size] images, their kind index into KINDS), prepared as a user's image would be."""
+                  fashion: np.ndarray | None = None, kinds: tuple[str, ...] = KINDS) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 [n, size, size] images, their kind index into KINDS), prepared as a user's image would be;
+    `kinds`: the kinds to make (in KINDS order, whatever order they are given in)."""
     rng = np.random.default_rng([seed, n, size, 33])
-    kinds = [k for k in KINDS if k != "fashion" or fashion is not None]
+    kinds = [k for k in KINDS if k in kinds and (k != "fashion" or fashion is not None)]
+    if not kinds:
+        raise DataError("no kind of outlier left to make: only fashion was chosen and Fashion-MNIST is not on disk; "
+                        "add other kinds to --outlier_kinds or put Fashion-MNIST under --data_root.")
     which = np.sort(rng.permutation(n) % len(kinds))
     fonts = wild.font_files("val")
     out = np.zeros((n, size, size), np.uint8)
@@ -78,9 +83,10 @@ def make_outliers(n: int, size: int, polarity: str, normalise: str, digits: np.n
 
 
 def with_outliers(x: torch.Tensor, y: torch.Tensor, fraction: float, polarity: str, normalise: str,
-                  data_root: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training set with round(fraction * len(x)) generated non-digits appended, labelled -1."""
+                  data_root: str, seed: int, kinds: tuple[str, ...] = KINDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set with round(fraction * len(x)) generated non-digits of `kinds` appended, labelled -1."""
     n = round(fraction * len(x))
-    say(f"generating {n} non-digits for training with outliers ({', '.join(KINDS)})", False)
-    images, _ = make_outliers(n, x.shape[-1], polarity, normalise, x.numpy(), seed, fashion_train(data_root))
+    say(f"generating {n} non-digits for training with outliers ({', '.join(kinds)})", False)
+    fashion = fashion_train(data_root) if "fashion" in kinds else None
+    images, _ = make_outliers(n, x.shape[-1], polarity, normalise, x.numpy(), seed, fashion, kinds)
     return torch.cat([x, torch.from_numpy(images)]), torch.cat([y, torch.full((n,), -1, dtype=y.dtype)])

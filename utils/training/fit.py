@@ -213,7 +213,8 @@ def fit(params: TrainParams, model: nn.Module, head: nn.Module, splits: Splits, 
     train_x, train_y = splits.train_x, splits.train_y
     if params.outliers != "off":  # generated non-digits join the training set with label -1
         train_x, train_y = with_outliers(train_x, train_y, params.outlier_fraction, polarity_of(train_x.numpy()),
-                                         datasets.get(params.dataset_name).normalise, params.data_root, params.seed)
+                                         datasets.get(params.dataset_name).normalise, params.data_root, params.seed,
+                                         tuple(params.outlier_kinds.split(",")))
     run = prepare(params, model, head, len(train_x), device, ctx, ema, ckpt_dir, code, on_step)
     scored = (run.ema.model, run.ema.head) if run.ema is not None else (run.inner.model, run.inner.head)
     how = data_placement(train_x.nbytes + splits.val_x.nbytes, device)
