@@ -6,7 +6,8 @@ At the original's scale (10,000 queries x 50,000 gallery x 512-d, 10 classes) it
   * floor: one plain matrix product producing every query x gallery score (what any method pays), into
     an output allocated and touched before the timing (the streamed pass reuses its buffers too); the
     same product into a fresh 2 GB allocation is timed beside it, to show what first touch costs;
-  * ours: `evaluate_embeddings` (1-NN + genuine/impostor histograms, EER, TAR@FAR, AUC);
+  * ours: `evaluate_embeddings` (1-NN + genuine/impostor histograms, EER, TAR@FAR, AUC), and each of its
+    passes over one chunk of 1,024 queries' scores timed on its own (where the time beyond the product goes);
   * the original's way: sklearn `roc_curve` on all pair scores, on growing pair counts,
     extrapolated to all pairs (time and memory);
 and checks our EER against sklearn's exact one on the largest subsample that fits comfortably.
@@ -28,7 +29,7 @@ from bench.reference import exact_eer
 from utils.core.io import write_json
 from utils.core.options import Option, comma_list, refuse_rest, run_script, split
 from utils.core.provenance import code_identity, cpu_kind, cpu_model
-from utils.scoring.metrics import evaluate_embeddings, verification_metrics
+from utils.scoring.metrics import _count, evaluate_embeddings, verification_metrics
 
 
 def rss_bytes() -> int:
@@ -119,6 +120,34 @@ def time_side_by_side(q: torch.Tensor, ql: torch.Tensor, g: torch.Tensor, gl: to
     return min(ours), min(floor), min(fresh), mem, res
 
 
+def pass_breakdown(q: torch.Tensor, g: torch.Tensor, chunk: int = 1024, bins: int = 1 << 20,
+                   repeats: int = 3) -> dict[str, float]:
+    """Milliseconds of each pass `score_statistics` makes over one chunk of scores (best of `repeats`), timed
+    one by one on the same buffers: where the time beyond the product goes."""
+    half = bins / 2
+    qc = F.normalize(q[:chunk], dim=1) * half
+    gt = F.normalize(g, dim=1).T
+    s, idx = torch.empty(len(qc), g.shape[0]), torch.empty(len(qc), g.shape[0], dtype=torch.int32)
+    hist = torch.zeros(2 * (bins + 1), dtype=torch.int64)
+    best, arg = torch.empty(len(qc)), torch.empty(len(qc), dtype=torch.long)
+    steps = {"product": lambda: torch.mm(qc, gt, out=s),
+             "row maximum (1-NN)": lambda: torch.max(s, dim=1, out=(best, arg)),
+             "floor": lambda: s.floor_(),
+             "float -> int32": lambda: idx.copy_(s),
+             "add half": lambda: idx.add_(int(half)),
+             "clamp": lambda: idx.clamp_(0, bins),
+             "bincount (threaded)": lambda: _count(idx.view(-1), 2 * (bins + 1), hist)}
+    out = {}
+    for name, step in steps.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times) * 1e3
+    return out
+
+
 def main(argv: list[str]) -> None:
     opts, rest = split(argv, OPTIONS)
     refuse_rest("bench.eval", rest, OPTIONS)
@@ -139,6 +168,10 @@ def main(argv: list[str]) -> None:
         print(f"{n} thread(s): ours {o:.2f} s, floor {f:.2f} s, {o / f:.2f}x the floor")
     torch.set_num_threads(default)
     t_ours, t_floor, t_fresh, mem, res = time_side_by_side(q, ql, g, gl, a.repeats)
+    passes = pass_breakdown(q, g)
+    after = sum(v for k, v in passes.items() if k != "product")
+    print("one chunk of 1024 queries, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in passes.items())
+          + f"; passes after the product = {after / passes['product']:.2f}x the product")
     emb_mib = (q.numel() + g.numel()) * 4 / 2**20
 
     sub = max(1, min(a.queries, 10_000_000 // a.gallery * 5))  # ~5e7 pairs: sklearn fits in a few GiB
@@ -169,7 +202,8 @@ def main(argv: list[str]) -> None:
     write_json(Path(a.out), {
         "setup": vars(a) | {"threads": torch.get_num_threads(), "n_pairs": n_pairs},
         "floor_seconds": t_floor, "floor_fresh_allocation_seconds": t_fresh, "ours_seconds": t_ours,
-        "ratio_to_floor": t_ours / t_floor, "by_threads": by_threads, "cpu": cpu_model(), "cpu_kind": cpu_kind(),
+        "ratio_to_floor": t_ours / t_floor, "by_threads": by_threads,
+        "passes_ms_per_chunk": passes, "cpu": cpu_model(), "cpu_kind": cpu_kind(),
         "kernel_path": torch.backends.cpu.get_cpu_capability(), "made_by": code_identity(),
         "ours_peak_mib_above_embeddings": (mem.peak - mem.base) / 2**20, "embeddings_mib": emb_mib,
         "eer_subsample_pairs": n_exact, "eer_ours": ours_sub, "eer_exact": eer_exact,
