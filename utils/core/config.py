@@ -245,6 +245,7 @@ def validate(p: TrainParams) -> None:
             raise ConfigError(f"{f.name}={v} must be a finite number.")
         if f.name in LIMITS and not 0 <= v <= LIMITS[f.name]:
             raise ConfigError(f"{f.name}={v} is out of range; use 0 .. {LIMITS[f.name]}.")
+    kinds = p.outlier_kinds.split(",")
     checks = [
         (p.loss_fuc_type in registry.names(),
          f"loss_fuc_type '{p.loss_fuc_type}' unknown; choose one of {registry.names()}."),
@@ -265,8 +266,7 @@ def validate(p: TrainParams) -> None:
         (p.outliers in OUTLIER_LOSSES, f"outliers '{p.outliers}' unknown; choose one of {OUTLIER_LOSSES}."),
         (0 < p.outlier_fraction <= 1, f"outlier_fraction={p.outlier_fraction} must be in (0, 1]."),
         (0 <= p.outlier_weight <= 100, f"outlier_weight={p.outlier_weight} must be in [0, 100]."),
-        (bool(p.outlier_kinds.split(",")) and set(p.outlier_kinds.split(",")) <= set(OUTLIER_KINDS)
-         and len(set(p.outlier_kinds.split(","))) == len(p.outlier_kinds.split(",")),
+        (set(kinds) <= set(OUTLIER_KINDS) and len(set(kinds)) == len(kinds),
          f"outlier_kinds '{p.outlier_kinds}': give distinct kinds from {', '.join(OUTLIER_KINDS)}, comma-separated."),
         (p.energy_in < p.energy_out, f"energy_in={p.energy_in} must be below energy_out={p.energy_out}."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),

@@ -129,9 +129,9 @@ def window_extreme(a: np.ndarray, footprint: np.ndarray, largest: bool) -> np.nd
     if fp.ndim != 2 or fp.shape[0] % 2 == 0 or fp.shape[1] % 2 == 0:
         raise ValueError(f"footprint must be 2-D with odd sides, got shape {fp.shape}")
     ry, rx = fp.shape[0] // 2, fp.shape[1] // 2
-    cols = np.arange(-rx, rx + 1)
-    spans = [(int(-cols[row].min()), int(cols[row].max())) if row.any() else None for row in fp]
-    if any(s is not None and (s[0] != s[1] or not fp[i, rx - s[0]:rx + s[1] + 1].all()) for i, s in enumerate(spans)):
+    halves = [int(row.sum()) // 2 for row in fp]  # each row: 2k + 1 pixels centred on the middle column
+    rows = list(zip(fp, halves, strict=True))
+    if any(row.any() and (row.sum() % 2 == 0 or not row[rx - k:rx + k + 1].all()) for row, k in rows):
         raise ValueError("footprint rows must be runs centred on the middle column (a disk, a square)")
     pick = np.maximum if largest else np.minimum
     h, w = np.shape(a)
@@ -144,10 +144,10 @@ def window_extreme(a: np.ndarray, footprint: np.ndarray, largest: bool) -> np.nd
         pick(grown[:, k:-k], p[:, 2 * k:], out=grown[:, k:-k])
         runs.append(grown)
     out = None
-    for dy, span in enumerate(spans):
-        if span is None:
+    for dy, (row, k) in enumerate(rows):
+        if not row.any():
             continue
-        view = runs[span[0]][dy:dy + h, rx:rx + w]
+        view = runs[k][dy:dy + h, rx:rx + w]
         out = view.copy() if out is None else pick(out, view, out=out)
     return np.asarray(a).copy() if out is None else out
 
