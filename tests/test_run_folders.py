@@ -341,3 +341,19 @@ def test_stale_metrics_are_never_reused(tmp_path: Path) -> None:
     (stage / "params.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(p, lr=5e-3))))
     assert finished(p) == {"acc_1nn": 0.5}
     assert finished(dataclasses.replace(p, lr=5e-3)) is None
+
+
+def test_every_field_added_since_the_committed_runs_has_the_value_that_reproduces_them() -> None:
+    """finished() compares a committed run's params.json with today's fields: a field it lacks needs its old
+    behaviour in ADDED_LATER, or every committed run would be retrained (outlier_kinds once missed it)."""
+    import dataclasses
+
+    from utils.core.config import TrainParams
+    from utils.core.provenance import ROOT
+    from utils.run.reuse import ADDED_LATER, NOT_COMPARED
+
+    for run in ("seeds/resnet18_arcface_s0", "ablation/resnet18_softmax_avx512"):
+        old = json.loads((ROOT / "results" / run / "params.json").read_text())
+        missing = [f.name for f in dataclasses.fields(TrainParams)
+                   if f.name not in old and f.name not in ADDED_LATER and f.name not in NOT_COMPARED]
+        assert not missing, f"{run}: add {missing} to ADDED_LATER in utils/run/reuse.py"
