@@ -39,6 +39,7 @@ def test_every_float_field_must_be_finite(field: str, value: str) -> None:
     ("--embedding_dim=60000", "needs about .* GiB"), ("--img_size=2000", "needs about .* GiB"),
     ("--batch_size=65536", "needs about .* GiB"), ("--hist_bins=3000", "power of two"),
     ("--channels_last=maybe", "channels_last"), ("--seed=-1", "seed=-1 is out of range"),
+    ("--aug_erode=1.5", "aug_erode=1.5 must be in"),
 ])
 def test_values_the_machine_or_the_data_cannot_hold_are_refused_before_any_work(arg: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

@@ -97,3 +97,37 @@ def test_augmentation_is_reproducible_and_changes_images() -> None:
     # the identity transform (no rotation, scale 1, no shift) leaves the image unchanged
     ident = torch.tensor([[0.5, 0.5, 0.5, 0.5]]).repeat(8, 1)
     torch.testing.assert_close(D.prepare_batch(x, 28, 1, torch.device("cpu"), aug=ident), c, atol=1e-4, rtol=0)
+
+
+def test_stroke_thinning_is_a_cross_erosion_drawn_apart_from_the_affine_numbers() -> None:
+    """aug_erode adds a column from its own stream: the affine numbers stay as they were, the chosen
+    share of samples is thinned, and amount 1 is scipy's grey erosion by the 3x3 cross (float64)."""
+    import numpy as np
+    from scipy import ndimage
+
+    plain = augmentation_table(4000, seed=3, epoch=2)
+    assert torch.equal(augmentation_table(4000, seed=3, epoch=2, erode=0.0), plain)
+    table = augmentation_table(4000, seed=3, epoch=2, erode=0.3)
+    assert table.shape == (4000, 5) and torch.equal(table[:, :4], plain)
+    amount = table[:, 4]
+    assert 0.27 < (amount > 0).float().mean() < 0.33 and float(amount.max()) <= 1.0
+    assert not torch.equal(augmentation_table(4000, seed=3, epoch=3, erode=0.3)[:, 4], amount)
+
+    x = torch.rand(3, 1, 12, 9, dtype=torch.float64) * (torch.rand(3, 1, 12, 9) > 0.3)
+    cross = ndimage.generate_binary_structure(2, 1)
+    want = np.stack([ndimage.grey_erosion(im[0].numpy(), footprint=cross, mode="constant", cval=0.0) for im in x])
+    got = D.thin_strokes(x, torch.tensor([1.0, 0.0, 0.25]))
+    np.testing.assert_array_equal(got[0, 0].numpy(), want[0])
+    assert torch.equal(got[1], x[1])
+    torch.testing.assert_close(got[2, 0], 0.75 * x[2, 0] + 0.25 * torch.from_numpy(want[2]), rtol=0, atol=1e-12)
+
+    # through prepare_batch: a zero fifth column is the four-column augmentation bit for bit; thinning
+    # removes ink (a thinner pen), never adds it
+    digits = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    digits[:, 6:22, 12:16] = 255
+    four = augmentation_table(2, seed=0, epoch=0)
+    cpu = torch.device("cpu")
+    untouched = D.prepare_batch(digits, 28, 1, cpu, aug=torch.cat([four, torch.zeros(2, 1)], 1))
+    assert torch.equal(untouched, D.prepare_batch(digits, 28, 1, cpu, aug=four))
+    thinned = D.prepare_batch(digits, 28, 1, cpu, aug=torch.cat([four, torch.ones(2, 1)], 1))
+    assert float(thinned.sum()) < float(untouched.sum())

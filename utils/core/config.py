@@ -86,6 +86,8 @@ class TrainParams:
     aug_degrees: float = knob(10.0, "augmentation: rotation up to +- this many degrees")
     aug_shift: float = knob(0.1, "augmentation: shift up to +- this fraction of the image side")
     aug_scale: float = knob(0.1, "augmentation: scale within 1 +- this")
+    aug_erode: float = knob(0.0, "augmentation: share of training images drawn with a thinner pen (a random "
+                                 "part of a one-pixel grey erosion; 0 = off)")
     label_smoothing: float = knob(0.0, "label smoothing of the training loss, any head (0 = off; validation loss "
                                        "is always plain)")
     outliers: str = knob("off", "train with generated non-digits mixed into the batches (utils/data/outliers.py): "
@@ -262,6 +264,7 @@ def validate(p: TrainParams) -> None:
         (0 <= p.aug_degrees <= 180, f"aug_degrees={p.aug_degrees} must be in [0, 180]."),
         (0 <= p.aug_shift <= 0.5, f"aug_shift={p.aug_shift} must be in [0, 0.5] (a fraction of the side)."),
         (0 <= p.aug_scale < 1, f"aug_scale={p.aug_scale} must be in [0, 1)."),
+        (0 <= p.aug_erode <= 1, f"aug_erode={p.aug_erode} must be in [0, 1] (a share of the images)."),
         (0 <= p.label_smoothing < 1, f"label_smoothing={p.label_smoothing} must be in [0, 1)."),
         (p.outliers in OUTLIER_LOSSES, f"outliers '{p.outliers}' unknown; choose one of {OUTLIER_LOSSES}."),
         (0 < p.outlier_fraction <= 1, f"outlier_fraction={p.outlier_fraction} must be in (0, 1]."),

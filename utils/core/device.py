@@ -125,7 +125,7 @@ def epoch_rng(seed: int, epoch: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, STREAMS[stream]])
 
 
-STREAMS = {"order": 0, "augment": 1}
+STREAMS = {"order": 0, "augment": 1, "erode": 2}
 
 
 # RNG states as tensors and plain numbers, so that checkpoints load with torch.load(weights_only=True).

@@ -208,12 +208,31 @@ def make_splits(data: dict[str, torch.Tensor], val_size: int, split_seed: int,
                   tx[~kt], ty[~kt], test_x[~ks], test_y[~ks])
 
 
-def augmentation_table(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample.
+def augmentation_table(n: int, seed: int, epoch: int, erode: float = 0.0) -> torch.Tensor:
+    """Random numbers [n, 4] for the per-sample affine augmentation of one epoch, indexed by sample;
+    [n, 5] with erode > 0, the fifth column each sample's stroke thinning (`thin_strokes`): 0 for the
+    1 - erode share of samples left alone, else uniform in (0, 1].
 
     Drawn per sample (not per batch), they make an image's augmentation independent of how the epoch
-    is cut into batches or shared among DDP ranks, and of where a resumed run restarts."""
-    return torch.from_numpy(epoch_rng(seed, epoch, "augment").random((n, 4), dtype="float32"))
+    is cut into batches or shared among DDP ranks, and of where a resumed run restarts. The thinning
+    comes from a stream of its own, so turning it on leaves every sample's affine numbers as they were."""
+    table = torch.from_numpy(epoch_rng(seed, epoch, "augment").random((n, 4), dtype="float32"))
+    if erode <= 0:
+        return table
+    pick, amount = torch.from_numpy(epoch_rng(seed, epoch, "erode").random((2, n), dtype="float32"))
+    return torch.cat([table, torch.where(pick < erode, 1.0 - amount, 0.0)[:, None]], 1)
+
+
+def thin_strokes(x: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """Thinner, fainter pens for a float batch [B, 1, H, W] (ink high, background 0): each image moves
+    `amount` [B] of the way to its grey erosion by the 3x3 cross (every pixel the minimum of itself
+    and its four neighbours). At MNIST's scale the cross takes about one pixel off each side of a
+    stroke, so amount 1 leaves hairlines and breaks the thinnest joins, as a thin pen on paper does."""
+    pad = F.pad(x, (1, 1, 1, 1))
+    h, w = x.shape[-2:]
+    eroded = torch.minimum(torch.minimum(x, pad[..., :h, 1:w + 1]), pad[..., 2:, 1:w + 1])
+    eroded = torch.minimum(torch.minimum(eroded, pad[..., 1:h + 1, :w]), pad[..., 1:h + 1, 2:])
+    return torch.lerp(x, eroded, amount.to(x.device, x.dtype).view(-1, 1, 1, 1))
 
 
 def random_affine(x: torch.Tensor, r: torch.Tensor, max_deg: float = 10.0,
@@ -238,13 +257,16 @@ def prepare_batch(x: torch.Tensor, img_size: int, channels: int, device: torch.d
                   strength: tuple[float, float, float] = (10.0, 0.1, 0.1)) -> torch.Tensor:
     """uint8 [B, H, W] -> normalised float [B, channels, img_size, img_size] on `device`.
 
-    aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation);
-    strength: (degrees, shift as a fraction of the side, scale change) of random_affine.
+    aug: per-sample augmentation numbers from `augmentation_table` (None = no augmentation; a fifth
+    column thins the strokes first); strength: (degrees, shift as a fraction of the side, scale change)
+    of random_affine.
     """
     x = x.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
     if aug is not None:
+        if aug.shape[1] > 4:
+            x = thin_strokes(x, aug[:, 4])
         deg, shift, zoom = strength
-        x = random_affine(x, aug, deg, shift, (1 - zoom, 1 + zoom))
+        x = random_affine(x, aug[:, :4], deg, shift, (1 - zoom, 1 + zoom))
     if x.shape[-1] != img_size:
         x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
     x = (x - mean) / std

@@ -26,7 +26,7 @@ NOT_COMPARED = ("use_tqdm", "data_root", "resume", "world_size", "device", "eval
 # (eval_amp: runs before it existed embedded under autocast, bf16 on the CPU that ran them)
 ADDED_LATER = {"ema_decay": 0.0, "eval_amp": True, "aug_degrees": 10.0, "aug_shift": 0.1, "aug_scale": 0.1,
                "label_smoothing": 0.0, "outliers": "off", "outlier_fraction": 0.2, "outlier_weight": 0.5,
-               "energy_in": -12.0, "energy_out": -4.0, "outlier_kinds": ",".join(OUTLIER_KINDS)}
+               "energy_in": -12.0, "energy_out": -4.0, "outlier_kinds": ",".join(OUTLIER_KINDS), "aug_erode": 0.0}
 
 
 def finished(p: TrainParams) -> dict | None:

@@ -102,7 +102,7 @@ def train_one_epoch(s: Stepper, x: torch.Tensor, y: torch.Tensor, params: TrainP
     dtype = amp_dtype(device, params.amp)
     scaler = s.scaler if s.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     order = epoch_indices(len(x), params, epoch, ctx)
-    aug = augmentation_table(len(x), params.seed, epoch) if params.augment else None
+    aug = augmentation_table(len(x), params.seed, epoch, params.aug_erode) if params.augment else None
     bs = params.batch_size
     steps = len(order) // bs  # drop the ragged last batch: BatchNorm needs > 1 sample
     start, loss_sum = (position["step"], position["loss_sum"]) if position else (0, 0.0)
