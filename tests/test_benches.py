@@ -118,3 +118,20 @@ def test_thin_pen_bench_counts_what_the_wild_sets_thin_pen_leaves(tmp_path: Path
         assert r["sheets"] == 10 * len(r["fonts"]) and 0 < r["ink_kept_median"] < 1
         assert r["under_20pct_ink"] <= r["under_50pct_ink"] <= r["sheets"]
         assert max(r["strokes_broken"], r["under_20pct_ink"]) <= r["broken_or_under_20pct"] <= r["sheets"]
+
+
+@needs_mnist
+def test_energy_bounds_bench_reads_the_rule_from_validation_energies(compared: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from bench import energy_bounds
+
+    out = tmp_path / "bounds.json"
+    energy_bounds.main([f"--ckpt={compared / 'ckp' / 'resnet18_arcface' / 'best.pt'}", "--outliers=12", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert doc["energy_in"] == doc["digits_margin"]["p95"] and doc["energy_out"] == doc["digits_plain"]["p99"]
+    assert set(doc["nondigits"]) <= set(energy_bounds.KINDS) and doc["n_nondigits"] == 12
+    # the margin lowers the target's logit: every quantile of the known images' energy rises
+    assert all(doc["digits_margin"][q] > doc["digits_plain"][q] for q in doc["digits_plain"])
+    assert energy_bounds.mean_hinge(np.array([-3.0, -1.0]), -2.0, above=True) == 0.5
+    assert energy_bounds.mean_hinge(np.array([-3.0, -1.0]), -2.0, above=False) == 0.5

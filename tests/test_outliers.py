@@ -58,9 +58,11 @@ def test_without_outliers_the_loss_is_the_plain_cross_entropy() -> None:
 def test_bad_outlier_settings_are_refused() -> None:
     for over, match in (({"outliers": "ood"}, "outliers 'ood' unknown"),
                         ({"outlier_fraction": 0.0}, "outlier_fraction=0.0"),
-                        ({"energy_in": -1.0, "energy_out": -2.0}, "must be below")):
+                        ({"energy_in": -1.0, "energy_out": -2.0, "loss_fuc_type": "normface"}, "must be below")):
         with pytest.raises(ConfigError, match=match):
             resolve(TrainArcFaceParams(), over)
+    # ArcFace's known images are scored with margin logits, its outliers with plain ones: any order is meaningful
+    assert resolve(TrainArcFaceParams(), {"energy_in": -7.5, "energy_out": -12.9}).energy_in == -7.5
 
 
 def test_generated_outliers_are_deterministic_prepared_and_of_every_kind() -> None:

@@ -236,6 +236,7 @@ def share(overrides: dict[str, Any], losses: list[str]) -> list[dict[str, Any]]:
 LIMITS = {"img_size": 4096, "embedding_dim": 65536, "n_class": 1_000_000, "batch_size": 65536,
           "eval_batch_size": 65536, "total_epochs": 100_000, "early_stop_epochs": 100_000, "step_size": 100_000,
           "val_size": 10_000_000, "seed": 2**31 - 1, "split_seed": 2**31 - 1}
+MARGINS = {"margin", "m1", "m2", "m3"}  # loss hyper-parameters that make a head's training logits differ
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -271,7 +272,12 @@ def validate(p: TrainParams) -> None:
         (0 <= p.outlier_weight <= 100, f"outlier_weight={p.outlier_weight} must be in [0, 100]."),
         (set(kinds) <= set(OUTLIER_KINDS) and len(set(kinds)) == len(kinds),
          f"outlier_kinds '{p.outlier_kinds}': give distinct kinds from {', '.join(OUTLIER_KINDS)}, comma-separated."),
-        (p.energy_in < p.energy_out, f"energy_in={p.energy_in} must be below energy_out={p.energy_out}."),
+        # a margin head's known images get margin logits and its outliers plain ones: the bounds measure two
+        # different logits there, so only a head without a margin needs them ordered
+        (p.energy_in < p.energy_out or bool(MARGINS & set(registry.spec(p.loss_fuc_type)["params"]
+                                                          if p.loss_fuc_type in registry.names() else ())),
+         f"energy_in={p.energy_in} must be below energy_out={p.energy_out} ({p.loss_fuc_type} scores known images "
+         f"and outliers with the same logits)."),
         (p.batch_size >= 1, f"batch_size={p.batch_size} must be >= 1."),
         (p.eval_batch_size >= 1, f"eval_batch_size={p.eval_batch_size} must be >= 1."),
         (p.embedding_dim >= 2, f"embedding_dim={p.embedding_dim} must be >= 2."),
