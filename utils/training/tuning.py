@@ -7,7 +7,8 @@ maps run as one matrix product (models/matmul_conv.py). `--channels_last=auto` a
 `--tiny_conv=auto` time one forward + backward pass of the run's network at its precision and input size
 under each combination and keep the fastest; a value set by hand is kept. Where the CPU has native bf16,
 `--amp=auto` times the same pass in bf16 and in fp32 as well and means the faster one on this machine
-from then on (bf16 lost 218 to 279 img/s on AVX512-BF16 kernels without AMX). Each answer is cached per
+from then on (bf16 lost, 218 to 279 img/s, on an AMX Xeon capped to AVX512-BF16 kernels, and won, 376 to
+227, on a real AVX512-BF16 CPU without AMX: the imitation ranked them the wrong way). Each answer is cached per
 machine (CPU model and flags, threads, torch, kernel path) in the user's cache folder, so every run of a
 machine makes the same choice and computes the same numbers; metrics.json records it.
 
