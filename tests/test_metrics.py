@@ -104,27 +104,45 @@ def test_histogram_bins_are_exact_and_duplicates_fit(bins: int) -> None:
     assert int(st["impostor_hist"][bins - 1]) >= 2
 
 
-def test_the_histograms_counted_on_several_threads_equal_one_count() -> None:
-    """Above a million scores per chunk a CPU counts the bins in parts, one per thread (torch's bincount
-    runs on one core); the histogram is the one-part count's, whatever the thread count."""
-    from utils.scoring import metrics
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_cpu_one_pass_count_equals_torchs_kernels(threads: int) -> None:
+    """The CPU bins and counts each score in one compiled pass (histogram.py), CUDA with torch's kernels
+    (count_torch): the same histogram, at the range's edges, a hair outside it, on NaN and on genuine
+    blocks that touch either end of a row, whatever the number of threads counting."""
+    from utils.scoring.histogram import ChunkCounter
+    from utils.scoring.metrics import count_torch
 
-    idx = torch.randint(0, 1 << 17, (1_100_001,), generator=torch.Generator().manual_seed(1), dtype=torch.int32)
-    want = torch.bincount(idx, minlength=1 << 17)
-    threads, calls, real = torch.get_num_threads(), [], metrics._pool
-
-    def spy(workers: int):  # noqa: ANN202 - records that the parts were counted side by side
-        calls.append(workers)
-        return real(workers)
-
-    metrics._pool = spy
+    bins, rows, cols = 1 << 10, 7, 41
+    half = bins // 2
+    gen = torch.Generator().manual_seed(3)
+    s = (torch.rand(rows, cols, generator=gen) * 2 - 1) * half
+    s[0, :8] = torch.tensor([half, -half, half + 0.5, -half - 3.0, half - 1e-3, -half + 1e-3, 0.0, -0.0])
+    s[1, :4] = torch.tensor([float("nan"), float(half) + 2.0**-10, -1.0, -(2.0**-20)])
+    s[2] = s[2].round()  # integer scores: the floor of an exact bin edge
+    genuine = [(0, 2, 0, 5), (2, 3, 36, 41), (5, 2, 10, 20)]
+    want = torch.zeros(2 * (bins + 1), dtype=torch.int64)
+    count_torch(s.clone(), torch.empty(rows, cols, dtype=torch.int32), genuine, bins, want)
+    was = torch.get_num_threads()
     try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            hist = torch.zeros(1 << 17, dtype=torch.int64)
-            metrics._count(idx, 1 << 17, hist)
-            assert torch.equal(hist, want), n
-    finally:
-        metrics._pool = real
         torch.set_num_threads(threads)
-    assert calls == [3]  # one thread: one plain count
+        counter = ChunkCounter(bins, rows, cols)
+        counter.add(s, genuine)
+        counter.add(s[:3].contiguous(), genuine[:1])  # a shorter last chunk
+    finally:
+        torch.set_num_threads(was)
+    count_torch(s[:3].clone(), torch.empty(3, cols, dtype=torch.int32), genuine[:1], bins, want)
+    assert counter.parts == min(threads, rows)
+    assert torch.equal(counter.result(), want)
+
+
+def test_the_int32_counts_are_added_into_the_total_before_they_could_overflow() -> None:
+    from utils.scoring import histogram
+
+    counter = histogram.ChunkCounter(1 << 4, 2, 3)
+    s = torch.zeros(2, 3)
+    counter.add(s, [])
+    counter.pending = histogram.INT32_MAX - 5  # as if 2**31 scores had been counted since the last flush
+    counter.partial[0, 8] += 7
+    counter.add(s, [])  # 6 more would pass the limit: flushed first
+    assert counter.pending == 6 and int(counter.total[8]) == 6 + 7
+    assert int(counter.result()[8]) == 12 + 7

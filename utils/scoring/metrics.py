@@ -1,4 +1,4 @@
-"""Identification and verification metrics on embeddings (pure torch/numpy, no project imports).
+"""Identification and verification metrics on embeddings (torch/numpy; the CPU's counting in histogram.py).
 
 The original protocol scores every query against every gallery image by cosine similarity:
 10,000 x 50,000 = 5e8 pairs. Holding them (and sklearn's sort of them) needs tens of GiB, so here
@@ -12,12 +12,11 @@ so it differs from the exact (all-scores) EER only by the pairs that fall inside
 Exact means: each float32 score s lands in bin floor((s + 1) * bins / 2), clamped to [0, bins - 1].
 bins is a power of two, so the scaling by bins / 2 is exact in float32, floor() of a float is
 exact, and the integer it gives (|x| <= 2**23) is exact too; adding bins / 2 happens in integers.
+On a CPU one compiled pass per score does all of it (histogram.py); on CUDA torch's kernels do
+(`count_torch`); both give the same bins, which the tests check against each other.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 import numpy as np
 import torch
@@ -26,20 +25,16 @@ import torch.nn.functional as F
 FAR_TARGETS = (1e-2, 1e-3, 1e-4, 1e-5)
 
 
-@cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="bincount")
-
-
-def _count(idx: torch.Tensor, size: int, hist: torch.Tensor) -> None:
-    """hist += bincount(idx). On a CPU torch's bincount runs on one core: split across the intra-op
-    threads (each counts a part into its own histogram; torch releases the GIL inside the op)."""
-    n = torch.get_num_threads()
-    if idx.device.type != "cpu" or n < 2 or idx.numel() < (1 << 20):
-        hist += torch.bincount(idx, minlength=size)
-        return
-    for part in _pool(n).map(lambda p: torch.bincount(p, minlength=size), idx.tensor_split(n)):
-        hist += part
+def count_torch(s: torch.Tensor, idx: torch.Tensor, genuine: list[tuple[int, int, int, int]], bins: int,
+                hist: torch.Tensor) -> None:
+    """hist += the bins of scores `s` (in bin units; floored in place), genuine blocks (first row, rows,
+    first column, end column) counted in the upper half; `idx` is an int32 buffer of s's shape."""
+    idx.copy_(s.floor_())  # exact: floor of a float, then an integer of at most 2**23
+    # + bins/2 in integers; float32 rounding can put |s| a hair above 1: clamp into the range
+    idx.add_(bins // 2).clamp_(0, bins)
+    for r0, cnt, c0, c1 in genuine:
+        idx[r0:r0 + cnt, c0:c1] += bins + 1  # genuine pairs count in the upper half
+    hist += torch.bincount(idx.view(-1), minlength=2 * (bins + 1))
 
 
 def _chunks(n: int, size: int):
@@ -61,11 +56,11 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     and merged, so the failures need no second pass. Memory: two [chunk, n_gallery] buffers
     (float32 and int32), reused for every chunk.
 
-    Cost per score, next to the matrix product itself: a floor, a float->int32 copy, a clamp and one
-    bincount (split over the CPU's threads). The product is computed directly in bin units (queries
-    pre-scaled by bins/2, exact for a power of two), and both sides are sorted by label so a query's
-    genuine pairs are one contiguous column block: marking them touches 1/n_class of the scores instead
-    of building a mask.
+    Cost per score, next to the matrix product itself: one read on a CPU (histogram.py: binned and
+    counted in one compiled pass per thread); on CUDA a floor, a float->int32 copy, a clamp and one
+    bincount. The product is computed directly in bin units (queries pre-scaled by bins/2, exact for a
+    power of two), and both sides are sorted by label so a query's genuine pairs are one contiguous
+    column block: marking them touches 1/n_class of the scores instead of building a mask.
     """
     if bins & (bins - 1) or bins < 2:
         raise ValueError(f"bins must be a power of two, got {bins}")
@@ -82,8 +77,12 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     n, m = len(q), len(g)
     size = min(chunk, n)
     scores = torch.empty(size, m, device=dev)
-    index = torch.empty(size, m, dtype=torch.int32, device=dev)
-    hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=dev)  # +1: a score of exactly 1
+    if dev.type == "cpu":
+        from utils.scoring.histogram import ChunkCounter  # numba loads only where a histogram is counted
+        counter = ChunkCounter(bins, size, m)
+    else:
+        index = torch.empty(size, m, dtype=torch.int32, device=dev)
+        hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=dev)  # +1: a score of exactly 1
     nn_score, nn_index = torch.empty(n, device=dev), torch.empty(n, dtype=torch.long, device=dev)
     found: dict[str, list[torch.Tensor]] = {"low_genuine": [], "high_impostor": []}
     gt = g.T
@@ -98,14 +97,10 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
                 _keep(found["low_genuine"], rows[:, c0:c1], extremes, largest=False, row0=a + r0, col0=c0)
                 _keep(found["high_impostor"], rows[:, :c0], extremes, largest=True, row0=a + r0, col0=0)
                 _keep(found["high_impostor"], rows[:, c1:], extremes, largest=True, row0=a + r0, col0=c1)
-        if verification:
-            idx = index[: b - a]
-            idx.copy_(s.floor_())  # exact: floor of a float, then an integer of at most 2**23
-            # + bins/2 in integers; float32 rounding can put |s| a hair above 1: clamp into the range
-            idx.add_(int(half)).clamp_(0, bins)
-            for r0, cnt, c0, c1 in groups:
-                idx[r0:r0 + cnt, c0:c1] += bins + 1  # genuine pairs count in the upper half
-            _count(idx.view(-1), 2 * (bins + 1), hist)
+        if verification and dev.type == "cpu":
+            counter.add(s, groups)
+        elif verification:
+            count_torch(s, index[: b - a], groups, bins, hist)
     out: dict[str, torch.Tensor] = {}
     if identification:
         unsort = torch.empty_like(q_order)
@@ -114,7 +109,7 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
         out["nn_labels"] = gl[nn_index][unsort]
         out["nn_score"] = (nn_score / half)[unsort]
     if verification:
-        h = hist.view(2, bins + 1).cpu()
+        h = (counter.result() if dev.type == "cpu" else hist).view(2, bins + 1).cpu()
         h[:, bins - 1] += h[:, bins]  # fold score == 1 into the top bin
         out["impostor_hist"], out["genuine_hist"] = h[0, :bins].clone(), h[1, :bins].clone()
     if extremes:
