@@ -110,7 +110,7 @@ def test_the_cpu_one_pass_count_equals_torchs_kernels(threads: int) -> None:
     (count_torch): the same histogram, at the range's edges, a hair outside it, on NaN and on genuine
     blocks that touch either end of a row, whatever the number of threads counting."""
     from utils.scoring.histogram import ChunkCounter
-    from utils.scoring.metrics import count_torch
+    from utils.scoring.metrics import TorchCounter, count_torch
 
     bins, rows, cols = 1 << 10, 7, 41
     half = bins // 2
@@ -133,6 +133,10 @@ def test_the_cpu_one_pass_count_equals_torchs_kernels(threads: int) -> None:
     count_torch(s[:3].clone(), torch.empty(3, cols, dtype=torch.int32), genuine[:1], bins, want)
     assert counter.parts == min(threads, rows)
     assert torch.equal(counter.result(), want)
+    on_torch = TorchCounter(bins, rows, cols, torch.device("cpu"))  # CUDA's counter, run here on the CPU
+    on_torch.add(s.clone(), genuine)
+    on_torch.add(s[:3].clone(), genuine[:1])
+    assert torch.equal(on_torch.result(), want)
 
 
 def test_the_int32_counts_are_added_into_the_total_before_they_could_overflow() -> None:

@@ -37,6 +37,22 @@ def count_torch(s: torch.Tensor, idx: torch.Tensor, genuine: list[tuple[int, int
     hist += torch.bincount(idx.view(-1), minlength=2 * (bins + 1))
 
 
+class TorchCounter:
+    """histogram.ChunkCounter's interface on torch's kernels (`count_torch`), for CUDA: chunks of at most
+    `rows` x `cols` scores counted on `device`."""
+
+    def __init__(self, bins: int, rows: int, cols: int, device: torch.device) -> None:
+        self.bins = bins
+        self.index = torch.empty(rows, cols, dtype=torch.int32, device=device)
+        self.hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=device)  # +1: a score of exactly 1
+
+    def add(self, scores: torch.Tensor, genuine: list[tuple[int, int, int, int]]) -> None:
+        count_torch(scores, self.index[: len(scores)], genuine, self.bins, self.hist)
+
+    def result(self) -> torch.Tensor:
+        return self.hist.cpu()
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(start + size, n)
@@ -53,8 +69,8 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     index and cosine) and/or `genuine_hist`, `impostor_hist` (int64 counts per bin). With
     `extremes` = k > 0 also `low_genuine` and `high_impostor`: the k lowest-scoring genuine and the
     k highest-scoring impostor pairs as rows (cosine, query index, gallery index), kept per chunk
-    and merged, so the failures need no second pass. Memory: two [chunk, n_gallery] buffers
-    (float32 and int32), reused for every chunk.
+    and merged, so the failures need no second pass. Memory: one [chunk, n_gallery] float32 buffer
+    of scores (on CUDA an int32 one beside it), reused for every chunk.
 
     Cost per score, next to the matrix product itself: one read on a CPU (histogram.py: binned and
     counted in one compiled pass per thread); on CUDA a floor, a float->int32 copy, a clamp and one
@@ -77,12 +93,13 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     n, m = len(q), len(g)
     size = min(chunk, n)
     scores = torch.empty(size, m, device=dev)
-    if dev.type == "cpu":
+    if not verification:
+        counter = None
+    elif dev.type == "cpu":
         from utils.scoring.histogram import ChunkCounter  # numba loads only where a histogram is counted
         counter = ChunkCounter(bins, size, m)
     else:
-        index = torch.empty(size, m, dtype=torch.int32, device=dev)
-        hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=dev)  # +1: a score of exactly 1
+        counter = TorchCounter(bins, size, m, dev)
     nn_score, nn_index = torch.empty(n, device=dev), torch.empty(n, dtype=torch.long, device=dev)
     found: dict[str, list[torch.Tensor]] = {"low_genuine": [], "high_impostor": []}
     gt = g.T
@@ -97,10 +114,8 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
                 _keep(found["low_genuine"], rows[:, c0:c1], extremes, largest=False, row0=a + r0, col0=c0)
                 _keep(found["high_impostor"], rows[:, :c0], extremes, largest=True, row0=a + r0, col0=0)
                 _keep(found["high_impostor"], rows[:, c1:], extremes, largest=True, row0=a + r0, col0=c1)
-        if verification and dev.type == "cpu":
+        if counter is not None:
             counter.add(s, groups)
-        elif verification:
-            count_torch(s, index[: b - a], groups, bins, hist)
     out: dict[str, torch.Tensor] = {}
     if identification:
         unsort = torch.empty_like(q_order)
@@ -109,7 +124,7 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
         out["nn_labels"] = gl[nn_index][unsort]
         out["nn_score"] = (nn_score / half)[unsort]
     if verification:
-        h = (counter.result() if dev.type == "cpu" else hist).view(2, bins + 1).cpu()
+        h = counter.result().view(2, bins + 1)
         h[:, bins - 1] += h[:, bins]  # fold score == 1 into the top bin
         out["impostor_hist"], out["genuine_hist"] = h[0, :bins].clone(), h[1, :bins].clone()
     if extremes:
