@@ -150,3 +150,56 @@ def test_the_int32_counts_are_added_into_the_total_before_they_could_overflow() 
     counter.add(s, [])  # 6 more would pass the limit: flushed first
     assert counter.pending == 6 and int(counter.total[8]) == 6 + 7
     assert int(counter.result()[8]) == 12 + 7
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_cpu_pass_finds_each_rows_maximum_as_torch_max_does(threads: int) -> None:
+    """The compiled pass also finds each row's maximum (1-NN) while it counts: the same values and columns
+    as torch.max(dim=1), ties to the first column, -0.0 equal to 0.0, scores beyond the binned range
+    told apart, and the histogram it counts unchanged by being asked for them."""
+    from utils.scoring.histogram import ChunkCounter
+
+    bins, rows, cols = 1 << 8, 9, 23
+    gen = torch.Generator().manual_seed(5)
+    s = ((torch.rand(rows, cols, generator=gen) * 2 - 1) * (bins // 2)).round()  # rounded: many ties
+    s[0] = 7.0  # every column ties
+    s[1, [3, 11, 20]] = bins // 2  # a tie at the top, not in column 0
+    s[2, [4, 9]] = bins + 0.5  # both beyond the range, in the same clamped bin as the larger one
+    s[2, 6] = bins + 0.75
+    s[3, :2] = torch.tensor([bins // 2 - 0.25, bins // 2 - 0.5])  # one bin, the larger first
+    s[4] = torch.tensor([-0.0, 0.0] + [-1.0] * (cols - 2))
+    s[5, -1] = bins  # the maximum in the last column
+    s[6] = -float("inf")
+    genuine = [(0, 4, 2, 9), (4, 5, 15, 23)]
+    want_v, want_i = torch.max(s, dim=1)
+    was = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        asked, plain = ChunkCounter(bins, rows, cols), ChunkCounter(bins, rows, cols)
+        best, arg = torch.full((rows,), 123.0), torch.full((rows,), -1, dtype=torch.long)
+        asked.add(s, genuine, (best, arg))
+        plain.add(s, genuine)
+    finally:
+        torch.set_num_threads(was)
+    assert torch.equal(arg, want_i)
+    assert torch.equal(best.isnan(), want_v.isnan())
+    assert torch.equal(best.nan_to_num(), want_v.nan_to_num())
+    assert torch.equal(asked.result(), plain.result())
+
+
+def test_a_nan_embedding_gives_torch_max_s_nearest_neighbour() -> None:
+    """A NaN score is the maximum of its row for torch.max; the compiled pass bins it as the lowest score,
+    so with any non-finite embedding score_statistics finds the neighbours with torch.max: the 1-NN is the
+    same with and without the histograms counted beside it."""
+    from utils.scoring.metrics import score_statistics
+
+    gen = torch.Generator().manual_seed(2)
+    q, g = torch.randn(6, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    ql, gl = torch.arange(6) % 3, torch.arange(40) % 3
+    g[7, 2] = float("nan")
+    q[4, 0] = float("inf")
+    both = score_statistics(q, ql, g, gl, bins=1 << 8)
+    alone = score_statistics(q, ql, g, gl, bins=1 << 8, verification=False)
+    assert torch.equal(both["nn_index"], alone["nn_index"])
+    assert int(both["nn_index"][0]) == 7  # the NaN gallery item is every finite query's "nearest"
+    assert int(both["genuine_hist"].sum() + both["impostor_hist"].sum()) == 6 * 40

@@ -46,7 +46,10 @@ class TorchCounter:
         self.index = torch.empty(rows, cols, dtype=torch.int32, device=device)
         self.hist = torch.zeros(2 * (bins + 1), dtype=torch.int64, device=device)  # +1: a score of exactly 1
 
-    def add(self, scores: torch.Tensor, genuine: list[tuple[int, int, int, int]]) -> None:
+    def add(self, scores: torch.Tensor, genuine: list[tuple[int, int, int, int]],
+            nearest: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        if nearest is not None:  # before counting, which floors the scores in place
+            torch.max(scores, dim=1, out=nearest)
         count_torch(scores, self.index[: len(scores)], genuine, self.bins, self.hist)
 
     def result(self) -> torch.Tensor:
@@ -72,11 +75,11 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     and merged, so the failures need no second pass. Memory: one [chunk, n_gallery] float32 buffer
     of scores (on CUDA an int32 one beside it), reused for every chunk.
 
-    Cost per score, next to the matrix product itself: one read on a CPU (histogram.py: binned and
-    counted in one compiled pass per thread); on CUDA a floor, a float->int32 copy, a clamp and one
-    bincount. The product is computed directly in bin units (queries pre-scaled by bins/2, exact for a
-    power of two), and both sides are sorted by label so a query's genuine pairs are one contiguous
-    column block: marking them touches 1/n_class of the scores instead of building a mask.
+    Cost per score, next to the matrix product itself: one read on a CPU (histogram.py: binned, counted and,
+    for 1-NN, its row's maximum found in one compiled pass per thread); on CUDA a row maximum, a floor, a
+    float->int32 copy, a clamp and one bincount. The product is computed directly in bin units (queries
+    pre-scaled by bins/2, exact for a power of two), and both sides are sorted by label so a query's genuine pairs
+    are one contiguous column block: marking them touches 1/n_class of the scores instead of building a mask.
     """
     if bins & (bins - 1) or bins < 2:
         raise ValueError(f"bins must be a power of two, got {bins}")
@@ -103,10 +106,13 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
     nn_score, nn_index = torch.empty(n, device=dev), torch.empty(n, dtype=torch.long, device=dev)
     found: dict[str, list[torch.Tensor]] = {"low_genuine": [], "high_impostor": []}
     gt = g.T
+    finite = bool(torch.isfinite(q).all() and torch.isfinite(g).all())  # then no score is NaN
     for a, b in _chunks(n, size):
         s = torch.mm(q[a:b], gt, out=scores[: b - a])
-        if identification:
-            torch.max(s, dim=1, out=(nn_score[a:b], nn_index[a:b]))
+        nearest = (nn_score[a:b], nn_index[a:b]) if identification else None
+        if nearest is not None and (counter is None or not finite):
+            torch.max(s, dim=1, out=nearest)  # torch's rule for NaN scores: the NaN is the maximum
+            nearest = None
         groups = _label_groups(ql[a:b], block)
         if extremes:
             for r0, cnt, c0, c1 in groups:
@@ -115,7 +121,7 @@ def score_statistics(query: torch.Tensor, query_labels: torch.Tensor, gallery: t
                 _keep(found["high_impostor"], rows[:, :c0], extremes, largest=True, row0=a + r0, col0=0)
                 _keep(found["high_impostor"], rows[:, c1:], extremes, largest=True, row0=a + r0, col0=c1)
         if counter is not None:
-            counter.add(s, groups)
+            counter.add(s, groups, nearest)  # with the row maxima when 1-NN is asked for
     out: dict[str, torch.Tensor] = {}
     if identification:
         unsort = torch.empty_like(q_order)
