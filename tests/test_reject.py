@@ -204,7 +204,10 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())
     assert (tmp / "results" / "wild" / "resnet18_arcface_kinds_det.png").stat().st_size > 10_000
     assert set(report["test"]["positive"]) == set(wild.POSITIVE)
-    assert all(v["images"] > 0 and 0 <= v["accepted"] <= 1 for v in report["test"]["positive"].values())
+    assert all(v["images"] > 0 and 0 <= v["accepted"] <= v["in_band"] <= 1 for v in report["test"]["positive"].values())
+    inside = report["test"]["digits_in_band"]  # a digit is accepted only inside the band: which rule turned it away
+    assert all(report["test"]["digits_accepted"][s] <= inside[s] <= 1 for s in wild.STYLES)
+    assert "inside the ink band" in (tmp / "results" / "wild" / "wild.md").read_text()
     assert (tmp / "results" / "wild" / "resnet18_arcface_reject_det.png").stat().st_size > 10_000
     assert (tmp / "results" / "wild" / "sheets.png").stat().st_size > 10_000
     blank = tmp / "blank.png"

@@ -160,12 +160,15 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         non_s = digit_scores(x, e, reject)
         per_kind[k] = {**separation(digit_s, non_s), "curve": kind_curve(digit_s, non_s)}
     digit_ok = accepted(rec, test["x"], test["emb"])
+    # which rule turns a genuine digit away: the ink band, or (inside it) the score
+    digit_band, pos_band = in_band(test["x"], reject["band"]), in_band(pos_x, reject["band"])
     report = {
         "model": model_name, "checkpoint_sha256": rec.model_id, "made_by": code_identity(),
         "per_font": per_font, "reject": {k: v for k, v in reject.items() if k not in ("centres", "knn", "mahalanobis")},
         "validation": {"top1": val["top1"]},
         "test": {"top1": {"before": test["top1"]["fit"], "after": test["top1"][chosen]},
                  "digits_accepted": {s: float(digit_ok[test["styles"] == s].mean()) for s in STYLES},
+                 "digits_in_band": {s: float(digit_band[test["styles"] == s].mean()) for s in STYLES},
                  "mnist_control": {"top1": float((top1(mnist_emb, *gal) == mnist_y).mean()),
                                    "accepted": float(accepted(rec, mnist_x, mnist_emb).mean()), "images": len(mnist_y)},
                  "nondigits_accepted": {k: float(accepted(rec, x, e).mean()) for k, (x, e) in test_non.items()},
@@ -173,6 +176,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
                  "lookalikes_accepted": float(look_ok.mean()), "lookalikes": len(look_ok),
                  "separation": {k: {m: v for m, v in r.items() if m != "curve"} for k, r in per_kind.items()},
                  "positive": {k: {"images": int((pos_kind == k).sum()), "accepted": float(pos_ok[pos_kind == k].mean()),
+                                  "in_band": float(pos_band[pos_kind == k].mean()),
                                   "top1": float(pos_hit[pos_kind == k].mean())} for k in POSITIVE}},
         "det": det_curves((mnist_x, mnist_emb), test_non, scorer, reject["band"])}
     out = Path(results_dir) / "wild"
@@ -217,18 +221,26 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _cell(v: float | None) -> str:
+    return "" if v is None else f" {pct(v)} |"
+
+
 def markdown(name: str, r: dict) -> str:
     """The tables of one model's report (results/wild/wild.md; the docs quote their rows)."""
     t, v, norms = r["test"], r["validation"]["top1"], list(r["validation"]["top1"])
+    band = t.get("digits_in_band")  # measured since the report says which rule turns a digit away
+    extra = " inside the ink band |" if band else ""
     rows = [f"### {name}\n\nHeld out (test fonts and seeds; {r['per_font']} sheet(s) per digit, style and font):\n",
-            "| style | top-1 before (fit) | top-1 after | digits accepted |", "|---|---|---|---|"]
+            "| style | top-1 before (fit) | top-1 after | digits accepted |" + extra,
+            "|---|---|---|---|" + ("---|" if band else "")]
     rows += [f"| {s} | {pct(t['top1']['before'][s])} | {pct(t['top1']['after'][s])} | {pct(t['digits_accepted'][s])} |"
-             for s in STYLES]
+             + _cell(band[s] if band else None) for s in STYLES]
     for k, d in t.get("positive", {}).items():  # measured since the degraded digits joined the report
         rows += [f"| degraded: {k} ({d['images']} validation-split digits) | | {pct(d['top1'])} | "
-                 f"{pct(d['accepted'])} |"]
+                 f"{pct(d['accepted'])} |" + _cell(d.get("in_band"))]
     c = t["mnist_control"]
-    rows += [f"| MNIST test (control, {c['images']} images) | | {pct(c['top1'])} | {pct(c['accepted'])} |", "",
+    rows += [f"| MNIST test (control, {c['images']} images) | | {pct(c['top1'])} | {pct(c['accepted'])} |"
+             + (" |" if band else ""), "",
              f"Not digits, accepted as digits (reject score `{r['reject']['score']}`, threshold "
              f"{r['reject']['threshold']:.4f}):\n"]
     sep = t.get("separation")  # measured since AUROC and FPR joined the report
