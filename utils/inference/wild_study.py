@@ -91,7 +91,8 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
                             scorer: dict, centre: tuple[np.ndarray, np.ndarray], folder: Path) -> tuple[dict, dict]:
     """Choose the normalisation of new images and calibrate the reject option, on validation data only: the
     validation wild fonts, MNIST's validation split, Fashion-MNIST's train split; the ink band from training
-    digits (`centre`: images, labels) and degraded copies of them. Sets both on `rec`."""
+    digits (`centre`: images, labels), degraded copies of them and the validation fonts' sheets of every
+    style. Sets both on `rec`."""
     say("validation: normalisation and the reject score", False)
     val = measure_digits(rec, wild_val["digits"], NORMS, gal)
     # the normalisation that reads the validation wild digits best (mean over styles)
@@ -100,14 +101,18 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     val_digits = rec.embed_loaded(splits.val_x.numpy())
     val_non = nondigit_embeddings(rec, wild_val["nondigits"], fashion["train_x"].numpy()[:N_FASHION])
     centre_images = centre[0]
-    band = ink_band(centre_images, *band_images(rec, *centre, folder))
+    # the validation fonts' sheets, one group per style, join the band: a pen's ink is no reason to reject a digit
+    x = val["x"] if chosen == NORMS[-1] else rec.load([p for p, _, _ in wild_val["digits"]], normalise=chosen)
+    sheets = [x[val["styles"] == s] for s in STYLES]
+    band = ink_band(centre_images, *band_images(rec, *centre, folder), *sheets)
     reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band)
     reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
                                  "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
                                  "centres": f"{len(centre_images)} training-split images (not the gallery's)",
-                                 "ink_band": f"those images and {N_POSITIVE} degraded copies of them per kind "
-                                             f"({', '.join(POSITIVE)})"}}
+                                 "ink_band": f"those images, {N_POSITIVE} degraded copies of them per kind "
+                                             f"({', '.join(POSITIVE)}) and the validation fonts' digit sheets "
+                                             f"({len(x)}, one group per style)"}}
     rec.reject = reject
     return val, reject
 
