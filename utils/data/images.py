@@ -128,7 +128,6 @@ def fit_square(grey: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
-NORMALISATIONS = ("fit", "mnist", "mnist_stroke")
 MNIST_BOX = 20 / 28  # MNIST: the digit's longer side fills 20 of the 28 pixels, centred by its mass
 INK_FLOOR = 0.25  # ink below this fraction of the strongest stroke is paper texture or noise
 MIN_PART = 0.02  # a separate piece of ink smaller than this fraction of the largest is a speck, not a stroke

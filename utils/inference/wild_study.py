@@ -19,7 +19,7 @@ from utils.core.config import trained_params
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.progress import say
 from utils.core.provenance import code_identity
-from utils.data.images import prepare_grey
+from utils.data.images import NORMALISE_MODES, prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
 from utils.data.wild import LOOKALIKES, NONDIGITS, POSITIVE, STYLES, UNSEEN, make_wild_set, write_degraded
 from utils.inference.recognizer import Recognizer
@@ -36,7 +36,7 @@ from utils.inference.reject import (
 )
 from utils.scoring import paper_plots, plots
 
-NORMS = ("fit", "mnist", "mnist_stroke")
+NORMS = NORMALISE_MODES  # every normalisation is tried on validation; the last one is kept in memory
 N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE = 10_000, 20, 2_000, 300
 
 
