@@ -108,7 +108,8 @@ def test_summary_compares_both_ways_paired_by_seed() -> None:
     """The shared comparison is paired over the seeds both its arms ran, with McNemar from the failures."""
     def row(name: str, seed: int, acc: float, wrong: set[int]) -> dict:
         return {"arm": name, "seed": seed, "acc_1nn": acc, "eer": 1 - acc, "best_epoch": 0, "git_commit": A,
-                "tar_at_far": {"1e-03": acc, "1e-04": acc}, "_wrong": wrong}
+                "tar_at_far": {"1e-03": acc, "1e-04": acc}, "_wrong": wrong,
+                "tar_at_val_threshold": {t: {"tar": acc - 0.001, "far": 8e-4} for t in ("1e-03", "1e-04")}}
     rows = [row("arcface", 0, 0.990, {1, 2}), row("arcface", 1, 0.992, {3}), row("arcface", 2, 0.994, set()),
             row("softmax", 0, 0.991, {1}), row("softmax", 1, 0.990, {4, 5}), row("softmax", 2, 0.993, {6}),
             row("softmax_shared", 0, 0.985, {1, 7, 8}), row("softmax_shared", 1, 0.989, {3, 9})]
@@ -122,6 +123,12 @@ def test_summary_compares_both_ways_paired_by_seed() -> None:
     text = study.markdown(rows, out)
     assert "| arcface - softmax_shared | 0 | 2 | 1 |" in text and "| ArcFace - softmax, paired |" in text
     assert study.summarise(rows[:6]).keys() >= {"difference"} and "difference_shared" not in study.summarise(rows[:6])
+    # TAR both ways, each labelled: at the test pairs' own threshold and at the validation-calibrated one
+    assert out["arcface"]["tar_at_val_threshold_1e-03"]["mean"] == pytest.approx(0.991)
+    assert "| TAR % at the validation threshold for FAR 1e-03 |" in text and "test-set threshold |" in text
+    assert "| arcface | 0 | 99.00 | 1.000 | 99.00 / 99.00 | 98.90 (8.0e-04) / 98.90 (8.0e-04) | 1 |" in text
+    rows[0]["tar_at_val_threshold"] = None  # a run from before the calibration: the summary leaves them out
+    assert "tar_at_val_threshold_1e-03" not in study.summarise(rows)["arcface"]
 
 
 @pytest.fixture
@@ -175,6 +182,14 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     assert "McNemar" in (tmp / "results" / "seeds" / "seeds.md").read_text()
 
     stamp = {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs}
+    table = (tmp / "results" / "seeds" / "seeds.md").read_text()
+    (tmp / "results" / "seeds" / "seeds.md").unlink()
+    fake_code["git_commit"] = B  # --summary_only: the summary again from the finished runs, whatever code runs it
+    r = call_main("compare", "--seeds=3", "--summary_only=true", *quick(tmp), cwd=tmp)
+    assert r.returncode == 0 and "4 finished runs of 6 planned; nothing trains" in r.stdout, r.stderr
+    assert (tmp / "results" / "seeds" / "seeds.md").read_text() == table  # seed 2 never ran: left out
+    assert {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs} == stamp
+    fake_code["git_commit"] = A
     r = call_main("compare", "--seeds=2", "--reuse=true", *quick(tmp), cwd=tmp)  # same code, same params
     assert r.returncode == 0 and "not reused" not in r.stderr + r.stdout, r.stderr
     assert {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs} == stamp

@@ -3,6 +3,7 @@
     python main.py compare --seeds=3 [--reuse=true] [--field=value ...]    # seeds 0, 1, 2
     python main.py compare --seeds=0,1,2,3,4 --reuse=true
     python main.py compare --seeds=5 --shared=true   # also softmax under ArcFace's settings: the head alone differs
+    python main.py compare --seeds=5 --shared=true --summary_only=true   # rewrite the summary, train nothing
 
 Each run is an ordinary run (staged, locked, resumable) published in results/seeds/<model>_s<seed>/
 (checkpoints in ckp/seeds/). The study trains in fp32 unless --amp is given, so that CPUs with and
@@ -16,6 +17,11 @@ trains softmax with the ArcFace model's optimiser, schedule and augmentation (re
 and the summary compares ArcFace with softmax both ways: each with its own validation-chosen settings, and
 under one shared set where the head, with its scale and margin, is the only difference. Runs of different layouts
 (channels_last, tiny_conv) are never combined: the golden check that vouches commits pins the layout.
+
+TAR is given two ways, each labelled: at the threshold where the test pairs themselves reach the FAR (how
+DET curves read, an optimistic number), and at the threshold calibrated on the validation split (what
+`verify` uses), with the FAR that threshold gives on the test pairs. --summary_only=true rewrites the summary
+from the finished runs of the plan, whatever commit trained them, and trains nothing.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from utils.core.progress import say
 from utils.core.provenance import code_identity
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
-from utils.run.reuse import reusable, same_numbers, vouched
+from utils.run.reuse import finished, reusable, same_numbers, vouched
 from utils.scoring import plots
 from utils.scoring.stats import mcnemar, paired, spread
 
@@ -53,12 +59,14 @@ OPTIONS = {"seeds": Option(None, "a count N (seeds 0 .. N-1) or a list of seeds 
            "reuse": Option("false", "keep finished runs of the same params and code; resume an interrupted one",
                            bool),
            "shared": Option("false", "also train softmax with ArcFace's optimiser, schedule and augmentation, so "
-                            "that the head is the only difference, and compare both ways", bool)}
+                            "that the head is the only difference, and compare both ways", bool),
+           "summary_only": Option("false", "train nothing: rewrite seeds.json/seeds.md and the DETs from the finished "
+                                  "runs of the plan", bool)}
 
 
-def parse_args(args: list[str]) -> tuple[list[int], bool, bool, dict]:
-    """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse and --shared (true|false); the rest are field
-    overrides."""
+def parse_args(args: list[str]) -> tuple[list[int], bool, bool, bool, dict]:
+    """--seeds=N (seeds 0..N-1) or --seeds=a,b,c; --reuse, --shared and --summary_only (true|false); the rest
+    are field overrides."""
     opts, rest = split(args, OPTIONS)
     value = opts["seeds"]
     vals = comma_list("seeds", value, int)
@@ -73,7 +81,7 @@ def parse_args(args: list[str]) -> tuple[list[int], bool, bool, dict]:
     own = [k for k in ("model_name", "seed", "loss_fuc_type", "resume") if k in overrides]
     if own:
         raise ConfigError(f"--{own[0]} is set by the seeds study for each run; choose seeds with --seeds.")
-    return seeds or [], reuse, shared, overrides
+    return seeds or [], reuse, shared, opts["summary_only"], overrides
 
 
 def settings_of(source: type[TrainParams], target: type[TrainParams]) -> dict:
@@ -113,9 +121,15 @@ def plan(seeds: list[int], overrides: dict, pair: tuple[type[TrainParams], ...],
 
 def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
     """Train (or reuse) both models of `pair` (TrainArcFaceParams, TrainResnetParams) for every seed."""
-    seeds, reuse, shared, overrides = parse_args(args)
+    seeds, reuse, shared, summary_only, overrides = parse_args(args)
     runs = plan(seeds, overrides, pair, shared)
     root = Path(runs[0].results_dir)
+    if summary_only:
+        done = [p for p in runs if finished(p) is not None]
+        say(f"summary of {len(done)} finished runs of {len(runs)} planned; nothing trains", False)
+        write_summary(root, [q for q in done if any(r.seed == q.seed and r is not q for r in done)])
+        print((root / "seeds.md").read_text() if (root / "seeds.md").is_file() else "no complete pair yet")
+        return root
     now, equal = code_identity(), vouched()
     done: list[TrainParams] = []
     t0, reused = time.perf_counter(), 0
@@ -142,6 +156,10 @@ def load_run(p: TrainParams) -> dict:
     return {"folder": folder.as_posix(), "loss_fuc_type": p.loss_fuc_type, "arm": arm(p), "seed": p.seed,
             "acc_1nn": m["acc_1nn"],
             "eer": m["eer"], "tar_at_far": m["tar_at_far"], "best_epoch": m["best_epoch"],
+            # TAR and FAR on the test pairs at the thresholds calibrated on validation (what verify uses)
+            # (a FAR too small for the validation pairs to calibrate has no threshold; older runs have none)
+            "tar_at_val_threshold": {t: {"tar": th["tar_test"], "far": th["far_test"]}
+                                     for t, th in m.get("thresholds", {}).items() if t in TARS},
             "train_seconds": m["train_seconds"], "git_commit": m.get("git_commit"), "amp": m.get("amp"),
             "machine": m.get("machine"), "n_query": m["n_query"], "_wrong": wrong,
             # runs before the measured layout choice recorded none (they took NHWC on every CPU)
@@ -170,6 +188,8 @@ def summarise(rows: list[dict]) -> dict:
     by = {name: {r["seed"]: r for r in rows if r["arm"] == name} for name in (*LOSSES, SHARED)}
     metric = {"acc_1nn": lambda r: r["acc_1nn"], "eer": lambda r: r["eer"],
               **{f"tar_at_far_{t}": (lambda r, t=t: r["tar_at_far"][t]) for t in TARS}}
+    metric |= {f"tar_at_val_threshold_{t}": (lambda r, t=t: r["tar_at_val_threshold"][t]["tar"]) for t in TARS
+               if all(t in (r.get("tar_at_val_threshold") or {}) for r in rows)}  # where every run has it
     seeds = sorted(set(by["arcface"]) & set(by["softmax"]))
     out: dict = {name: {k: spread([f(by[name][s]) for s in seeds]) for k, f in metric.items()} for name in LOSSES}
     for key, a, b, meaning in COMPARISONS:
@@ -212,16 +232,30 @@ def _pm(s: dict, scale: float = 100, digits: int = 3) -> str:
     return f"{s['mean'] * scale:.{digits}f} ± {sd} ({s['n']})"
 
 
+LABELS = {"acc_1nn": "1-NN acc %", "eer": "EER %",
+          **{f"tar_at_far_{t}": f"TAR % at FAR {float(t):.0e}, test-set threshold" for t in TARS},
+          **{f"tar_at_val_threshold_{t}": f"TAR % at the validation threshold for FAR {float(t):.0e}" for t in TARS}}
+
+
+def _tars(r: dict) -> str:
+    """The per-seed TAR cells: at the test-set thresholds, then at the validation-calibrated ones (test FAR)."""
+    test = " / ".join(f"{r['tar_at_far'][t] * 100:.2f}" for t in TARS)
+    val = r.get("tar_at_val_threshold") or {}
+    cal = " / ".join(f"{val[t]['tar'] * 100:.2f} ({val[t]['far']:.1e})" if t in val else "-" for t in TARS)
+    return f"{test} | {cal}"
+
+
 def markdown(rows: list[dict], summary: dict) -> str:
     """seeds.md: per-seed rows, mean ± std (n), paired differences and McNemar per seed; in %."""
-    lines = ["| loss | seed | 1-NN acc % | EER % | TAR@FAR=1e-3 % | TAR@FAR=1e-4 % | best epoch (from 1) | commit |",
+    fars = " / ".join(f"{float(t):.0e}" for t in TARS)
+    lines = [f"| loss | seed | 1-NN acc % | EER % | TAR % at FAR {fars}, test-set thresholds | TAR % (test FAR) at the "
+             f"validation thresholds for FAR {fars} | best epoch (from 1) | commit |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["arm"], r["seed"])):
-        lines.append(f"| {r['arm']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | "
-                     f"{r['tar_at_far']['1e-03'] * 100:.2f} | {r['tar_at_far']['1e-04'] * 100:.2f} | "
+        lines.append(f"| {r['arm']} | {r['seed']} | {r['acc_1nn'] * 100:.2f} | {r['eer'] * 100:.3f} | {_tars(r)} | "
                      f"{r['best_epoch'] + 1} | {str(r['git_commit'])[:10]} |")
-    keys = ("acc_1nn", "eer", *(f"tar_at_far_{t}" for t in TARS))
-    lines += ["", "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    keys = [k for k in LABELS if k in summary["arcface"]]
+    lines += ["", "| | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for name in (*LOSSES, SHARED):
         if name in summary:
             lines.append(f"| {name}, mean ± std (n) | " + " | ".join(_pm(summary[name][k]) for k in keys) + " |")
