@@ -118,13 +118,14 @@ def ink_statistics(x: np.ndarray) -> np.ndarray:
                      np.asarray(pieces, np.float64)], axis=1)
 
 
-def ink_band(digit_images: np.ndarray, *degraded: np.ndarray) -> dict:
+def ink_band(digit_images: np.ndarray, *others: np.ndarray) -> dict:
     """The range of each ink statistic over genuine digits: for each group of images (MNIST's digits, then
-    any degraded copies of digits: blurred, low-resolution, faint, JPEG) the same small share cut from both
-    ends of every statistic, as much as leaves BAND_KEEPS of the group inside all four ranges; the band is
-    the union of the groups' ranges, so softer or greyer ink of a real digit is not a reason to turn it away."""
+    other genuine digits: degraded copies, the validation fonts' sheets of one style) the same small share
+    cut from both ends of every statistic, as much as leaves BAND_KEEPS of the group inside all four ranges;
+    the band is the union of the groups' ranges, so softer or greyer ink of a real digit is not a reason to
+    turn it away."""
     lows, highs, cuts = [], [], []
-    for group in (digit_images, *degraded):
+    for group in (digit_images, *others):
         s = ink_statistics(group)
         for cut in (0.0025, 0.002, 0.0015, 0.001, 0.0005, 0.00025, 0.0):
             low, high = np.quantile(s, cut, axis=0), np.quantile(s, 1 - cut, axis=0)
