@@ -127,9 +127,15 @@ def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
     if summary_only:
         done = [p for p in runs if finished(p) is not None]
         say(f"summary of {len(done)} finished runs of {len(runs)} planned; nothing trains", False)
-        write_summary(root, [q for q in done if any(r.seed == q.seed and r is not q for r in done)])
-        print((root / "seeds.md").read_text() if (root / "seeds.md").is_file() else "no complete pair yet")
-        return root
+        write_summary(root, done)
+    else:
+        train_all(runs, reuse, root)
+    print((root / "seeds.md").read_text() if (root / "seeds.md").is_file() else "no complete pair yet")
+    return root
+
+
+def train_all(runs: list[TrainParams], reuse: bool, root: Path) -> None:
+    """Train (or reuse) every planned run in order, rewriting the summary after each."""
     now, equal = code_identity(), vouched()
     done: list[TrainParams] = []
     t0, reused = time.perf_counter(), 0
@@ -144,9 +150,7 @@ def study(args: list[str], pair: tuple[type[TrainParams], ...]) -> Path:
         eta = spent / trained * (len(runs) - len(done)) if trained else 0.0
         say(f"[{len(done)}/{len(runs)}] {p.model_name}: 1-NN {m['acc_1nn']:.4%}  EER {m['eer']:.4%}  "
             f"({spent / 60:.1f} min so far, ETA {eta / 60:.0f} min)", False)
-        write_summary(root, [q for q in done if any(r.seed == q.seed and r is not q for r in done)])
-    print((root / "seeds.md").read_text() if (root / "seeds.md").is_file() else "no complete pair yet")
-    return root
+        write_summary(root, done)
 
 
 def load_run(p: TrainParams) -> dict:
@@ -210,7 +214,9 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def write_summary(root: Path, done: list[TrainParams]) -> None:
+def write_summary(root: Path, runs: list[TrainParams]) -> None:
+    """The summary of the runs whose seed has another finished run beside it (complete seeds only)."""
+    done = [q for q in runs if any(r.seed == q.seed and r is not q for r in runs)]
     if not done:
         return
     rows = [load_run(p) for p in done]
