@@ -261,3 +261,20 @@ def test_without_git_the_commit_is_unknown_and_nothing_fails(monkeypatch: pytest
     finally:
         provenance.code_identity.cache_clear()
     assert code == {"git_commit": None, "git_dirty": None, "git_note": "git not installed"}
+
+
+def test_series_eta_from_trained_runs_then_reused_ones_never_a_false_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.core.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    clock = progress.SeriesClock(4)
+    assert clock.add({"train_seconds": 3000.0, "eval_seconds": 120.0}, reused=True).endswith(
+        "ETA 156 min at the reused runs' pace)")  # 3 left at 52 min each, before anything trains here
+    now[0] += 600.0
+    assert clock.add({}, reused=False) == "(10.0 min so far, ETA 20 min)"  # this call's own pace wins
+    assert clock.reused == 1 and clock.elapsed() == 600.0
+    clock.add({}, reused=False)
+    assert clock.add({}, reused=False).endswith("ETA 0 min)")
+    assert progress.SeriesClock(2).add({}, reused=False).endswith("ETA 0 min)")  # trained in no time
+    assert progress.SeriesClock(2).add({"train_seconds": 0}, reused=True).endswith("0 min at the reused runs' pace)")

@@ -18,7 +18,6 @@ one process per data set) into one summary. (The speed benchmarks and recipe stu
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from utils.core.config import ConfigError, TrainParams, parse_overrides, recorde
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, describe, split
 from utils.core.presets import GRID_BUDGET
-from utils.core.progress import say
+from utils.core.progress import SeriesClock, say
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
 from utils.run.reuse import finished
@@ -148,15 +147,14 @@ def run_grid(args: list[str]) -> Path:
     runs = plan(opts, overrides)
     root = Path(runs[0].results_dir).parent
     rows: list[dict] = []
-    t0, reused = time.perf_counter(), 0
+    clock = SeriesClock(len(runs))
     bar = tqdm(runs, desc="grid", unit="run", disable=not runs[0].use_tqdm)
     for i, p in enumerate(bar):
         bar.set_postfix_str(p.model_name)
         m = finished(p) if opts["reuse"] else None
-        if m is None:
+        trained = m is None
+        if trained:
             m = run_in_series(p, opts["reuse"], "grid", i, len(runs))
-        else:
-            reused += 1
         row = {"dataset": p.dataset_name, "loss": p.loss_fuc_type, "seed": p.seed, "model_name": p.model_name,
                "folder": str(Path(p.results_dir) / p.model_name), "train_seconds": m["train_seconds"],
                "eval_seconds": m["eval_seconds"], "best_epoch": m["best_epoch"], "device": m["device"],
@@ -165,18 +163,15 @@ def run_grid(args: list[str]) -> Path:
             o = m["open_set"]
             row["open"] = {"acc_1nn": o["acc_1nn"], "eer": o["eer"], "tar_1e-3": o["tar_at_far"]["1e-03"]}
         rows.append(row)
-        spent = time.perf_counter() - t0
-        trained = len(rows) - reused
-        eta = spent / trained * (len(runs) - len(rows)) if trained else 0.0  # reused runs cost nothing
         say(f"[{len(rows)}/{len(runs)}] {p.model_name}: closed acc {row['closed']['acc_1nn']:.4f} "
             f"EER {row['closed']['eer']:.4f}" + (f"; open acc {row['open']['acc_1nn']:.4f} EER "
                                                  f"{row['open']['eer']:.4f}" if "open" in row else "")
-            + f"  ({spent / 60:.1f} min so far, ETA {eta / 60:.0f} min)", p.use_tqdm)
+            + f"  {clock.add(m, reused=not trained)}", p.use_tqdm)
     varying = ("model_name", "seed", "loss_fuc_type", "dataset_name")
     setup = {k: v for k, v in recorded(runs[0]).items() if k not in varying}
     write_json(root / "grid.json", {"losses": list(opts["losses"]), "datasets": list(opts["datasets"]),
-                                         "seeds": opts["seeds"], "wall_seconds": time.perf_counter() - t0,
-                                         "reused_runs": reused,  # wall_seconds excludes these runs
+                                         "seeds": opts["seeds"], "wall_seconds": clock.elapsed(),
+                                         "reused_runs": clock.reused,  # wall_seconds excludes these runs
                                          "run_seconds_total": round(sum(r["train_seconds"] + r["eval_seconds"]
                                                                         for r in rows), 1),
                                          "devices": sorted({r["device"] for r in rows}),

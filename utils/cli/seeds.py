@@ -27,7 +27,6 @@ from the finished runs of the plan, whatever commit trained them, and trains not
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from utils.core.config import ConfigError, TrainParams, parse_overrides, resolve
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.options import Option, comma_list, split
 from utils.core.presets import SEEDS_STUDY
-from utils.core.progress import say
+from utils.core.progress import SeriesClock, say
 from utils.core.provenance import code_identity
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
@@ -138,18 +137,15 @@ def train_all(runs: list[TrainParams], reuse: bool, root: Path) -> None:
     """Train (or reuse) every planned run in order, rewriting the summary after each."""
     now, equal = code_identity(), vouched()
     done: list[TrainParams] = []
-    t0, reused = time.perf_counter(), 0
+    clock = SeriesClock(len(runs))
     for i, p in enumerate(runs):
         m = reusable(p, now, equal) if reuse else None
-        if m is None:
+        trained = m is None
+        if trained:
             m = run_in_series(p, reuse, "seeds study", i, len(runs))
-        else:
-            reused += 1
         done.append(p)
-        spent, trained = time.perf_counter() - t0, len(done) - reused
-        eta = spent / trained * (len(runs) - len(done)) if trained else 0.0
         say(f"[{len(done)}/{len(runs)}] {p.model_name}: 1-NN {m['acc_1nn']:.4%}  EER {m['eer']:.4%}  "
-            f"({spent / 60:.1f} min so far, ETA {eta / 60:.0f} min)", False)
+            f"{clock.add(m, reused=not trained)}", False)
         write_summary(root, done)
 
 
