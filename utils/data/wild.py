@@ -35,13 +35,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from scipy import ndimage
 
+from utils.data.pen import pen_sheet
+
 STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_paper", "grey_paper", "photo",
           "small_offcentre", "rotated", "chalk")
 NONDIGITS = ("letters", "symbols", "blank", "noise", "scribble")
 UNSEEN = ("shapes", "photo_patches")  # the test part only: no training and no choice sees their like
 # genuine digits the fonts do not draw: MNIST validation-split digits degraded as a camera, a scanner or a
-# weak pen would (never the test split); measured as digits that must be accepted
-POSITIVE = ("blurred", "low_res", "faint", "jpeg")
+# weak pen would (never the test split), and digits written with a pen by our own code (utils/data/pen.py,
+# each labelled as the split's digit it stands for); measured as digits that must be accepted
+POSITIVE = ("blurred", "low_res", "faint", "jpeg", "handwriting")
 LOOKALIKES = "OoIlSZBgqbG"  # O/o/0, I/l/1, S/5, Z/2, B/8, g/q/9, b/6, G/6
 LETTERS = "".join(c for c in string.ascii_letters if c not in LOOKALIKES)
 SYMBOLS = "+-=*#@%&?!$<>/\\()[]{}~^|"
@@ -216,7 +219,10 @@ def write_degraded(folder: Path, digits: np.ndarray, labels: np.ndarray, per_kin
     for n, kind in enumerate(POSITIVE):
         rng = np.random.default_rng([seed, n])
         for i in rng.choice(len(digits), size=min(per_kind, len(digits)), replace=False):
-            im, suffix = degraded_sheet(digits[i], kind, rng)
+            if kind == "handwriting":
+                im, suffix = pen_sheet(int(labels[i]), SHEET, rng), ".png"
+            else:
+                im, suffix = degraded_sheet(digits[i], kind, rng)
             path = folder / "positive" / kind / f"{i}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             if suffix.endswith(".jpg"):
