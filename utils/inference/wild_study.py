@@ -153,6 +153,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         half = len(splits.val_y) // 2
         pos = write_degraded(Path(tmp) / "test", splits.val_x.numpy()[half:], splits.val_y.numpy()[half:],
                              N_POSITIVE, 33)
+        draw_positives(pos, Path(results_dir) / "wild" / "positives.png")
         pos_x = rec.load([p for p, _, _ in pos])
         pos_e = rec.embed_loaded(pos_x)
         pos_kind, pos_y = np.array([k for _, k, _ in pos]), np.array([d for *_, d in pos])
@@ -219,6 +220,26 @@ def draw_sheets(rec: Recognizer, items: list[tuple], path: Path) -> None:
         cols.append({"title": style.replace("_", " "),
                      "images": [sheet, *(rec.load([first[style]], normalise=n)[0] for n in NORMS)]})
     fig = paper_plots.wild_sheets(cols, ["sheet", *(f"{n} (before)" if n == "fit" else n for n in NORMS)])
+    save_figure(fig, path)
+    plots.close(fig)
+
+
+def draw_positives(made: list[tuple[str, str, int]], path: Path) -> None:
+    """The first held-out sheet of every digit, one row per positive kind (degraded and pen-written)."""
+    from PIL import Image
+
+    first = {(kind, d): p for p, kind, d in reversed(made)}
+    cols = []
+    for d in range(10):
+        images = []
+        for kind in POSITIVE:
+            if (kind, d) not in first:  # a small draw may hold no sheet of this digit: an empty cell
+                images.append(np.full((8, 8), 255, np.uint8))
+                continue
+            with Image.open(first[kind, d]) as im:
+                images.append(np.asarray(im.convert("L")))
+        cols.append({"title": str(d), "images": images})
+    fig = paper_plots.wild_sheets(cols, [k.replace("_", " ") for k in POSITIVE])
     save_figure(fig, path)
     plots.close(fig)
 
