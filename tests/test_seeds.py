@@ -104,11 +104,11 @@ def test_shared_arm_is_softmax_with_arcface_settings_the_head_alone_differing() 
     assert [r.lr for r in lr] == [3e-3] * 3
 
 
-def test_summary_compares_both_ways_paired_by_seed() -> None:
+def test_summary_compares_both_ways_paired_by_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The shared comparison is paired over the seeds both its arms ran, with McNemar from the failures."""
     def row(name: str, seed: int, acc: float, wrong: set[int]) -> dict:
         return {"arm": name, "seed": seed, "acc_1nn": acc, "eer": 1 - acc, "best_epoch": 0, "git_commit": A,
-                "tar_at_far": {"1e-03": acc, "1e-04": acc}, "_wrong": wrong,
+                "tar_at_far": {"1e-03": acc, "1e-04": acc}, "_wrong": wrong, "n_query": 10_000,
                 "tar_at_val_threshold": {t: {"tar": acc - 0.001, "far": 8e-4} for t in ("1e-03", "1e-04")}}
     rows = [row("arcface", 0, 0.990, {1, 2}), row("arcface", 1, 0.992, {3}), row("arcface", 2, 0.994, set()),
             row("softmax", 0, 0.991, {1}), row("softmax", 1, 0.990, {4, 5}), row("softmax", 2, 0.993, {6}),
@@ -127,6 +127,18 @@ def test_summary_compares_both_ways_paired_by_seed() -> None:
     assert out["arcface"]["tar_at_val_threshold_1e-03"]["mean"] == pytest.approx(0.991)
     assert "| TAR % at the validation threshold for FAR 1e-03 |" in text and "test-set threshold |" in text
     assert "| arcface | 0 | 99.00 | 1.000 | 99.00 / 99.00 | 98.90 (8.0e-04) / 98.90 (8.0e-04) | 1 |" in text
+    # paired.png: per-seed differences in test images and EER points, the original's mark on its own comparison
+    drawn = {}
+    monkeypatch.setattr(study.paper_plots, "paired_differences", lambda lines, metrics: drawn.setdefault("l", lines)
+                        and study.plots.plt.figure())
+    study.draw_paired(rows, out, tmp_path / "paired.png")
+    own, shared = drawn["l"]
+    assert own["acc_1nn"]["per_seed"] == pytest.approx([-10, 20, 10]) and own["seeds"] == [0, 1, 2]
+    assert own["acc_1nn"]["mean"] == pytest.approx(20 / 3)
+    assert own["eer"]["per_seed"] == pytest.approx([0.1, -0.2, -0.1])
+    assert shared["acc_1nn"]["per_seed"] == pytest.approx([50, 30]) and "reference" not in shared
+    assert own["reference"]["acc_1nn"] == pytest.approx(-8) and own["reference"]["eer"] == pytest.approx(0.04)
+    assert (tmp_path / "paired.png").is_file()
     rows[0]["tar_at_val_threshold"] = None  # a run from before the calibration: the summary leaves them out
     assert "tar_at_val_threshold_1e-03" not in study.summarise(rows)["arcface"]
 
@@ -179,6 +191,7 @@ def test_two_seed_study_end_to_end_and_its_reuse(tmp_path: Path, fake_code: dict
     assert (tmp / "results" / "seeds" / "DET_seeds.png").stat().st_size > 10_000
     # the headline picture is the study's, drawn from the same runs
     assert (tmp / "results" / "DET.png").stat().st_size > 10_000
+    assert (tmp / "results" / "seeds" / "paired.png").stat().st_size > 10_000
     assert "McNemar" in (tmp / "results" / "seeds" / "seeds.md").read_text()
 
     stamp = {n: (tmp / "results" / "seeds" / n / "metrics.json").stat().st_mtime_ns for n in runs}

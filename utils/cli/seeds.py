@@ -11,7 +11,7 @@ without native bf16 can add runs to one summary. --reuse=true keeps a finished r
 training code match (same commit, or commits that results/numerics.json records as computing the
 golden quick_debug numbers identically: `python tests/golden.py --vouch`), and resumes an
 interrupted one; a run of other code or params is trained again. After every run the summary of the
-finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png} and results/DET.png (the
+finished pairs is rewritten: results/seeds/{seeds.json, seeds.md, DET_seeds.png, paired.png} and results/DET.png (the
 same picture: the headline DET is the study's, every seed visible). With --shared=true every seed also
 trains softmax with the ArcFace model's optimiser, schedule and augmentation (resnet18_softmax_shared_s<seed>),
 and the summary compares ArcFace with softmax both ways: each with its own validation-chosen settings, and
@@ -42,7 +42,7 @@ from utils.core.provenance import code_identity
 from utils.run.evaluate import read_curve
 from utils.run.experiment import run_in_series
 from utils.run.reuse import finished, reusable, same_numbers, vouched
-from utils.scoring import plots
+from utils.scoring import paper_plots, plots
 from utils.scoring.stats import mcnemar, paired, spread
 
 LOSSES = ("arcface", "softmax")  # the default pair, in the order main.py hands over their params classes
@@ -51,6 +51,8 @@ SHARED = "softmax_shared"  # the arm of softmax trained with ArcFace's settings 
 COMPARISONS = (("difference", "arcface", "softmax", "each loss with its own settings"),
                ("difference_shared", "arcface", SHARED, "one shared set of settings: the head alone differs"))
 TARS = ("1e-03", "1e-04")
+# the original's published numbers (one GPU run per loss, 128 px, ImageNet weights): a mark on paired.png
+ORIGINAL = {"arcface": {"acc_1nn": 0.9958, "eer": 0.0020}, "softmax": {"acc_1nn": 0.9966, "eer": 0.0016}}
 MAX_SEED = 2**31 - 1
 
 
@@ -227,6 +229,33 @@ def write_summary(root: Path, runs: list[TrainParams]) -> None:
         f.write(markdown(public, summary))
     for out in (root / "DET_seeds.png", root.parent / "DET.png"):  # the headline picture is the study's
         draw(rows, out)
+    draw_paired(rows, summary, root / "paired.png")
+
+
+def draw_paired(rows: list[dict], summary: dict, out: Path) -> None:
+    """paired.png: each comparison's per-seed differences with their mean and 95 % t-interval, in test images
+    (1-NN) and EER points; the own-settings comparison also shows the original's single-run difference."""
+    by = {(r["arm"], r["seed"]): r for r in rows}
+    n = rows[0]["n_query"]
+    scale = {"acc_1nn": n, "eer": 100.0}  # 1-NN in test images, EER in percentage points
+    lines = []
+    for key, a, b, meaning in COMPARISONS:
+        if key not in summary:
+            continue
+        d, seeds = summary[key], summary[key]["seeds"]
+        line = {"label": f"{a} - {b}\n({meaning})", "seeds": seeds}
+        for m, k in scale.items():
+            ci = d[m]["ci95"]
+            line[m] = {"per_seed": [(by[a, s][m] - by[b, s][m]) * k for s in seeds], "mean": d[m]["mean"] * k,
+                       "ci95": None if ci is None else [ci[0] * k, ci[1] * k]}
+        if b == "softmax":
+            line["reference"] = {m: (ORIGINAL[a][m] - ORIGINAL[b][m]) * k for m, k in scale.items()}
+            line["reference"]["label"] = "original (one run each)"
+        lines.append(line)
+    fig = paper_plots.paired_differences(lines, [("acc_1nn", f"1-NN: test images of {n:,} (> 0: ArcFace better)"),
+                                                 ("eer", "EER: points (< 0: ArcFace better)")])
+    save_figure(fig, out)
+    plots.close(fig)
 
 
 def _pm(s: dict, scale: float = 100, digits: int = 3) -> str:

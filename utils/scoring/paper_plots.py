@@ -147,3 +147,34 @@ def wild_sheets(columns: Sequence[dict], rows: Sequence[str]) -> Figure:
                 ax.set_ylabel(rows[r], fontsize=7)
     fig.tight_layout(pad=0.3, w_pad=0.2, h_pad=0.2)
     return fig
+
+
+def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]]) -> Figure:
+    """One panel per metric (key, axis label), one line per comparison. Each row: {'label', 'seeds',
+    metric key: {'per_seed': [..], 'mean', 'ci95': [lo, hi] or None}, optional 'reference': {key: value,
+    'label'}}: every seed a dot with its number, the mean a diamond on its 95 % t-interval, zero a line."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.9 + 0.75 * len(rows)), squeeze=False)
+    for ax, (key, name) in zip(axes[0], metrics, strict=True):
+        ax.axvline(0.0, color="0.6", lw=0.8)
+        for y, row in enumerate(rows):
+            d = row[key]
+            ax.scatter(d["per_seed"], [y] * len(d["per_seed"]), s=16, color="0.35", zorder=3)
+            for s, x in zip(row["seeds"], d["per_seed"], strict=True):
+                ax.annotate(str(s), (x, y), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
+            if d["ci95"] is not None:
+                ax.plot(d["ci95"], [y, y], color="C3", lw=2.0, zorder=2)
+            ax.scatter([d["mean"]], [y], marker="D", s=36, color="C3", zorder=4)
+            ref = row.get("reference")
+            if ref is not None and key in ref:
+                ax.scatter([ref[key]], [y], marker="*", s=70, facecolor="none", edgecolor="C0", zorder=4,
+                           label=ref["label"])
+        ax.set_yticks(range(len(rows)), [r["label"] for r in rows] if ax is axes[0][0] else [], fontsize=7)
+        ax.set_ylim(-0.6, len(rows) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlabel(name, fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("paired by seed: dots = seeds, diamond = mean, bar = 95 % t-interval", fontsize=8)
+    fig.tight_layout(pad=0.4)
+    return fig
