@@ -135,3 +135,22 @@ def test_energy_bounds_bench_reads_the_rule_from_validation_energies(compared: P
     assert all(doc["digits_margin"][q] > doc["digits_plain"][q] for q in doc["digits_plain"])
     assert energy_bounds.mean_hinge(np.array([-3.0, -1.0]), -2.0, above=True) == 0.5
     assert energy_bounds.mean_hinge(np.array([-3.0, -1.0]), -2.0, above=False) == 0.5
+
+
+@needs_mnist
+def test_pen_nib_bench_reads_every_nib_under_every_normalisation(compared: Path, tmp_path: Path) -> None:
+    from bench import pen_nib
+    from utils.core.config import ConfigError
+    from utils.data.images import NORMALISE_MODES
+
+    out = tmp_path / "pen_nib.json"
+    pen_nib.main([f"--ckpt_dir={compared / 'ckp'}", "--model_name=resnet18_arcface", "--per_digit=1",
+                  "--nibs=0.02,0.08", f"--out={out}"])
+    doc = json.loads(out.read_text())
+    assert [r["nib"] for r in doc["rows"]] == [0.02, 0.08] and doc["machine"]["kernels"]
+    for r in doc["rows"]:
+        assert r["sheets"] == 10 and set(r["top1"]) == set(NORMALISE_MODES)
+        assert all(a * 10 == round(a * 10) and 0 <= a <= 1 for a in r["top1"].values())  # whole sheets of ten
+    for bad in ("abc", "0.5", "", "0.02,0"):
+        with pytest.raises(ConfigError, match="--nibs"):
+            pen_nib.parse_nibs(bad)

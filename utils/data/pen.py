@@ -57,15 +57,16 @@ def smooth(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
     return np.concatenate([*out, points[-1:]])
 
 
-def pen_ink(label: int, side: int, rng: np.random.Generator) -> np.ndarray:
+def pen_ink(label: int, side: int, rng: np.random.Generator, nib: tuple[float, float] = (0.04, 0.11)) -> np.ndarray:
     """Ink (1) on nothing (0), float32 [side, side]: the digit `label` written by a hand drawn at random
-    (shape, tremor, slant, rotation, size, place, nib width 4-11 % of the digit's height, pressure)."""
+    (shape, tremor, slant, rotation, size, place, pressure, and a nib width drawn from `nib`, as fractions
+    of the digit's height)."""
     strokes = SHAPES[label][int(rng.integers(len(SHAPES[label])))]
     slant, angle = float(rng.uniform(-0.3, 0.15)), np.radians(float(rng.uniform(-10, 10)))
     width, height = float(rng.uniform(0.75, 1.1)), float(rng.uniform(0.6, 0.78)) * side
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     centre = side / 2 + rng.uniform(-0.06, 0.06, 2) * side
-    nib = float(rng.uniform(0.04, 0.11)) * height
+    width_px = float(rng.uniform(*nib)) * height
     scale = 4  # drawn at 4x and shrunk: anti-aliased edges, as a scan of ink has
     im = Image.new("L", (side * scale, side * scale), 0)
     draw = ImageDraw.Draw(im)
@@ -80,14 +81,14 @@ def pen_ink(label: int, side: int, rng: np.random.Generator) -> np.ndarray:
         dense = np.stack([np.interp(np.arange(0, length[-1], 0.25), length, xy[:, k]) for k in (0, 1)], 1)
         phase = rng.uniform(0, 2 * np.pi)
         pressure = 1 + 0.25 * np.sin(phase + np.linspace(0, rng.uniform(2, 6), len(dense)))
-        for (x, y), w in zip(dense * scale, pressure * nib * scale / 2, strict=True):
+        for (x, y), w in zip(dense * scale, pressure * width_px * scale / 2, strict=True):
             draw.ellipse((x - w, y - w, x + w, y + w), fill=255)
     small = im.resize((side, side), Image.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def pen_sheet(label: int, side: int, rng: np.random.Generator) -> Image.Image:
+def pen_sheet(label: int, side: int, rng: np.random.Generator, nib: tuple[float, float] = (0.04, 0.11)) -> Image.Image:
     """The digit written in dark ink (10-80) on light paper (215-255), as a scan would save it."""
-    ink = pen_ink(label, side, rng)
+    ink = pen_ink(label, side, rng, nib)
     paper, dark = float(rng.uniform(215, 255)), float(rng.uniform(10, 80))
     return Image.fromarray(np.uint8(np.rint(paper * (1 - ink) + dark * ink)), mode="L")

@@ -45,6 +45,13 @@ def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndar
     return gallery_y[np.argmax(emb @ gallery.T, axis=1)]
 
 
+def enrolment(train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training-split indices of the gallery (the first N_GALLERY images of each digit) and of the N_CENTRES
+    images after them that the class centres and the reject scores are fitted on."""
+    pick = np.concatenate([np.flatnonzero(train_y == d)[:N_GALLERY] for d in range(10)])
+    return pick, np.setdiff1d(np.arange(len(train_y)), pick)[:N_CENTRES]
+
+
 def measure_digits(rec: Recognizer, items: list[tuple], norms: tuple[str, ...], gal: tuple) -> dict:
     """Top-1 per style for each normalisation; the images and embeddings of the last one."""
     paths = [p for p, _, _ in items]
@@ -131,8 +138,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
             f"{len(sets['val']['nondigits'])} + {len(sets['test']['nondigits'])} non-digits "
             f"({time.perf_counter() - t0:.0f} s)", False)
         train_x, train_y = splits.train_x.numpy(), splits.train_y.numpy()
-        pick = np.concatenate([np.flatnonzero(train_y == d)[:N_GALLERY] for d in range(10)])
-        rest = np.setdiff1d(np.arange(len(train_y)), pick)[:N_CENTRES]
+        pick, rest = enrolment(train_y)
         gal = (rec.embed_loaded(train_x[pick]), train_y[pick])
         scorer = fit_scorer(rec.embed_loaded(train_x[rest]), train_y[rest])  # centres, references, covariance
         val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, scorer,
