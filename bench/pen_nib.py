@@ -10,6 +10,10 @@ and reads them as `search` would: top-1 against the wild study's gallery (the fi
 images of each digit), under every normalisation. If whole thin strokes read as well as wide ones, the thin
 style's misses come from the broken strokes, not from thinness. Draws its own seed (44; the wild study
 draws 33 and 34); nothing is chosen here.
+
+For contrast, the wild set's own thin sheets of the held-out part (the same sheets `python main.py wild`
+measures, redrawn by bench.thin_pen) are read the same way, split by whether the thin pen broke a glyph's
+strokes into more pieces than it had.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
+from bench.thin_pen import thin_fields
 from utils.core.config import ConfigError, trained_params
 from utils.core.io import write_json
 from utils.core.options import Option, refuse_rest, run_script, split
@@ -78,10 +84,32 @@ def main(argv: list[str]) -> None:
         rows.append(row)
         print(f"nib {nib:.3f} of the height: top-1 " + ", ".join(f"{n} {a:.1%}" for n, a in row["top1"].items())
               + f"  ({time.perf_counter() - t0:.0f} s so far, {len(rows)}/{len(nibs)} nibs)", flush=True)
+    thin = thin_style(rec, gal, size, polarity)
+    for part, r in thin.items():
+        print(f"wild set, thin style, held out, strokes {part}: {r['sheets']} sheets, top-1 "
+              + ", ".join(f"{n} {a:.1%}" for n, a in r["top1"].items()), flush=True)
     write_json(opts["out"], {"made_by": code_identity(), "machine": machine(torch.device("cpu")),
                              "precision": "fp32 embeddings (the model's inference path)", "model": opts["model_name"],
                              "checkpoint_sha256": rec.model_id, "seed": 44, "per_digit": opts["per_digit"],
-                             "sheet_px": SHEET, "rows": rows})
+                             "sheet_px": SHEET, "rows": rows, "thin_style_test": thin})
+
+
+def thin_style(rec: Recognizer, gal: tuple, size: int, polarity: str, per_font: int = 3) -> dict:
+    """Top-1 of the held-out thin sheets (the wild command's default per_font), split by broken strokes."""
+    sheets, labels, broken = [], [], []
+    for _, d, before, after in thin_fields("test", per_font):
+        sheets.append(np.rint(255 * (1.0 - after)) / 255.0)  # dark ink on white paper, as digit_sheet saves it
+        labels.append(d)
+        broken.append(ndimage.label(after > 0.5)[1] > ndimage.label(before > 0.5)[1])
+    labels_a, broken_a = np.array(labels), np.array(broken)
+    out = {}
+    for part, mask in (("broken", broken_a), ("whole", ~broken_a)):
+        out[part] = {"sheets": int(mask.sum()), "top1": {}}
+        for norm in NORMALISE_MODES:
+            x = np.stack([prepare_grey(g, size, polarity, "auto", norm) for g, m in zip(sheets, mask, strict=True)
+                          if m])
+            out[part]["top1"][norm] = float((top1(rec.embed_loaded(x), *gal) == labels_a[mask]).mean())
+    return out
 
 
 if __name__ == "__main__":
