@@ -140,6 +140,9 @@ def test_the_layout_table_names_every_module(readme: str) -> None:
             row = rows.get(f"utils/{f.parent.name}/")
             assert row and f"`{f.name}`" in row, f"{readme}'s layout table does not name utils/{f.parent.name}/{f.name}"
     assert "`registry.py`" in rows["losses/"]
+    named = set(re.search(r"bench\.\{([\w,]+)\}", rows["bench/"]).group(1).split(","))
+    runnable = {f.stem for f in (ROOT / "bench").glob("*.py") if '__name__ == "__main__"' in f.read_text()}
+    assert runnable == named, f"{readme}'s bench row: missing {runnable - named}, gone {named - runnable}"
 
 
 def test_paths_named_in_code_comments_exist() -> None:
