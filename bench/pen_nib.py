@@ -1,15 +1,15 @@
 """Does the model read a thin pen? (issue 33: the wild set's thin pen misses 97 %)
 
     python -m bench.pen_nib [--model_name=study5_arcface_s0] [--ckpt_dir=ckp/wild] [--per_digit=30]
-                            [--nibs=0.015,0.02,0.03,0.045,0.07,0.11] [--out=results/wild/pen_nib.json]
+                            [--nibs=0.015,0.02,...,0.28] [--out=results/wild/pen_nib.json]
 
 The wild set's `thin` style erodes font glyphs, which breaks their hairlines apart (`bench.thin_pen`). This
 writes digits with utils/data/pen.py instead, whose strokes stay whole at any nib, with the nib fixed at
 each width given (a fraction of the digit's height: 1.5 % is ~1.3 px on a 128 px sheet, 11 % ~9.5 px),
 and reads them as `search` would: top-1 against the wild study's gallery (the first 20 training-split
 images of each digit), under every normalisation. If whole thin strokes read as well as wide ones, the thin
-style's misses come from the broken strokes, not from thinness. Draws its own seed (44; the wild study
-draws 33 and 34); nothing is chosen here.
+style's misses come from the broken strokes, not from thinness; the widest nibs ask the same of a marker.
+Draws its own seed (44; the wild study draws 33 and 34); nothing is chosen here.
 
 For contrast, the wild set's own thin sheets of the held-out part (the same sheets `python main.py wild`
 measures, redrawn by bench.thin_pen) are read the same way, split by whether the thin pen broke a glyph's
@@ -41,7 +41,8 @@ from utils.inference.wild_study import enrolment, top1
 
 OPTIONS = {"model_name": Option("study5_arcface_s0", "the trained model: <ckpt_dir>/<model_name>/best.pt"),
            "ckpt_dir": Option("ckp/wild", "folder of the checkpoints"),
-           "nibs": Option("0.015,0.02,0.03,0.045,0.07,0.11", "nib widths, as fractions of the digit's height"),
+           "nibs": Option("0.015,0.02,0.03,0.045,0.07,0.11,0.16,0.22,0.28",
+                   "nib widths, as fractions of the digit's height (0.16 and above: a marker)"),
            "per_digit": Option("30", "sheets per digit and nib", int),
            "out": Option("results/wild/pen_nib.json", "JSON to write")}
 
