@@ -63,25 +63,25 @@ def pen_ink(label: int, side: int, rng: np.random.Generator, nib: tuple[float, f
     of the digit's height)."""
     strokes = SHAPES[label][int(rng.integers(len(SHAPES[label])))]
     slant, angle = float(rng.uniform(-0.3, 0.15)), np.radians(float(rng.uniform(-10, 10)))
-    width, height = float(rng.uniform(0.75, 1.1)), float(rng.uniform(0.6, 0.78)) * side
+    aspect, height = float(rng.uniform(0.75, 1.1)), float(rng.uniform(0.6, 0.78)) * side
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     centre = side / 2 + rng.uniform(-0.06, 0.06, 2) * side
-    width_px = float(rng.uniform(*nib)) * height
+    nib_px = float(rng.uniform(*nib)) * height
     scale = 4  # drawn at 4x and shrunk: anti-aliased edges, as a scan of ink has
     im = Image.new("L", (side * scale, side * scale), 0)
     draw = ImageDraw.Draw(im)
     for stroke in strokes:
         shake = rng.normal(0, 0.02, (len(stroke) + 2, 2))
         pts = np.array(stroke, dtype=np.float64) + (shake[:-2] + 2 * shake[1:-1] + shake[2:]) / 4  # slow tremor
-        pts = (pts - 0.5) * [width * 0.62, 1.0]
-        pts[:, 0] -= slant * pts[:, 1]  # a forward slant leans the top to the right
+        pts = (pts - 0.5) * [aspect * 0.62, 1.0]
+        pts[:, 0] -= slant * pts[:, 1]  # slant > 0 leans the top to the right (forward), < 0 back
         xy = (smooth(pts) @ rot.T) * height + centre
         steps = np.maximum(np.hypot(*np.diff(xy, axis=0).T), 1e-9)
         length = np.concatenate([[0.0], np.cumsum(steps)])
         dense = np.stack([np.interp(np.arange(0, length[-1], 0.25), length, xy[:, k]) for k in (0, 1)], 1)
         phase = rng.uniform(0, 2 * np.pi)
         pressure = 1 + 0.25 * np.sin(phase + np.linspace(0, rng.uniform(2, 6), len(dense)))
-        for (x, y), w in zip(dense * scale, pressure * width_px * scale / 2, strict=True):
+        for (x, y), w in zip(dense * scale, pressure * nib_px * scale / 2, strict=True):
             draw.ellipse((x - w, y - w, x + w, y + w), fill=255)
     small = im.resize((side, side), Image.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
