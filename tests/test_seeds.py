@@ -291,3 +291,20 @@ def test_series_eta_from_trained_runs_then_reused_ones_never_a_false_zero(monkey
     assert clock.add({}, reused=False).endswith("ETA 0 min)")
     assert progress.SeriesClock(2).add({}, reused=False).endswith("ETA 0 min)")  # trained in no time
     assert progress.SeriesClock(2).add({"train_seconds": 0}, reused=True).endswith("0 min at the reused runs' pace)")
+
+
+def test_paired_figure_keeps_the_seeds_readable_when_two_seeds_give_a_huge_interval() -> None:
+    from utils.scoring import paper_plots, plots
+
+    row = {"label": "a - b", "seeds": [0, 1], "reference": {"x": -8.0, "label": "original"},
+           "x": {"per_seed": [15.0, -19.0], "mean": -2.0, "ci95": [-218.0, 214.0]}}  # t(0.975, 1) = 12.7
+    three = {"label": "c - d", "seeds": [0, 1, 2], "x": {"per_seed": [-6.0, -14.0, -20.0], "mean": -13.3,
+                                                        "ci95": [-31.0, 4.3]}}
+    fig = paper_plots.paired_differences([row], [("x", "images")])
+    lo, hi = fig.axes[0].get_xlim()
+    assert -30 < lo < -19 and 15 < hi < 30  # the interval runs off the axis, the seeds stay apart
+    plots.close(fig)
+    fig = paper_plots.paired_differences([three], [("x", "images")])
+    lo, hi = fig.axes[0].get_xlim()
+    assert lo < -31 and hi > 4.3  # an interval of the data's own size is drawn whole
+    plots.close(fig)

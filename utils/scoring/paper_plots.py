@@ -156,6 +156,15 @@ def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]])
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 0.9 + 0.75 * len(rows)), squeeze=False)
     for ax, (key, name) in zip(axes[0], metrics, strict=True):
         ax.axvline(0.0, color="0.6", lw=0.8)
+        # the axis spans the seeds, means, zero and the references; an interval much wider (few seeds) runs off it
+        xs = [0.0] + [x for r in rows for x in (*r[key]["per_seed"], r[key]["mean"])]
+        xs += [r["reference"][key] for r in rows if key in r.get("reference", {})]
+        lo, hi = min(xs), max(xs)
+        span = (hi - lo) or 1.0
+        cis = [c for r in rows if (c := r[key]["ci95"]) is not None]
+        lo, hi = min([lo - 0.15 * span] + [c[0] for c in cis if c[0] > lo - span]), \
+            max([hi + 0.15 * span] + [c[1] for c in cis if c[1] < hi + span])
+        ax.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
         for y, row in enumerate(rows):
             d = row[key]
             ax.scatter(d["per_seed"], [y] * len(d["per_seed"]), s=16, color="0.35", zorder=3)
@@ -163,6 +172,9 @@ def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]])
                 ax.annotate(str(s), (x, y), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
             if d["ci95"] is not None:
                 ax.plot(d["ci95"], [y, y], color="C3", lw=2.0, zorder=2)
+                for end, edge, mark in ((d["ci95"][0], lo, "<"), (d["ci95"][1], hi, ">")):
+                    if (end < edge) if mark == "<" else (end > edge):  # off the axis: an arrowhead at its edge
+                        ax.scatter([edge], [y], marker=mark, s=30, color="C3", zorder=3, clip_on=False)
             ax.scatter([d["mean"]], [y], marker="D", s=36, color="C3", zorder=4)
             ref = row.get("reference")
             if ref is not None and key in ref:
@@ -173,8 +185,10 @@ def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]])
         ax.invert_yaxis()
         ax.set_xlabel(name, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(6))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle("paired by seed: dots = seeds, diamond = mean, bar = 95 % t-interval", fontsize=8)
+    fig.suptitle("paired by seed: dots = seeds, diamond = mean, bar = 95 % t-interval (arrow: it runs off the axis)",
+                 fontsize=8)
     fig.tight_layout(pad=0.4)
     return fig
