@@ -89,6 +89,7 @@ def main(argv: list[str]) -> None:
     for part, r in thin.items():
         print(f"wild set, thin style, held out, strokes {part}: {r['sheets']} sheets, top-1 "
               + ", ".join(f"{n} {a:.1%}" for n, a in r["top1"].items()), flush=True)
+    draw(rows, thin, Path(opts["out"]).with_suffix(".png"))
     write_json(opts["out"], {"made_by": code_identity(), "machine": machine(torch.device("cpu")),
                              "precision": "fp32 embeddings (the model's inference path)", "model": opts["model_name"],
                              "checkpoint_sha256": rec.model_id, "seed": 44, "per_digit": opts["per_digit"],
@@ -111,6 +112,29 @@ def thin_style(rec: Recognizer, gal: tuple, size: int, polarity: str, per_font: 
                           if m])
             out[part]["top1"][norm] = float((top1(rec.embed_loaded(x), *gal) == labels_a[mask]).mean())
     return out
+
+
+
+def draw(rows: list[dict], thin: dict, out: Path) -> None:
+    """Top-1 against the nib for each normalisation; the wild set's thin sheets, whole and broken, as lines."""
+    from utils.core.io import save_figure
+    from utils.scoring.plots import close, plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    nibs = [100 * r["nib"] for r in rows]
+    for i, norm in enumerate(NORMALISE_MODES):
+        ax.plot(nibs, [100 * r["top1"][norm] for r in rows], marker="o", color=f"C{i}", label=f"pen-written, {norm}")
+    for part, ls in (("whole", "--"), ("broken", ":")):
+        ax.axhline(100 * thin[part]["top1"]["mnist_stroke"], color="0.3", ls=ls,
+                   label=f"wild thin sheets, strokes {part} ({thin[part]['sheets']}), mnist_stroke")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(nibs, [f"{n:g}" for n in nibs], fontsize=7)
+    ax.set_xlabel("nib width, % of the digit's height")
+    ax.set_ylabel("top-1 %")
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    save_figure(fig, out)
+    close(fig)
 
 
 if __name__ == "__main__":

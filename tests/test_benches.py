@@ -151,6 +151,7 @@ def test_pen_nib_bench_reads_every_nib_under_every_normalisation(compared: Path,
     for r in doc["rows"]:
         assert r["sheets"] == 10 and set(r["top1"]) == set(NORMALISE_MODES)
         assert all(a * 10 == round(a * 10) and 0 <= a <= 1 for a in r["top1"].values())  # whole sheets of ten
+    assert (tmp_path / "pen_nib.png").stat().st_size > 10_000  # the picture beside the numbers
     thin = doc["thin_style_test"]  # the held-out thin sheets, split by whether the pen broke their strokes
     assert thin["broken"]["sheets"] > 0 and thin["whole"]["sheets"] > 0
     assert all(set(r["top1"]) == set(NORMALISE_MODES) for r in thin.values())
