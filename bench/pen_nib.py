@@ -11,9 +11,9 @@ images of each digit), under every normalisation. If whole thin strokes read as 
 style's misses come from the broken strokes, not from thinness; the widest nibs ask the same of a marker.
 Draws its own seed (44; the wild study draws 33 and 34); nothing is chosen here.
 
-For contrast, the wild set's own thin sheets of the held-out part (the same sheets `python main.py wild`
-measures, redrawn by bench.thin_pen) are read the same way, split by whether the thin pen broke a glyph's
-strokes into more pieces than it had.
+For contrast, the wild set's own thin and thick sheets of the held-out part (the same sheets `python main.py
+wild` measures, redrawn by bench.thin_pen) are read the same way, split by whether the pen spoiled the glyph:
+thin strokes broken into more pieces than the glyph had, or thick strokes that filled one of its loops.
 """
 
 from __future__ import annotations
@@ -85,28 +85,47 @@ def main(argv: list[str]) -> None:
         rows.append(row)
         print(f"nib {nib:.3f} of the height: top-1 " + ", ".join(f"{n} {a:.1%}" for n, a in row["top1"].items())
               + f"  ({time.perf_counter() - t0:.0f} s so far, {len(rows)}/{len(nibs)} nibs)", flush=True)
-    thin = thin_style(rec, gal, size, polarity)
-    for part, r in thin.items():
-        print(f"wild set, thin style, held out, strokes {part}: {r['sheets']} sheets, top-1 "
-              + ", ".join(f"{n} {a:.1%}" for n, a in r["top1"].items()), flush=True)
-    draw(rows, thin, Path(opts["out"]).with_suffix(".png"))
+    styles = {style: pen_style(rec, gal, size, polarity, style) for style in SPOILED}
+    for style, parts in styles.items():
+        for part, r in parts.items():
+            print(f"wild set, {style} style, held out, {part}: {r['sheets']} sheets, top-1 "
+                  + ", ".join(f"{n} {a:.1%}" for n, a in r["top1"].items()), flush=True)
+    thin = styles["thin"]
+    draw(rows, styles, Path(opts["out"]).with_suffix(".png"))
     write_json(opts["out"], {"made_by": code_identity(), "machine": machine(torch.device("cpu")),
                              "precision": "fp32 embeddings (the model's inference path)", "model": opts["model_name"],
                              "checkpoint_sha256": rec.model_id, "seed": 44, "per_digit": opts["per_digit"],
-                             "sheet_px": SHEET, "rows": rows, "thin_style_test": thin})
+                             "sheet_px": SHEET, "rows": rows, "thin_style_test": thin,
+                             "thick_style_test": styles["thick"]})
 
 
-def thin_style(rec: Recognizer, gal: tuple, size: int, polarity: str, per_font: int = 3) -> dict:
-    """Top-1 of the held-out thin sheets (the wild command's default per_font), split by broken strokes."""
-    sheets, labels, broken = [], [], []
-    for _, d, before, after in thin_fields("test", per_font):
+def holes(ink: np.ndarray) -> int:
+    """Loops of a glyph: the paper's connected parts that do not touch the sheet's edge."""
+    paper, n = ndimage.label(ink <= 0.5)
+    edge = set(np.unique(np.concatenate([paper[0], paper[-1], paper[:, 0], paper[:, -1]]))) - {0}
+    return n - len(edge)
+
+
+# per pen style: (name of the sheets the pen spoiled, the other ones, the test of spoiling)
+SPOILED = {"thin": ("broken", "whole", lambda a, b: ndimage.label(b > 0.5)[1] > ndimage.label(a > 0.5)[1]),
+           "thick": ("filled", "open", lambda a, b: holes(b) < holes(a))}
+
+
+def pen_style(rec: Recognizer, gal: tuple, size: int, polarity: str, style: str, per_font: int = 3) -> dict:
+    """Top-1 of the held-out sheets of a pen style (the wild command's default per_font), split by whether the
+    pen spoiled the glyph: thin strokes broken apart, or thick strokes that filled a loop."""
+    spoiled_name, kept_name, spoiled_by = SPOILED[style]
+    sheets, labels, spoiled = [], [], []
+    for _, d, before, after in thin_fields("test", per_font, style):
         sheets.append(np.rint(255 * (1.0 - after)) / 255.0)  # dark ink on white paper, as digit_sheet saves it
         labels.append(d)
-        broken.append(ndimage.label(after > 0.5)[1] > ndimage.label(before > 0.5)[1])
-    labels_a, broken_a = np.array(labels), np.array(broken)
+        spoiled.append(spoiled_by(before, after))
+    labels_a, spoiled_a = np.array(labels), np.array(spoiled)
     out = {}
-    for part, mask in (("broken", broken_a), ("whole", ~broken_a)):
+    for part, mask in ((spoiled_name, spoiled_a), (kept_name, ~spoiled_a)):
         out[part] = {"sheets": int(mask.sum()), "top1": {}}
+        if not mask.any():
+            continue
         for norm in NORMALISE_MODES:
             x = np.stack([prepare_grey(g, size, polarity, "auto", norm) for g, m in zip(sheets, mask, strict=True)
                           if m])
@@ -114,9 +133,9 @@ def thin_style(rec: Recognizer, gal: tuple, size: int, polarity: str, per_font: 
     return out
 
 
-
-def draw(rows: list[dict], thin: dict, out: Path) -> None:
-    """Top-1 against the nib for each normalisation; the wild set's thin sheets, whole and broken, as lines."""
+def draw(rows: list[dict], styles: dict[str, dict], out: Path) -> None:
+    """Top-1 against the nib for each normalisation; the wild set's thin and thick sheets, spoiled by the pen
+    or not, as lines."""
     from utils.core.io import save_figure
     from utils.scoring.plots import close, plt
 
@@ -124,9 +143,11 @@ def draw(rows: list[dict], thin: dict, out: Path) -> None:
     nibs = [100 * r["nib"] for r in rows]
     for i, norm in enumerate(NORMALISE_MODES):
         ax.plot(nibs, [100 * r["top1"][norm] for r in rows], marker="o", color=f"C{i}", label=f"pen-written, {norm}")
-    for part, ls in (("whole", "--"), ("broken", ":")):
-        ax.axhline(100 * thin[part]["top1"]["mnist_stroke"], color="0.3", ls=ls,
-                   label=f"wild thin sheets, strokes {part} ({thin[part]['sheets']}), mnist_stroke")
+    for (style, parts), color in zip(styles.items(), ("0.3", "C3"), strict=True):
+        for (part, r), ls in zip(parts.items(), (":", "--"), strict=True):  # spoiled dotted, kept dashed
+            if r["top1"]:
+                ax.axhline(100 * r["top1"]["mnist_stroke"], color=color, ls=ls,
+                           label=f"wild {style} sheets, {part} ({r['sheets']}), mnist_stroke")
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(nibs, [f"{n:g}" for n in nibs], fontsize=7)

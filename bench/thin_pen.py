@@ -27,20 +27,21 @@ OPTIONS = {"per_font": Option("3", "sheets per digit and font (the wild command'
            "out": Option("results/wild/thin_pen.json", "JSON to write")}
 
 
-def thin_fields(part: str, per_font: int):
-    """(font, digit, field before, field after) of every thin sheet of `part`, in make_wild_set's order."""
-    rng = np.random.default_rng(SEEDS[part] + STYLES.index("thin"))
+def thin_fields(part: str, per_font: int, style: str = "thin"):
+    """(font, digit, field before, field after) of every sheet of `part` in a pen style (thin or thick: black
+    ink on white, its pen the only change), in make_wild_set's order."""
+    rng = np.random.default_rng(SEEDS[part] + STYLES.index(style))
     for font in font_files(part):
         for d in range(10):
             ink = glyph(str(d), font, 96)
             for _ in range(per_font):
                 again = copy.deepcopy(rng)
                 field = place(ink, SHEET, int(rng.integers(70, 96)), rng)
-                thin = style_ink(field, "thin", rng)
-                sheet = np.asarray(digit_sheet(ink, "thin", again))
-                if not np.array_equal(sheet, np.uint8(np.rint(255 * (1 - thin)))):
-                    raise SystemExit("the thin sheets are drawn differently now; update bench/thin_pen.py")
-                yield font.stem, d, field, thin
+                after = style_ink(field, style, rng)
+                sheet = np.asarray(digit_sheet(ink, style, again))
+                if not np.array_equal(sheet, np.uint8(np.rint(255 * (1 - after)))):
+                    raise SystemExit(f"the {style} sheets are drawn differently now; update bench/thin_pen.py")
+                yield font.stem, d, field, after
 
 
 def measure(part: str, per_font: int) -> dict:

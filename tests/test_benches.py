@@ -155,6 +155,22 @@ def test_pen_nib_bench_reads_every_nib_under_every_normalisation(compared: Path,
     thin = doc["thin_style_test"]  # the held-out thin sheets, split by whether the pen broke their strokes
     assert thin["broken"]["sheets"] > 0 and thin["whole"]["sheets"] > 0
     assert all(set(r["top1"]) == set(NORMALISE_MODES) for r in thin.values())
+    thick = doc["thick_style_test"]  # and the thick ones, by whether the pen filled a loop
+    assert thick["filled"]["sheets"] + thick["open"]["sheets"] == thin["broken"]["sheets"] + thin["whole"]["sheets"]
     for bad in ("abc", "0.5", "", "0.02,0"):
         with pytest.raises(ConfigError, match="--nibs"):
             pen_nib.parse_nibs(bad)
+
+
+def test_pen_nib_counts_a_glyphs_loops() -> None:
+    import numpy as np
+
+    from bench.pen_nib import holes
+
+    yy, xx = np.mgrid[:60, :40]
+    def ring(cy: int) -> np.ndarray:
+        r = np.hypot(yy - cy, xx - 20)
+        return ((r > 7) & (r < 11)).astype(np.float32)
+    disk = (np.hypot(yy - 30, xx - 20) < 11).astype(np.float32)
+    eight = np.maximum(ring(19), ring(38))  # two rings that touch: an 8 has two loops
+    assert holes(ring(30)) == 1 and holes(disk) == 0 and holes(np.zeros((60, 40))) == 0 and holes(eight) == 2
