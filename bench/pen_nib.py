@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from bench.thin_pen import thin_fields
+from bench.thin_pen import strokes_broken, style_fields
 from utils.core.config import ConfigError, trained_params
 from utils.core.io import write_json
 from utils.core.options import Option, refuse_rest, run_script, split
@@ -35,9 +35,8 @@ from utils.data.images import NORMALISE_MODES, prepare_grey
 from utils.data.loading import load_splits
 from utils.data.pen import pen_sheet
 from utils.data.wild import SHEET
-from utils.inference.recognizer import Recognizer, sha256
-from utils.inference.torch_backend import load_torch_embedder
-from utils.inference.wild_study import enrolment, top1
+from utils.inference.recognizer import Recognizer
+from utils.inference.wild_study import digit_model, enrolment, top1
 
 OPTIONS = {"model_name": Option("study5_arcface_s0", "the trained model: <ckpt_dir>/<model_name>/best.pt"),
            "ckpt_dir": Option("ckp/wild", "folder of the checkpoints"),
@@ -63,40 +62,41 @@ def main(argv: list[str]) -> None:
     nibs = parse_nibs(opts["nibs"])
     if opts["per_digit"] < 1:
         raise ConfigError(f"--per_digit={opts['per_digit']}: out of range (>= 1).")
-    ckpt = Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt"
-    if not ckpt.is_file():
-        raise ConfigError(f"no trained model at {ckpt}; pick one with --model_name / --ckpt_dir.")
-    embedder, state = load_torch_embedder(ckpt)
-    rec = Recognizer(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(ckpt))
+    rec, state = digit_model(Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt")
     params = trained_params(state["params"], data_root=os.environ.get("DATA_ROOT", "./data"), use_tqdm=False)
     splits, _ = load_splits(params)
     pick, _ = enrolment(splits.train_y.numpy())
     gal = (rec.embed_loaded(splits.train_x.numpy()[pick]), splits.train_y.numpy()[pick])
-    size, polarity = rec.card["native_size"], rec.card["polarity"]
     rows, t0 = [], time.perf_counter()
     for nib in nibs:
         rng = np.random.default_rng([44, round(nib * 1e4)])
         labels = np.repeat(np.arange(10), opts["per_digit"])
         greys = [np.asarray(pen_sheet(int(d), SHEET, rng, (nib, nib)), np.float32) / 255.0 for d in labels]
-        row = {"nib": nib, "sheets": len(labels), "top1": {}}
-        for norm in NORMALISE_MODES:
-            x = np.stack([prepare_grey(g, size, polarity, "auto", norm) for g in greys])
-            row["top1"][norm] = float((top1(rec.embed_loaded(x), *gal) == labels).mean())
+        row = {"nib": nib, "sheets": len(labels), "top1": read(rec, gal, greys, labels)}
         rows.append(row)
         print(f"nib {nib:.3f} of the height: top-1 " + ", ".join(f"{n} {a:.1%}" for n, a in row["top1"].items())
               + f"  ({time.perf_counter() - t0:.0f} s so far, {len(rows)}/{len(nibs)} nibs)", flush=True)
-    styles = {style: pen_style(rec, gal, size, polarity, style) for style in SPOILED}
+    styles = {style: pen_style(rec, gal, style) for style in SPOILED}
     for style, parts in styles.items():
         for part, r in parts.items():
             print(f"wild set, {style} style, held out, {part}: {r['sheets']} sheets, top-1 "
                   + ", ".join(f"{n} {a:.1%}" for n, a in r["top1"].items()), flush=True)
-    thin = styles["thin"]
     draw(rows, styles, Path(opts["out"]).with_suffix(".png"))
     write_json(opts["out"], {"made_by": code_identity(), "machine": machine(torch.device("cpu")),
                              "precision": "fp32 embeddings (the model's inference path)", "model": opts["model_name"],
                              "checkpoint_sha256": rec.model_id, "seed": 44, "per_digit": opts["per_digit"],
-                             "sheet_px": SHEET, "rows": rows, "thin_style_test": thin,
+                             "sheet_px": SHEET, "rows": rows, "thin_style_test": styles["thin"],
                              "thick_style_test": styles["thick"]})
+
+
+def read(rec: Recognizer, gal: tuple, greys: list[np.ndarray], labels: np.ndarray) -> dict[str, float]:
+    """Top-1 of grey sheets (dark ink on light paper, [0, 1]) under every normalisation, against the gallery."""
+    size, polarity = rec.card["native_size"], rec.card["polarity"]
+    out = {}
+    for norm in NORMALISE_MODES:
+        x = np.stack([prepare_grey(g, size, polarity, "auto", norm) for g in greys])
+        out[norm] = float((top1(rec.embed_loaded(x), *gal) == labels).mean())
+    return out
 
 
 def holes(ink: np.ndarray) -> int:
@@ -107,29 +107,24 @@ def holes(ink: np.ndarray) -> int:
 
 
 # per pen style: (name of the sheets the pen spoiled, the other ones, the test of spoiling)
-SPOILED = {"thin": ("broken", "whole", lambda a, b: ndimage.label(b > 0.5)[1] > ndimage.label(a > 0.5)[1]),
+SPOILED = {"thin": ("broken", "whole", strokes_broken),
            "thick": ("filled", "open", lambda a, b: holes(b) < holes(a))}
 
 
-def pen_style(rec: Recognizer, gal: tuple, size: int, polarity: str, style: str, per_font: int = 3) -> dict:
+def pen_style(rec: Recognizer, gal: tuple, style: str, per_font: int = 3) -> dict:
     """Top-1 of the held-out sheets of a pen style (the wild command's default per_font), split by whether the
     pen spoiled the glyph: thin strokes broken apart, or thick strokes that filled a loop."""
     spoiled_name, kept_name, spoiled_by = SPOILED[style]
     sheets, labels, spoiled = [], [], []
-    for _, d, before, after in thin_fields("test", per_font, style):
+    for _, d, before, after in style_fields("test", per_font, style):
         sheets.append(np.rint(255 * (1.0 - after)) / 255.0)  # dark ink on white paper, as digit_sheet saves it
         labels.append(d)
         spoiled.append(spoiled_by(before, after))
     labels_a, spoiled_a = np.array(labels), np.array(spoiled)
     out = {}
     for part, mask in ((spoiled_name, spoiled_a), (kept_name, ~spoiled_a)):
-        out[part] = {"sheets": int(mask.sum()), "top1": {}}
-        if not mask.any():
-            continue
-        for norm in NORMALISE_MODES:
-            x = np.stack([prepare_grey(g, size, polarity, "auto", norm) for g, m in zip(sheets, mask, strict=True)
-                          if m])
-            out[part]["top1"][norm] = float((top1(rec.embed_loaded(x), *gal) == labels_a[mask]).mean())
+        chosen = [g for g, m in zip(sheets, mask, strict=True) if m]
+        out[part] = {"sheets": len(chosen), "top1": read(rec, gal, chosen, labels_a[mask]) if chosen else {}}
     return out
 
 

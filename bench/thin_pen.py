@@ -27,7 +27,7 @@ OPTIONS = {"per_font": Option("3", "sheets per digit and font (the wild command'
            "out": Option("results/wild/thin_pen.json", "JSON to write")}
 
 
-def thin_fields(part: str, per_font: int, style: str = "thin"):
+def style_fields(part: str, per_font: int, style: str = "thin"):
     """(font, digit, field before, field after) of every sheet of `part` in a pen style (thin or thick: black
     ink on white, its pen the only change), in make_wild_set's order."""
     rng = np.random.default_rng(SEEDS[part] + STYLES.index(style))
@@ -44,12 +44,16 @@ def thin_fields(part: str, per_font: int, style: str = "thin"):
                 yield font.stem, d, field, after
 
 
+def strokes_broken(before: np.ndarray, after: np.ndarray) -> bool:
+    """The pen left the glyph in more pieces than it had (ink above one half)."""
+    return ndimage.label(after > 0.5)[1] > ndimage.label(before > 0.5)[1]
+
+
 def measure(part: str, per_font: int) -> dict:
     kept, broken, fonts = [], [], {}
-    for font, _, before, after in thin_fields(part, per_font):
-        a, b = before > 0.5, after > 0.5
-        k = float(b.sum() / max(1, a.sum()))
-        split_up = ndimage.label(b)[1] > ndimage.label(a)[1]
+    for font, _, before, after in style_fields(part, per_font):
+        k = float((after > 0.5).sum() / max(1, (before > 0.5).sum()))
+        split_up = strokes_broken(before, after)
         kept.append(k)
         broken.append(split_up)
         f = fonts.setdefault(font, {"sheets": 0, "broken": 0, "under_20pct_ink": 0})

@@ -235,7 +235,6 @@ def write_summary(root: Path, runs: list[TrainParams]) -> None:
 def draw_paired(rows: list[dict], summary: dict, out: Path) -> None:
     """paired.png: each comparison's per-seed differences with their mean and 95 % t-interval, in test images
     (1-NN) and EER points; the own-settings comparison also shows the original's single-run difference."""
-    by = {(r["arm"], r["seed"]): r for r in rows}
     n = rows[0]["n_query"]
     scale = {"acc_1nn": n, "eer": 100.0}  # 1-NN in test images, EER in percentage points
     lines = []
@@ -246,7 +245,7 @@ def draw_paired(rows: list[dict], summary: dict, out: Path) -> None:
         line = {"label": f"{a} - {b}\n({meaning})", "seeds": seeds}
         for m, k in scale.items():
             ci = d[m]["ci95"]
-            line[m] = {"per_seed": [(by[a, s][m] - by[b, s][m]) * k for s in seeds], "mean": d[m]["mean"] * k,
+            line[m] = {"per_seed": [x * k for x in d[m]["differences"]], "mean": d[m]["mean"] * k,
                        "ci95": None if ci is None else [ci[0] * k, ci[1] * k]}
         if b == "softmax":
             line["reference"] = {m: (ORIGINAL[a][m] - ORIGINAL[b][m]) * k for m, k in scale.items()}

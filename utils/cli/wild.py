@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils.core.errors import CheckpointError, ConfigError
+from utils.core.errors import ConfigError
 from utils.core.options import Option, describe, refuse_rest, split
 from utils.inference import wild_study
-from utils.inference.recognizer import Recognizer, sha256
-from utils.inference.torch_backend import load_torch_embedder
 
 OPTIONS = {"model_name": Option(None, "the trained model: ckp/<model_name>/best.pt"),
            "ckpt_dir": Option("ckp", "folder of the checkpoints"),
@@ -46,13 +44,6 @@ def run(command: str, args: list[str], model_name: str) -> None:
     if opts["per_font"] < 1:
         raise ConfigError(f"--per_font={opts['per_font']}: out of range (>= 1).")
     ckpt = Path(opts["ckpt_dir"]) / opts["model_name"] / "best.pt"
-    if not ckpt.is_file():
-        raise CheckpointError(f"no trained model at {ckpt}; train one (python main.py arcface) or pick another "
-                              f"with --model_name / --ckpt_dir.")
-    embedder, state = load_torch_embedder(ckpt)  # not from_checkpoint: an older reject.json is replaced here
-    rec = Recognizer(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(ckpt))
-    if not rec.card.get("normalise", "fit").startswith("mnist"):
-        raise ConfigError(f"{opts['model_name']} was not trained on a digit data set (its images are not "
-                          f"normalised as MNIST's); the wild set is made of digits.")
+    rec, state = wild_study.digit_model(ckpt)  # not from_checkpoint: an older reject.json is replaced here
     data_root = opts["data_root"] or os.environ.get("DATA_ROOT", "./data")
     wild_study.study(rec, state, ckpt, opts["model_name"], data_root, opts["per_font"], opts["results_dir"])

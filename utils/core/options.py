@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from utils.core.config import parse_value
-from utils.core.errors import ConfigError
+from utils.core.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -73,13 +73,13 @@ def file_tag(text: str, required: bool = False) -> str:
 
 
 def run_script(main: Callable[[list[str]], None], own: dict[str, Option] | None = None) -> None:
-    """Run a `python -m` entry point with sys.argv; --help prints `own`; a ConfigError ends it with a
-    one-line message, exit 2."""
+    """Run a `python -m` entry point with sys.argv; --help prints `own`; a user error (a bad option, a missing
+    or damaged checkpoint, unreadable data) ends it with a one-line message, exit 2."""
     if own is not None and any(a in ("-h", "--help") for a in sys.argv[1:]):
         print(describe(own))
         sys.exit(0)
     try:
         main(sys.argv[1:])
-    except ConfigError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

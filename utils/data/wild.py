@@ -193,10 +193,13 @@ def photo_patch(rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.uint8(a[y:y + side, x:x + side])).resize((SHEET, SHEET), Image.BILINEAR)
 
 
-def degraded_sheet(digit: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
+def degraded_sheet(digit: np.ndarray, label: int, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
     """An MNIST digit (uint8 [28, 28], light ink on dark) as a sheet of dark ink on white paper at SHEET px,
     degraded by `kind`: blurred (Gaussian, 2-4 px), low_res (shrunk to 8-16 px, then resampled up),
-    faint (grey ink, 20-45 % contrast) or jpeg (quality 8-20). Returns the sheet and its file suffix."""
+    faint (grey ink, 20-45 % contrast) or jpeg (quality 8-20); or, for handwriting, its label written anew
+    with utils/data/pen.py. Returns the sheet and its file suffix."""
+    if kind == "handwriting":
+        return pen_sheet(label, SHEET, rng), ".png"
     ink = np.asarray(Image.fromarray(digit).resize((SHEET, SHEET), Image.BICUBIC), dtype=np.float32) / 255.0
     ink = np.clip(ink, 0.0, 1.0)
     if kind == "faint":
@@ -219,10 +222,7 @@ def write_degraded(folder: Path, digits: np.ndarray, labels: np.ndarray, per_kin
     for n, kind in enumerate(POSITIVE):
         rng = np.random.default_rng([seed, n])
         for i in rng.choice(len(digits), size=min(per_kind, len(digits)), replace=False):
-            if kind == "handwriting":
-                im, suffix = pen_sheet(int(labels[i]), SHEET, rng), ".png"
-            else:
-                im, suffix = degraded_sheet(digits[i], kind, rng)
+            im, suffix = degraded_sheet(digits[i], int(labels[i]), kind, rng)
             path = folder / "positive" / kind / f"{i}{suffix}"
             path.parent.mkdir(parents=True, exist_ok=True)
             if suffix.endswith(".jpg"):

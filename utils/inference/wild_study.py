@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.config import trained_params
+from utils.core.errors import CheckpointError, ConfigError
 from utils.core.io import atomic_write, save_figure, write_json
 from utils.core.progress import say
 from utils.core.provenance import code_identity
@@ -43,6 +44,23 @@ N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE = 10_000, 20, 2_000, 300
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
     """The digit of the nearest enrolled image (search's top-1 with one image per row of the gallery)."""
     return gallery_y[np.argmax(emb @ gallery.T, axis=1)]
+
+
+def digit_model(ckpt: Path) -> tuple[Recognizer, dict]:
+    """(recognizer, checkpoint state) of a trained digit model, without its reject.json (a wild study writes a
+    new one). A missing checkpoint or one not trained on MNIST-like digits is refused."""
+    from utils.inference.recognizer import sha256
+    from utils.inference.torch_backend import load_torch_embedder  # torch only on this path
+
+    if not ckpt.is_file():
+        raise CheckpointError(f"no trained model at {ckpt}; train one (python main.py arcface) or pick another "
+                              f"with --model_name / --ckpt_dir.")
+    embedder, state = load_torch_embedder(ckpt)
+    rec = Recognizer(embedder, state["input"], state["thresholds"], state["far_curve"], sha256(ckpt))
+    if not rec.card.get("normalise", "fit").startswith("mnist"):
+        raise ConfigError(f"{ckpt} was not trained on a digit data set (its images are not normalised as "
+                          f"MNIST's); the wild set is made of digits.")
+    return rec, state
 
 
 def enrolment(train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -269,8 +287,8 @@ def markdown(name: str, r: dict) -> str:
     rows += [f"| {s} | {pct(t['top1']['before'][s])} | {pct(t['top1']['after'][s])} | {pct(t['digits_accepted'][s])} |"
              + _cell(band[s] if band else None) for s in STYLES]
     for k, d in t.get("positive", {}).items():  # measured since the degraded digits joined the report
-        source = "written by utils/data/pen.py" if k == "handwriting" else "validation-split digits"
-        how = "written" if k == "handwriting" else "degraded"
+        how, source = ("written", "written by utils/data/pen.py") if k == "handwriting" else \
+            ("degraded", "validation-split digits")
         rows += [f"| {how}: {k} ({d['images']} {source}) | | {pct(d['top1'])} | "
                  f"{pct(d['accepted'])} |" + _cell(d.get("in_band"))]
     c = t["mnist_control"]

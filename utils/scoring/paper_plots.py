@@ -159,11 +159,11 @@ def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]])
         # the axis spans the seeds, means, zero and the references; an interval much wider (few seeds) runs off it
         xs = [0.0] + [x for r in rows for x in (*r[key]["per_seed"], r[key]["mean"])]
         xs += [r["reference"][key] for r in rows if key in r.get("reference", {})]
-        lo, hi = min(xs), max(xs)
-        span = (hi - lo) or 1.0
+        low, high = min(xs), max(xs)
+        span = (high - low) or 1.0
         cis = [c for r in rows if (c := r[key]["ci95"]) is not None]
-        lo, hi = min([lo - 0.15 * span] + [c[0] for c in cis if c[0] > lo - span]), \
-            max([hi + 0.15 * span] + [c[1] for c in cis if c[1] < hi + span])
+        lo = min([low - 0.15 * span] + [c[0] for c in cis if c[0] > low - span])
+        hi = max([high + 0.15 * span] + [c[1] for c in cis if c[1] < high + span])
         ax.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
         for y, row in enumerate(rows):
             d = row[key]
@@ -172,8 +172,8 @@ def paired_differences(rows: Sequence[dict], metrics: Sequence[tuple[str, str]])
                 ax.annotate(str(s), (x, y), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
             if d["ci95"] is not None:
                 ax.plot(d["ci95"], [y, y], color="C3", lw=2.0, zorder=2)
-                for end, edge, mark in ((d["ci95"][0], lo, "<"), (d["ci95"][1], hi, ">")):
-                    if (end < edge) if mark == "<" else (end > edge):  # off the axis: an arrowhead at its edge
+                for edge, mark, off in ((lo, "<", d["ci95"][0] < lo), (hi, ">", d["ci95"][1] > hi)):
+                    if off:  # the interval runs off the axis: an arrowhead at its edge
                         ax.scatter([edge], [y], marker=mark, s=30, color="C3", zorder=3, clip_on=False)
             ax.scatter([d["mean"]], [y], marker="D", s=36, color="C3", zorder=4)
             ref = row.get("reference")

@@ -21,12 +21,12 @@ def spread(xs: Sequence[float]) -> dict:
 
 
 def paired(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
-    """a - b paired by position: mean, sample std, n and the two-sided t-interval of the mean difference
-    (None below two pairs)."""
+    """a - b paired by position: the differences, their mean, sample std, n and the two-sided t-interval of
+    the mean difference (None below two pairs)."""
     if len(a) != len(b) or not a:
         raise ValueError("paired differences need two equally long, non-empty lists")
     d = [x - y for x, y in zip(a, b, strict=True)]
-    out = spread(d)
+    out = spread(d) | {"differences": d}
     if out["std"] is None:
         out["ci95"] = None
     else:
