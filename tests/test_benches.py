@@ -154,23 +154,31 @@ def test_pen_nib_bench_reads_every_nib_under_every_normalisation(compared: Path,
     assert (tmp_path / "pen_nib.png").stat().st_size > 10_000  # the picture beside the numbers
     thin = doc["thin_style_test"]  # the held-out thin sheets, split by whether the pen broke their strokes
     assert thin["broken"]["sheets"] > 0 and thin["whole"]["sheets"] > 0
+    for key in ("thin_style_val", "thin_style_test", "thick_style_val", "thick_style_test"):
+        for r in doc[key].values():  # every misread sheet is listed, and only those
+            miss = r["sheets"] * (1 - r["top1"]["mnist_stroke"]) if r["sheets"] else 0
+            assert len(r["misread"]) == round(miss) and all(d != p for _, d, p in r["misread"])
     assert all(set(r["top1"]) == set(NORMALISE_MODES) for r in thin.values())
-    thick = doc["thick_style_test"]  # and the thick ones, by whether the pen filled a loop
-    assert thick["filled"]["sheets"] + thick["open"]["sheets"] == thin["broken"]["sheets"] + thin["whole"]["sheets"]
+    thick = doc["thick_style_test"]  # and the thick ones, by whether the pen squeezed their loops
+    assert thick["squeezed"]["sheets"] + thick["open"]["sheets"] == thin["broken"]["sheets"] + thin["whole"]["sheets"]
     for bad in ("abc", "0.5", "", "0.02,0"):
         with pytest.raises(ConfigError, match="--nibs"):
             pen_nib.parse_nibs(bad)
 
 
-def test_pen_nib_counts_a_glyphs_loops() -> None:
+def test_pen_nib_measures_a_glyphs_loops_and_when_a_pen_squeezes_them() -> None:
     import numpy as np
 
-    from bench.pen_nib import holes
+    from bench.pen_nib import loop_area, loops_squeezed
 
     yy, xx = np.mgrid[:60, :40]
-    def ring(cy: int) -> np.ndarray:
+    def ring(cy: int, inner: float = 7) -> np.ndarray:
         r = np.hypot(yy - cy, xx - 20)
-        return ((r > 7) & (r < 11)).astype(np.float32)
+        return ((r > inner) & (r < 11)).astype(np.float32)
     disk = (np.hypot(yy - 30, xx - 20) < 11).astype(np.float32)
     eight = np.maximum(ring(19), ring(38))  # two rings that touch: an 8 has two loops
-    assert holes(ring(30)) == 1 and holes(disk) == 0 and holes(np.zeros((60, 40))) == 0 and holes(eight) == 2
+    inside = int((np.hypot(yy - 30, xx - 20) <= 7).sum())
+    assert loop_area(ring(30)) == inside and loop_area(disk) == 0 and loop_area(np.zeros((60, 40))) == 0
+    assert loop_area(eight) == 2 * inside
+    assert loops_squeezed(ring(30), disk) and loops_squeezed(ring(30), ring(30, inner=2))  # filled; a pinhole left
+    assert not loops_squeezed(ring(30), ring(30, inner=5)) and not loops_squeezed(disk, disk)  # half kept; no loop
