@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from utils.data.regions import box_mean, count_parts, distance_to_background, label, window_extreme
+from utils.data.regions import box_mean, count_parts, disk, distance_to_background, label, window_extreme
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (2, 3), (28, 28), (37, 64), (5, 200), (120, 90)]
 
@@ -62,11 +62,6 @@ def test_box_mean_thresholds_like_scipy_on_ink():
     ink[::7] *= 0.5
     for k in (3, 5):
         np.testing.assert_array_equal(box_mean(ink, k) >= 0.25, ndimage.uniform_filter(ink, size=k) >= 0.25)
-
-
-def disk(r):
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x * x + y * y <= r * r
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (28, 28), (100, 73)])

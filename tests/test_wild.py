@@ -127,14 +127,13 @@ def test_thinning_a_bold_pen_keeps_its_hairlines() -> None:
     MNIST's pen. That disk cuts the hairlines (the glyph reads as two bars, "()", i.e. a 1); the normaliser
     thins with a smaller one, so the 0 stays one piece and its stems still get thinner."""
     from utils.data.images import WORK_BOX, normalise_stroke, stroke_width, to_box
-    from utils.data.regions import label, window_extreme
+    from utils.data.regions import disk, label, window_extreme
 
     ink = np.zeros((120, 90), np.float32)
     ink[10:110, 10:34] = ink[10:110, 56:80] = 1.0  # stems 24 px wide
     ink[10:15, 10:80] = ink[105:110, 10:80] = 1.0  # hairlines 5 px (3.3 px in the working box)
     box = np.pad(to_box(ink, WORK_BOX), WORK_BOX // 8)
-    y, x = np.ogrid[-2:3, -2:3]
-    assert label(window_extreme(box, x * x + y * y <= 4, largest=False) >= 0.5)[1] == 2  # the full disk cuts it
+    assert label(window_extreme(box, disk(2), largest=False) >= 0.5)[1] == 2  # the full disk cuts it
     out = normalise_stroke(ink)
     assert label(out >= 0.5)[1] == 1 and stroke_width(out) < stroke_width(box) - 2
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from utils.core.errors import ImageError
-from utils.data.regions import box_mean, distance_to_background, label, window_extreme
+from utils.data.regions import box_mean, disk, distance_to_background, label, window_extreme
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp", ".gif"}
 POLARITIES = ("light_on_dark", "dark_on_light", "none")
@@ -196,12 +196,10 @@ def normalise_stroke(ink: np.ndarray) -> np.ndarray:
     if r == 0:
         return box
     if r > 0:
-        y, x = np.ogrid[-r:r + 1, -r:r + 1]
-        return window_extreme(box, x * x + y * y <= r * r, largest=True)
+        return window_extreme(box, disk(r), largest=True)
     pieces = label(box >= 0.5)[1]
     for k in range(-r, 0, -1):
-        y, x = np.ogrid[-k:k + 1, -k:k + 1]
-        thin = window_extreme(box, x * x + y * y <= k * k, largest=False)
+        thin = window_extreme(box, disk(k), largest=False)
         if thin.sum() >= 0.2 * box.sum() and label(thin >= 0.5)[1] <= pieces:
             return thin
     return box

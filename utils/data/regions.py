@@ -119,6 +119,12 @@ def count_parts(masks: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return counts
 
 
+def disk(r: int) -> np.ndarray:
+    """A round footprint of radius r (a (2r + 1)-pixel square, True inside the circle)."""
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
 def window_extreme(a: np.ndarray, footprint: np.ndarray, largest: bool) -> np.ndarray:
     """The largest (grey dilation) or smallest (grey erosion) value of a 2-D array under a flat footprint
     centred on each pixel (odd sides, symmetric about its centre row), the border mirrored as scipy's mode

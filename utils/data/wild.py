@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from scipy import ndimage
 
 from utils.data.pen import pen_sheet
+from utils.data.regions import disk
 
 STYLES = ("clean", "white_on_black", "transparent", "thin", "thick", "ink_on_paper", "grey_paper", "photo",
           "small_offcentre", "rotated", "chalk")
@@ -89,11 +90,6 @@ def place(ink: np.ndarray, side: int, height: int, rng: np.random.Generator, cen
     top, left = int(np.clip(top, 0, side - h)), int(np.clip(left, 0, side - w))
     out[top:top + h, left:left + w] = small
     return np.clip(out, 0.0, 1.0)
-
-
-def disk(r: int) -> np.ndarray:
-    y, x = np.ogrid[-r:r + 1, -r:r + 1]
-    return x * x + y * y <= r * r
 
 
 def style_ink(ink: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray:
