@@ -14,9 +14,9 @@ Draws its own seed (44; the wild study draws 33 and 34); nothing is chosen here.
 For contrast, the wild set's own thin and thick sheets of the held-out part (the same sheets `python main.py
 wild` measures, redrawn by bench.thin_pen) are read the same way, split by whether the pen spoiled the glyph:
 thin strokes broken into more pieces than the glyph had, or thick strokes that squeezed the glyph's loops
-(the paper they enclose) to under a fifth of their area, filled loops included. The fifth is where the
-validation part's thick sheets stop reading well (79 % below it, 95-100 % above). Each misread sheet is
-listed (font, digit, read as) so a miss can be traced to a font or a digit.
+(the paper they enclose) to under a fifth of their area, filled loops included. The fifth was read off the
+validation part's thick sheets, where reading dropped below it (docs/en/wild.md, round four). Each misread
+sheet is listed (font, digit, read as) so a miss can be traced to a font or a digit.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def loop_area(ink: np.ndarray) -> int:
     return int(np.isin(paper, np.setdiff1d(np.arange(1, n + 1), edge)).sum())
 
 
-SQUEEZED = 0.2  # loops kept under this share of their area: where the validation sheets stop reading well
+SQUEEZED = 0.2  # loops kept under this share of their area: where the validation sheets read worse
 
 
 def loops_squeezed(before: np.ndarray, after: np.ndarray) -> bool:
