@@ -49,7 +49,8 @@ def test_scores_match_a_naive_float64_reference() -> None:
 
 
 def test_a_stored_scorer_decodes_without_running_code_and_damage_is_refused(tmp_path: Path) -> None:
-    from utils.inference.reject import fit_scorer, pack, unpack
+    from utils.core.io import pack, unpack
+    from utils.inference.reject import fit_scorer
 
     a = np.linspace(-1, 1, 12).reshape(3, 4)
     assert np.allclose(unpack(json.loads(json.dumps(pack(a)))), a, atol=1e-3)
@@ -182,6 +183,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     monkeypatch.setattr(command, "N_FASHION", 50)
     monkeypatch.setattr(command, "N_CENTRES", 300)
     monkeypatch.setattr(command, "N_POSITIVE", 20)
+    monkeypatch.setattr(command, "N_OUTLIERS", 60)
     tmp = compared_copy
     r = call_main("wild", f"--ckpt_dir={tmp / 'ckp'}", f"--results_dir={tmp / 'results'}", "--per_font=1", cwd=tmp)
     assert r.returncode == 0, r.stderr
@@ -198,7 +200,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
     cands = report["reject"]["candidates"]
-    assert set(cands) == {"centre", "energy", "knn", "mahalanobis"}  # the chosen one accepts the fewest non-digits
+    assert set(cands) == {"centre", "energy", "knn", "mahalanobis", "learned"}  # the chosen one accepts the fewest
     assert stored["score"] == min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
     assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())

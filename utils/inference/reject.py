@@ -12,7 +12,9 @@ the gallery nor the threshold uses (`fit_scorer`):
                ICML 2022: deep nearest neighbours, k = KNN_K), which needs no class shape at all;
   mahalanobis  -min_j (e - mu_j)^T S^-1 (e - mu_j) with one covariance S shared by the classes (Lee et al.,
                NeurIPS 2018), S kept as its MAHA_RANK leading directions plus the mean variance of the rest
-               (probabilistic PCA): 22k numbers instead of the 262k of a full 512 x 512 inverse.
+               (probabilistic PCA): 22k numbers instead of the 262k of a full 512 x 512 inverse;
+  learned      a small network on e fitted to tell training digits from generated outliers (learned_reject.py),
+               present when the calibration was given outliers (`python main.py wild` makes them).
 The reference embeddings and the covariance's directions are stored as float16 (base64, no pickle).
 
 Embeddings alone let most non-digits through (measured: results/wild/), since an ArcFace embedding puts
@@ -28,7 +30,6 @@ galleries record, stays untouched) and in an export's model.json.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -36,24 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from utils.core.errors import CheckpointError, RunFailed
+from utils.core.io import pack, unpack
 from utils.data.regions import count_parts
+from utils.inference.learned_reject import learned_scores
 
-SCORES = ("centre", "energy", "knn", "mahalanobis")
+SCORES = ("centre", "energy", "knn", "mahalanobis", "learned")
+STORED = ("centres", "knn", "mahalanobis", "learned")  # a scorer's arrays (kept out of reports)
 TEMPERATURE = 1 / 16
 DIGIT_ACCEPT = 0.99  # the operating point: the share of validation digits accepted
 KNN_K, KNN_PER_CLASS = 5, 100
 MAHA_RANK = 32
-
-
-def pack(a: np.ndarray) -> dict:
-    """An array as JSON: float16 bytes in base64 (loading it runs no code, unlike a pickle)."""
-    a16 = np.ascontiguousarray(a, dtype=np.float16)
-    return {"shape": list(a16.shape), "float16_b64": base64.b64encode(a16.tobytes()).decode("ascii")}
-
-
-def unpack(d: dict) -> np.ndarray:
-    a = np.frombuffer(base64.b64decode(d["float16_b64"], validate=True), dtype=np.float16)
-    return a.reshape(d["shape"]).astype(np.float64)
 
 
 def class_centres(emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -78,6 +71,11 @@ def fit_scorer(emb: np.ndarray, labels: np.ndarray) -> dict:
                             "variances": var[::-1][:r].tolist(), "rest_variance": float(var[:-r].mean())}}
 
 
+def available(scorer: dict) -> tuple[str, ...]:
+    """The scores a fitted scorer (or a reject.json) can compute: "learned" only where it was fitted."""
+    return tuple(k for k in SCORES if k != "learned" or "learned" in scorer)
+
+
 def scores(emb: np.ndarray, scorer: dict, kind: str) -> np.ndarray:
     """Digit-ness of unit embeddings [N, D] under `fit_scorer`'s dict (or a reject.json): higher = more digit-like."""
     e = emb.astype(np.float64)
@@ -91,6 +89,8 @@ def scores(emb: np.ndarray, scorer: dict, kind: str) -> np.ndarray:
         cos = e @ unpack(scorer["knn"]["reference"]).T
         k = scorer["knn"]["k"]
         return -np.partition(-cos, k - 1, axis=1)[:, k - 1]  # the k-th largest cosine
+    if kind == "learned":
+        return learned_scores(e, scorer["learned"])
     m = scorer["mahalanobis"]
     means, u = unpack(m["means"]), unpack(m["directions"])
     lam, rest = np.asarray(m["variances"], np.float64), float(m["rest_variance"])
@@ -152,7 +152,7 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
     cands = {}
     x, emb = digits
     ok = in_band(x, band)
-    for kind in SCORES:
+    for kind in available(scorer):
         d = np.where(ok, scores(emb, scorer, kind), -np.inf)  # out of band: never accepted
         thr = float(np.quantile(d, 1 - DIGIT_ACCEPT, method="lower"))
         if not np.isfinite(thr):
@@ -162,7 +162,7 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
                for k, (xi, e) in nondigits.items()}
         cands[kind] = {"threshold": thr, "digits_accepted": float((d >= thr).mean()), "nondigits_accepted": per,
                        "nondigits_accepted_mean": float(np.mean(list(per.values())))}
-    best = min(SCORES, key=lambda k: cands[k]["nondigits_accepted_mean"])
+    best = min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
     per_band = {k: float(in_band(xi, band).mean()) for k, (xi, _) in nondigits.items()}
     return {"score": best, "threshold": cands[best]["threshold"], "temperature": TEMPERATURE, **scorer,
             "band": band, "candidates": cands,
@@ -201,6 +201,26 @@ def separation(digits: np.ndarray, nondigits: np.ndarray) -> dict:
     return {"auroc": float(auroc), **at}
 
 
+def kind_curve(digit_s: np.ndarray, non_s: np.ndarray, points: int = 400) -> dict:
+    """Non-digits of one kind accepted (FAR) against digits rejected (FRR) over thresholds: DET points."""
+    both = np.concatenate([digit_s, non_s])
+    thr = np.unique(np.quantile(both[np.isfinite(both)], np.linspace(0, 1, points)))
+    far, frr = np.array([(non_s >= t).mean() for t in thr]), np.array([(digit_s < t).mean() for t in thr])
+    i = int(np.argmin(np.abs(far - frr)))
+    return {"far": far.tolist(), "frr": frr.tolist(), "eer": float((far[i] + frr[i]) / 2)}
+
+
+def det_curves(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
+               scorer: dict, band: dict) -> dict:
+    """Per score (within the ink band): non-digits accepted (FAR) against digits rejected (FRR) over
+    thresholds; (images, embeddings) pairs."""
+    def banded(x: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
+        return np.where(in_band(x, band), scores(e, scorer, kind), -np.inf)
+
+    return {kind: kind_curve(banded(*digits, kind), np.concatenate([banded(x, e, kind) for x, e in nondigits.values()]))
+            for kind in available(scorer)}
+
+
 def file_identity(path: Path) -> dict:
     """Size and modification time of a file: what a cold start compares before it hashes 180 MB."""
     st = path.stat()
@@ -217,7 +237,7 @@ def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dic
         return None
     try:
         r = json.loads(path.read_text())
-        ok = r["score"] in SCORES and float(r["threshold"]) == float(r["threshold"]) and len(r["centres"]) > 1
+        ok = r["score"] in available(r) and float(r["threshold"]) == float(r["threshold"]) and len(r["centres"]) > 1
         ok = ok and scores(np.zeros((1, len(r["centres"][0]))), r, r["score"]).shape == (1,)  # its arrays decode
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         ok = False

@@ -22,23 +22,26 @@ from utils.core.progress import say
 from utils.core.provenance import code_identity
 from utils.data.images import NORMALISE_MODES, prepare_grey
 from utils.data.loading import Splits, load_idx_dataset, load_splits
+from utils.data.outliers import make_outliers
 from utils.data.wild import LOOKALIKES, NONDIGITS, POSITIVE, STYLES, UNSEEN, make_wild_set, write_degraded
+from utils.inference.learned_reject import fit_learned
 from utils.inference.recognizer import Recognizer
 from utils.inference.reject import (
-    SCORES,
+    STORED,
     calibrate,
+    det_curves,
     digit_scores,
     file_identity,
     fit_scorer,
     in_band,
     ink_band,
-    scores,
+    kind_curve,
     separation,
 )
 from utils.scoring import paper_plots, plots
 
 NORMS = NORMALISE_MODES  # every normalisation is tried on validation; the last one is kept in memory
-N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE = 10_000, 20, 2_000, 300
+N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE, N_OUTLIERS = 10_000, 20, 2_000, 300, 10_000
 
 
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
@@ -113,12 +116,29 @@ def band_images(rec: Recognizer, digits: np.ndarray, labels: np.ndarray, folder:
     return [rec.load([p for p, k, _ in made if k == kind]) for kind in POSITIVE]
 
 
+def learned_entry(rec: Recognizer, centre: tuple[np.ndarray, np.ndarray, np.ndarray], degraded: list[np.ndarray],
+                  fashion_train: np.ndarray) -> dict:
+    """The "learned" score (learned_reject.py): the training digits' embeddings and their degraded copies against
+    N_OUTLIERS generated outliers, prepared as a user's image is under the chosen normalisation; Fashion-MNIST's
+    training images after the N_FASHION that the validation non-digits take."""
+    c, t0 = rec.card, time.perf_counter()
+    rest = fashion_train[N_FASHION:]
+    out_x, _ = make_outliers(N_OUTLIERS, c["native_size"], c["polarity"], c["normalise"], centre[0], 33,
+                             rest if len(rest) else None)
+    digits = np.concatenate([centre[2], rec.embed_loaded(np.concatenate(degraded))])
+    entry = fit_learned(digits, rec.embed_loaded(out_x))
+    say(f"learned score: {len(out_x)} generated outliers against {entry['fitted_on']['digits']} training digits, "
+        f"{entry['fitted_on']['iterations']} iterations ({time.perf_counter() - t0:.0f} s)", False)
+    return entry
+
+
 def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fashion: dict, gal: tuple,
-                            scorer: dict, centre: tuple[np.ndarray, np.ndarray], folder: Path) -> tuple[dict, dict]:
+                            scorer: dict, centre: tuple[np.ndarray, np.ndarray, np.ndarray],
+                            folder: Path) -> tuple[dict, dict]:
     """Choose the normalisation of new images and calibrate the reject option, on validation data only: the
     validation wild fonts, MNIST's validation split, Fashion-MNIST's train split; the ink band from training
-    digits (`centre`: images, labels), degraded copies of them and the validation fonts' sheets of every
-    style. Sets both on `rec`."""
+    digits (`centre`: images, labels, embeddings), degraded copies of them and the validation fonts' sheets of
+    every style; the learned score from the same digits against generated outliers. Sets both on `rec`."""
     say("validation: normalisation and the reject score", False)
     val = measure_digits(rec, wild_val["digits"], NORMS, gal)
     # the normalisation that reads the validation wild digits best (mean over styles)
@@ -130,7 +150,9 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     # the validation fonts' sheets, one group per style, join the band: a pen's ink is no reason to reject a digit
     x = val["x"] if chosen == NORMS[-1] else rec.load([p for p, _, _ in wild_val["digits"]], normalise=chosen)
     sheets = [x[val["styles"] == s] for s in STYLES]
-    band = ink_band(centre_images, *band_images(rec, *centre, folder), *sheets)
+    degraded = band_images(rec, *centre[:2], folder)
+    band = ink_band(centre_images, *degraded, *sheets)
+    scorer = {**scorer, "learned": learned_entry(rec, centre, degraded, fashion["train_x"].numpy())}
     reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band)
     reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
@@ -158,9 +180,10 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
         train_x, train_y = splits.train_x.numpy(), splits.train_y.numpy()
         pick, rest = enrolment(train_y)
         gal = (rec.embed_loaded(train_x[pick]), train_y[pick])
-        scorer = fit_scorer(rec.embed_loaded(train_x[rest]), train_y[rest])  # centres, references, covariance
+        centre_e = rec.embed_loaded(train_x[rest])
+        scorer = fit_scorer(centre_e, train_y[rest])  # centres, references, covariance
         val, reject = calibrate_on_validation(rec, sets["val"], splits, fashion, gal, scorer,
-                                              (train_x[rest], train_y[rest]), Path(tmp) / "band")
+                                              (train_x[rest], train_y[rest], centre_e), Path(tmp) / "band")
         chosen = reject["normalise"]
         with atomic_write(ckpt.parent / "reject.json", "w") as f:
             json.dump({**reject, "checkpoint_file": file_identity(ckpt)}, f)
@@ -195,7 +218,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
     digit_band, pos_band = in_band(test["x"], reject["band"]), in_band(pos_x, reject["band"])
     report = {
         "model": model_name, "checkpoint_sha256": rec.model_id, "made_by": code_identity(),
-        "per_font": per_font, "reject": {k: v for k, v in reject.items() if k not in ("centres", "knn", "mahalanobis")},
+        "per_font": per_font, "reject": {k: v for k, v in reject.items() if k not in STORED},
         "validation": {"top1": val["top1"]},
         "test": {"top1": {"before": test["top1"]["fit"], "after": test["top1"][chosen]},
                  "digits_accepted": {s: float(digit_ok[test["styles"] == s].mean()) for s in STYLES},
@@ -209,7 +232,7 @@ def study(rec: Recognizer, state: dict, ckpt: Path, model_name: str, data_root: 
                  "positive": {k: {"images": int((pos_kind == k).sum()), "accepted": float(pos_ok[pos_kind == k].mean()),
                                   "in_band": float(pos_band[pos_kind == k].mean()),
                                   "top1": float(pos_hit[pos_kind == k].mean())} for k in POSITIVE}},
-        "det": det_curves((mnist_x, mnist_emb), test_non, scorer, reject["band"])}
+        "det": det_curves((mnist_x, mnist_emb), test_non, reject, reject["band"])}
     out = Path(results_dir) / "wild"
     reports = json.loads((out / "wild.json").read_text()) if (out / "wild.json").is_file() else {}
     reports[model_name] = report  # one entry per model measured
@@ -320,31 +343,3 @@ def markdown(name: str, r: dict) -> str:
     rows += [f"| ink band alone | | {pct(b['digits_accepted'])} | "
              f"{pct(sum(b['nondigits_accepted'].values()) / len(b['nondigits_accepted']))} |"]
     return "\n".join(rows) + "\n\n"
-
-
-def kind_curve(digit_s: np.ndarray, non_s: np.ndarray, points: int = 400) -> dict:
-    """Non-digits of one kind accepted (FAR) against digits rejected (FRR) over thresholds: DET points."""
-    both = np.concatenate([digit_s, non_s])
-    thr = np.unique(np.quantile(both[np.isfinite(both)], np.linspace(0, 1, points)))
-    far, frr = np.array([(non_s >= t).mean() for t in thr]), np.array([(digit_s < t).mean() for t in thr])
-    i = int(np.argmin(np.abs(far - frr)))
-    return {"far": far.tolist(), "frr": frr.tolist(), "eer": float((far[i] + frr[i]) / 2)}
-
-
-def det_curves(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
-               scorer: dict, band: dict) -> dict:
-    """Per score (within the ink band): non-digits accepted (FAR) against digits rejected (FRR) over
-    thresholds; (images, embeddings) pairs."""
-    def banded(x: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
-        return np.where(in_band(x, band), scores(e, scorer, kind), -np.inf)
-
-    out = {}
-    for kind in SCORES:
-        d = banded(*digits, kind)
-        n = np.concatenate([banded(x, e, kind) for x, e in nondigits.values()])
-        both = np.concatenate([d, n])
-        thr = np.unique(np.quantile(both[np.isfinite(both)], np.linspace(0, 1, 400)))
-        far, frr = np.array([(n >= t).mean() for t in thr]), np.array([(d < t).mean() for t in thr])
-        i = int(np.argmin(np.abs(far - frr)))
-        out[kind] = {"far": far.tolist(), "frr": frr.tolist(), "eer": float((far[i] + frr[i]) / 2)}
-    return out
