@@ -182,3 +182,12 @@ def test_pen_nib_measures_a_glyphs_loops_and_when_a_pen_squeezes_them() -> None:
     assert loop_area(eight) == 2 * inside
     assert loops_squeezed(ring(30), disk) and loops_squeezed(ring(30), ring(30, inner=2))  # filled; a pinhole left
     assert not loops_squeezed(ring(30), ring(30, inner=5)) and not loops_squeezed(disk, disk)  # half kept; no loop
+
+
+def test_learned_reject_bench_asks_for_a_calibration_first(compared: Path) -> None:
+    from bench import learned_reject
+    from utils.core.errors import ConfigError
+
+    assert not (compared / "ckp" / "resnet18_arcface" / "reject.json").exists()
+    with pytest.raises(ConfigError, match="calibrate first: python main.py wild"):
+        learned_reject.main(["--model_name=resnet18_arcface", f"--ckpt_dir={compared / 'ckp'}"])

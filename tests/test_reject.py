@@ -231,6 +231,15 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     # relative as well: Mahalanobis scores reach thousands
     assert o["digit"] == v["digit"] and o["digit_score"] == pytest.approx(v["digit_score"], rel=1e-5, abs=1e-5)
     assert stored["checkpoint_file"] == {"size": ckpt.stat().st_size, "mtime_ns": ckpt.stat().st_mtime_ns}
+    from bench import learned_reject  # reads this calibration and fits its grid on validation only
+
+    monkeypatch.setattr(learned_reject, "GRID", ((4, 1e-4, True), (4, 1e-4, False)))
+    learned_reject.main(["--model_name=resnet18_arcface", f"--ckpt_dir={tmp / 'ckp'}", "--per_font=1",
+                         f"--out={tmp / 'grid.json'}"])
+    grid = json.loads((tmp / "grid.json").read_text())
+    assert [r["hidden"] for r in grid["rows"]] == [4, 4] and grid["rows"][0]["digits"] > grid["rows"][1]["digits"]
+    assert all(0 <= r["nondigits_accepted_mean"] <= 1 for r in grid["rows"]) and grid["git_commit"]
+    assert set(grid["other_scores"]) == {"centre", "energy", "knn", "mahalanobis"}
     # retrained weights (a new file: another modification time): the old calibration is refused
     (ckpt.parent / "reject.json").write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64}))
     os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))

@@ -116,15 +116,21 @@ def band_images(rec: Recognizer, digits: np.ndarray, labels: np.ndarray, folder:
     return [rec.load([p for p, k, _ in made if k == kind]) for kind in POSITIVE]
 
 
+def generated_outliers(rec: Recognizer, digits: np.ndarray, fashion_train: np.ndarray) -> np.ndarray:
+    """N_OUTLIERS generated non-digits (utils/data/outliers.py), prepared as a user's image is under the card's
+    normalisation; pieces cut from `digits`, and Fashion-MNIST's training images after the N_FASHION that the
+    validation non-digits take."""
+    c, rest = rec.card, fashion_train[N_FASHION:]
+    return make_outliers(N_OUTLIERS, c["native_size"], c["polarity"], c["normalise"], digits, 33,
+                         rest if len(rest) else None)[0]
+
+
 def learned_entry(rec: Recognizer, centre: tuple[np.ndarray, np.ndarray, np.ndarray], degraded: list[np.ndarray],
                   fashion_train: np.ndarray) -> dict:
     """The "learned" score (learned_reject.py): the training digits' embeddings and their degraded copies against
-    N_OUTLIERS generated outliers, prepared as a user's image is under the chosen normalisation; Fashion-MNIST's
-    training images after the N_FASHION that the validation non-digits take."""
-    c, t0 = rec.card, time.perf_counter()
-    rest = fashion_train[N_FASHION:]
-    out_x, _ = make_outliers(N_OUTLIERS, c["native_size"], c["polarity"], c["normalise"], centre[0], 33,
-                             rest if len(rest) else None)
+    the generated outliers' (`generated_outliers`)."""
+    t0 = time.perf_counter()
+    out_x = generated_outliers(rec, centre[0], fashion_train)
     digits = np.concatenate([centre[2], rec.embed_loaded(np.concatenate(degraded))])
     entry = fit_learned(digits, rec.embed_loaded(out_x))
     say(f"learned score: {len(out_x)} generated outliers against {entry['fitted_on']['digits']} training digits, "
