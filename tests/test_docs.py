@@ -165,12 +165,19 @@ def test_paths_named_in_code_comments_exist() -> None:
     assert not missing, "\n".join(missing)
 
 
-def test_the_committed_seeds_summary_recomputes_from_its_runs() -> None:
-    """results/seeds/seeds.json: every run's numbers are its own metrics.json's, the means and sample stds
-    recompute from them, and every run names a commit of this history (when there is a git history)."""
+STUDIES = ("results/seeds", "results/study5/seeds")  # the three-seed study and issue 31's five-seed study
+
+
+@pytest.mark.parametrize("folder", STUDIES)
+def test_the_committed_seeds_summary_recomputes_from_its_runs(folder: str) -> None:
+    """seeds.json: every run's numbers are its own metrics.json's, each arm's mean and sample std and each
+    paired difference (with its 95 % t-interval) recompute from them, and every run names a commit of this
+    history (when there is a git history)."""
     import statistics
 
-    path = ROOT / "results" / "seeds" / "seeds.json"
+    from scipy.stats import t as student
+
+    path = ROOT / folder / "seeds.json"
     if not path.is_file():
         pytest.skip("no seeds study committed yet")
     study = json.loads(path.read_text())
@@ -181,17 +188,34 @@ def test_the_committed_seeds_summary_recomputes_from_its_runs() -> None:
         if (ROOT / ".git").exists():
             ok = subprocess.run(["git", "merge-base", "--is-ancestor", m["git_commit"], "HEAD"], cwd=ROOT)
             assert ok.returncode == 0, f"{r['folder']} was trained by {m['git_commit']}, not an ancestor of HEAD"
-    for loss in ("arcface", "softmax"):
-        accs = [r["acc_1nn"] for r in study["runs"] if r["loss_fuc_type"] == loss and r["seed"] in
-                study["summary"]["seeds"]]
-        s = study["summary"][loss]["acc_1nn"]
-        assert s["mean"] == pytest.approx(statistics.fmean(accs)) and s["n"] == len(accs)
-        assert s["std"] == (pytest.approx(statistics.stdev(accs)) if len(accs) > 1 else None)
+    summary, seeds = study["summary"], study["summary"]["seeds"]
+
+    def metric(arm: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in study["runs"]
+                if r.get("arm", r["loss_fuc_type"]) == arm and r["seed"] in seeds}
+
+    arms = [a for a in ("arcface", "softmax", "softmax_shared") if a in summary]
+    for arm in arms:
+        for key in ("acc_1nn", "eer"):
+            values, s = list(metric(arm, key).values()), summary[arm][key]
+            assert s["mean"] == pytest.approx(statistics.fmean(values)) and s["n"] == len(values), (arm, key)
+            assert s["std"] == (pytest.approx(statistics.stdev(values)) if len(values) > 1 else None)
+    for name, other in (("difference", "softmax"), ("difference_shared", "softmax_shared")):
+        if name not in summary:
+            continue
+        for key in ("acc_1nn", "eer"):
+            a, b = metric("arcface", key), metric(other, key)
+            diffs = [a[k] - b[k] for k in sorted(a) if k in b]
+            d = summary[name][key]
+            assert d["differences"] == pytest.approx(diffs) and d["n"] == len(diffs) >= 2, (name, key)
+            half = student.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
+            assert d["ci95"] == pytest.approx([statistics.fmean(diffs) - half, statistics.fmean(diffs) + half])
 
 
+@pytest.mark.parametrize("folder", STUDIES)
 @pytest.mark.parametrize("lang", ["en", "zh"])
-def test_the_seeds_page_quotes_the_committed_tables(lang: str) -> None:
-    table = ROOT / "results" / "seeds" / "seeds.md"
+def test_the_seeds_page_quotes_the_committed_tables(lang: str, folder: str) -> None:
+    table = ROOT / folder / "seeds.md"
     if not table.is_file():
         pytest.skip("no seeds study committed yet")
     page = (ROOT / "docs" / lang / "seeds.md").read_text()
