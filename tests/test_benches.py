@@ -191,3 +191,12 @@ def test_learned_reject_bench_asks_for_a_calibration_first(compared: Path) -> No
     assert not (compared / "ckp" / "resnet18_arcface" / "reject.json").exists()
     with pytest.raises(ConfigError, match="calibrate first: python main.py wild"):
         learned_reject.main(["--model_name=resnet18_arcface", f"--ckpt_dir={compared / 'ckp'}"])
+
+
+@pytest.mark.parametrize("arg", ["--rows=9", "--fit_seeds=", "--fit_seeds=a"])
+def test_learned_reject_bench_refuses_rows_outside_its_grid_and_missing_seeds(arg: str) -> None:
+    from bench import learned_reject
+    from utils.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--rows indices|--fit_seeds"):  # before any model is read
+        learned_reject.main(["--model_name=absent", arg])

@@ -235,9 +235,13 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
 
     monkeypatch.setattr(learned_reject, "GRID", ((4, 1e-4, True), (4, 1e-4, False)))
     learned_reject.main(["--model_name=resnet18_arcface", f"--ckpt_dir={tmp / 'ckp'}", "--per_font=1",
-                         f"--out={tmp / 'grid.json'}"])
+                         "--fit_seeds=0,1", f"--out={tmp / 'grid.json'}"])
     grid = json.loads((tmp / "grid.json").read_text())
-    assert [r["hidden"] for r in grid["rows"]] == [4, 4] and grid["rows"][0]["digits"] > grid["rows"][1]["digits"]
+    assert [(r["hidden"], r["seed"]) for r in grid["rows"]] == [(4, 0), (4, 1), (4, 0), (4, 1)]
+    assert grid["rows"][0]["digits"] > grid["rows"][2]["digits"]  # the second row fits without the degraded copies
+    assert [s["mean_over_seeds"] for s in grid["over_seeds"]] == pytest.approx(
+        [np.mean([r["nondigits_accepted_mean"] for r in grid["rows"][a:a + 2]]) for a in (0, 2)])
+    assert all(0 <= s["ensemble_nondigits_accepted_mean"] <= 1 for s in grid["over_seeds"])
     assert all(0 <= r["nondigits_accepted_mean"] <= 1 for r in grid["rows"]) and grid["git_commit"]
     assert set(grid["other_scores"]) == {"centre", "energy", "knn", "mahalanobis"}
     # retrained weights (a new file: another modification time): the old calibration is refused

@@ -43,7 +43,8 @@ def loss_and_gradient(t: np.ndarray, x: np.ndarray, y: np.ndarray, weight: np.nd
     # log sigma(s) and log(1 - sigma(s)) without overflow
     loss = float((weight * (y * np.logaddexp(0, -s) + (1 - y) * np.logaddexp(0, s))).sum())
     loss += l2 * float((w1 ** 2).sum() + (w2 ** 2).sum())
-    g = weight * (1 / (1 + np.exp(-s)) - y)  # dL/ds
+    with np.errstate(over="ignore"):  # exp(-s) = inf for a very negative s gives sigma = 0, as it should
+        g = weight * (1 / (1 + np.exp(-s)) - y)  # dL/ds
     gh = np.outer(g, w2) * (z > 0)
     grad = np.concatenate([(gh.T @ x + 2 * l2 * w1).ravel(), gh.sum(0), h.T @ g + 2 * l2 * w2, [g.sum()]])
     return loss, grad
