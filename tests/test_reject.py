@@ -176,6 +176,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     from conftest import call_main
 
     from utils.data import wild
+    from utils.inference import pixel_reject
     from utils.inference import wild_study as command
 
     one = {"val": wild.font_files("val")[:1], "test": wild.font_files("test")[:1]}
@@ -184,6 +185,9 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     monkeypatch.setattr(command, "N_CENTRES", 300)
     monkeypatch.setattr(command, "N_POSITIVE", 20)
     monkeypatch.setattr(command, "N_OUTLIERS", 60)
+    monkeypatch.setattr(command, "N_PIXEL_DIGITS", 300)
+    monkeypatch.setattr(command, "N_PIXEL_OUTLIERS", 120)
+    monkeypatch.setattr(pixel_reject, "EPOCHS", 2)
     tmp = compared_copy
     r = call_main("wild", f"--ckpt_dir={tmp / 'ckp'}", f"--results_dir={tmp / 'results'}", "--per_font=1", cwd=tmp)
     assert r.returncode == 0, r.stderr
@@ -200,7 +204,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert report["test"]["nondigits_accepted"]["blank"] == 0.0  # no ink, never a digit
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
     cands = report["reject"]["candidates"]
-    assert set(cands) == {"centre", "energy", "knn", "mahalanobis", "learned"}  # the chosen one accepts the fewest
+    assert set(cands) == {"centre", "energy", "knn", "mahalanobis", "learned", "pixels"}  # the chosen: the fewest
     assert stored["score"] == min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
     assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())

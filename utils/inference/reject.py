@@ -40,9 +40,11 @@ from utils.core.errors import CheckpointError, RunFailed
 from utils.core.io import pack, unpack
 from utils.data.regions import count_parts
 from utils.inference.learned_reject import learned_scores
+from utils.inference.pixel_reject import pixel_scores
 
-SCORES = ("centre", "energy", "knn", "mahalanobis", "learned")
-STORED = ("centres", "knn", "mahalanobis", "learned")  # a scorer's arrays (kept out of reports)
+SCORES = ("centre", "energy", "knn", "mahalanobis", "learned", "pixels")
+FITTED = ("learned", "pixels")  # fitted on generated outliers: present only where `python main.py wild` fitted them
+STORED = ("centres", "knn", "mahalanobis", *FITTED)  # a scorer's arrays (kept out of reports)
 TEMPERATURE = 1 / 16
 DIGIT_ACCEPT = 0.99  # the operating point: the share of validation digits accepted
 KNN_K, KNN_PER_CLASS = 5, 100
@@ -72,12 +74,15 @@ def fit_scorer(emb: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def available(scorer: dict) -> tuple[str, ...]:
-    """The scores a fitted scorer (or a reject.json) can compute: "learned" only where it was fitted."""
-    return tuple(k for k in SCORES if k != "learned" or "learned" in scorer)
+    """The scores a fitted scorer (or a reject.json) can compute: "learned" and "pixels" only where fitted."""
+    return tuple(k for k in SCORES if k not in FITTED or k in scorer)
 
 
-def scores(emb: np.ndarray, scorer: dict, kind: str) -> np.ndarray:
-    """Digit-ness of unit embeddings [N, D] under `fit_scorer`'s dict (or a reject.json): higher = more digit-like."""
+def scores(emb: np.ndarray, scorer: dict, kind: str, x: np.ndarray | None = None) -> np.ndarray:
+    """Digit-ness of unit embeddings [N, D] under `fit_scorer`'s dict (or a reject.json): higher = more digit-like.
+    "pixels" reads the prepared images x (uint8 [N, S, S]) instead of the embeddings."""
+    if kind == "pixels":
+        return pixel_scores(x, scorer["pixels"])
     e = emb.astype(np.float64)
     if kind in ("centre", "energy"):
         cos = e @ np.asarray(scorer["centres"], np.float64).T
@@ -153,12 +158,12 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
     x, emb = digits
     ok = in_band(x, band)
     for kind in available(scorer):
-        d = np.where(ok, scores(emb, scorer, kind), -np.inf)  # out of band: never accepted
+        d = np.where(ok, scores(emb, scorer, kind, x), -np.inf)  # out of band: never accepted
         thr = float(np.quantile(d, 1 - DIGIT_ACCEPT, method="lower"))
         if not np.isfinite(thr):
             raise RunFailed(f"the ink band keeps only {ok.mean():.1%} of the validation digits, under "
                              f"{DIGIT_ACCEPT:.0%}: they are not drawn like the band's digits")
-        per = {k: float(((scores(e, scorer, kind) >= thr) & in_band(xi, band)).mean())
+        per = {k: float(((scores(e, scorer, kind, xi) >= thr) & in_band(xi, band)).mean())
                for k, (xi, e) in nondigits.items()}
         cands[kind] = {"threshold": thr, "digits_accepted": float((d >= thr).mean()), "nondigits_accepted": per,
                        "nondigits_accepted_mean": float(np.mean(list(per.values())))}
@@ -169,22 +174,24 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
             "band_alone": {"digits_accepted": float(ok.mean()), "nondigits_accepted": per_band}}
 
 
-def digit_scores(x: np.ndarray, emb: np.ndarray, reject: dict) -> np.ndarray:
-    """The calibrated score of network inputs (uint8 [N, H, W]) and their unit embeddings, -inf for those the
-    ink tests turn away whatever the score: no ink standing out, or ink statistics outside the band."""
-    s = scores(emb, reject, reject["score"])
+def ink_ok(x: np.ndarray, reject: dict) -> np.ndarray:
+    """The ink tests of network inputs (uint8 [N, H, W]), which turn an image away whatever its score: no ink
+    standing out, or ink statistics outside the band (when calibrated with one)."""
     flat = x.reshape(len(x), -1)
     ok = flat.max(1) > flat.min(1)  # a sheet without ink is no digit
-    if "band" in reject:
-        ok &= in_band(x, reject["band"])
-    return np.where(ok, s, -np.inf)
+    return ok & in_band(x, reject["band"]) if "band" in reject else ok
+
+
+def digit_scores(x: np.ndarray, emb: np.ndarray, reject: dict) -> np.ndarray:
+    """The calibrated score of network inputs and their unit embeddings, -inf for those `ink_ok` turns away."""
+    return np.where(ink_ok(x, reject), scores(emb, reject, reject["score"], x), -np.inf)
 
 
 def is_digit(x: np.ndarray, emb: np.ndarray, reject: dict) -> tuple[np.ndarray, np.ndarray]:
     """(digit-ness scores, verdicts): ink, ink statistics within the band (when calibrated with one) and a
     score at or above the threshold."""
-    s = scores(emb, reject, reject["score"])
-    return s, digit_scores(x, emb, reject) >= reject["threshold"]
+    s = scores(emb, reject, reject["score"], x)
+    return s, np.where(ink_ok(x, reject), s, -np.inf) >= reject["threshold"]
 
 
 def separation(digits: np.ndarray, nondigits: np.ndarray) -> dict:
@@ -215,7 +222,7 @@ def det_curves(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple
     """Per score (within the ink band): non-digits accepted (FAR) against digits rejected (FRR) over
     thresholds; (images, embeddings) pairs."""
     def banded(x: np.ndarray, e: np.ndarray, kind: str) -> np.ndarray:
-        return np.where(in_band(x, band), scores(e, scorer, kind), -np.inf)
+        return np.where(in_band(x, band), scores(e, scorer, kind, x), -np.inf)
 
     return {kind: kind_curve(banded(*digits, kind), np.concatenate([banded(x, e, kind) for x, e in nondigits.values()]))
             for kind in available(scorer)}
@@ -238,7 +245,9 @@ def load_reject(folder: Path, checkpoint_sha256: str | Callable[[], str]) -> dic
     try:
         r = json.loads(path.read_text())
         ok = r["score"] in available(r) and float(r["threshold"]) == float(r["threshold"]) and len(r["centres"]) > 1
-        ok = ok and scores(np.zeros((1, len(r["centres"][0]))), r, r["score"]).shape == (1,)  # its arrays decode
+        size = r["pixels"]["size"] if "pixels" in r else 1
+        zeros = (np.zeros((1, len(r["centres"][0]))), np.zeros((1, size, size), np.uint8))
+        ok = ok and scores(zeros[0], r, r["score"], zeros[1]).shape == (1,)  # the chosen score's arrays decode
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         ok = False
     if not ok:

@@ -25,6 +25,7 @@ from utils.data.loading import Splits, load_idx_dataset, load_splits
 from utils.data.outliers import make_outliers
 from utils.data.wild import LOOKALIKES, NONDIGITS, POSITIVE, STYLES, UNSEEN, make_wild_set, write_degraded
 from utils.inference.learned_reject import fit_learned
+from utils.inference.pixel_reject import fit_pixels
 from utils.inference.recognizer import Recognizer
 from utils.inference.reject import (
     STORED,
@@ -42,6 +43,7 @@ from utils.scoring import paper_plots, plots
 
 NORMS = NORMALISE_MODES  # every normalisation is tried on validation; the last one is kept in memory
 N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE, N_OUTLIERS = 10_000, 20, 2_000, 300, 10_000
+N_PIXEL_DIGITS, N_PIXEL_OUTLIERS = 50_000, 30_000  # the "pixels" score's fit: every training digit but the gallery's
 
 
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
@@ -116,12 +118,13 @@ def band_images(rec: Recognizer, digits: np.ndarray, labels: np.ndarray, folder:
     return [rec.load([p for p, k, _ in made if k == kind]) for kind in POSITIVE]
 
 
-def generated_outliers(rec: Recognizer, digits: np.ndarray, fashion_train: np.ndarray) -> np.ndarray:
-    """N_OUTLIERS generated non-digits (utils/data/outliers.py), prepared as a user's image is under the card's
+def generated_outliers(rec: Recognizer, digits: np.ndarray, fashion_train: np.ndarray,
+                       n: int | None = None) -> np.ndarray:
+    """N_OUTLIERS (or n) generated non-digits (utils/data/outliers.py), prepared as a user's image is under the card's
     normalisation; pieces cut from `digits`, and Fashion-MNIST's training images after the N_FASHION that the
     validation non-digits take."""
     c, rest = rec.card, fashion_train[N_FASHION:]
-    return make_outliers(N_OUTLIERS, c["native_size"], c["polarity"], c["normalise"], digits, 33,
+    return make_outliers(n or N_OUTLIERS, c["native_size"], c["polarity"], c["normalise"], digits, 33,
                          rest if len(rest) else None)[0]
 
 
@@ -135,6 +138,21 @@ def learned_entry(rec: Recognizer, centre: tuple[np.ndarray, np.ndarray, np.ndar
     entry = fit_learned(digits, rec.embed_loaded(out_x))
     say(f"learned score: {len(out_x)} generated outliers against {entry['fitted_on']['digits']} training digits, "
         f"{entry['fitted_on']['iterations']} iterations ({time.perf_counter() - t0:.0f} s)", False)
+    return entry
+
+
+def pixel_entry(rec: Recognizer, splits: Splits, centre_images: np.ndarray, more_digits: list[np.ndarray],
+                fashion_train: np.ndarray) -> dict:
+    """The "pixels" score (pixel_reject.py): the first N_PIXEL_DIGITS training-split digits after the gallery's, with
+    `more_digits` (degraded copies, the validation fonts' sheets), against N_PIXEL_OUTLIERS generated outliers, as the
+    prepared images the network reads."""
+    t0 = time.perf_counter()
+    train_x = splits.train_x.numpy()
+    digits = np.delete(train_x, enrolment(splits.train_y.numpy())[0], axis=0)[:N_PIXEL_DIGITS]
+    entry = fit_pixels(np.concatenate([digits, *more_digits]),
+                       generated_outliers(rec, centre_images, fashion_train, N_PIXEL_OUTLIERS))
+    say(f"pixels score: {entry['fitted_on']['outliers']} generated outliers against {entry['fitted_on']['digits']} "
+        f"digits, {entry['fitted_on']['epochs']} passes ({time.perf_counter() - t0:.0f} s)", False)
     return entry
 
 
@@ -158,7 +176,8 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     sheets = [x[val["styles"] == s] for s in STYLES]
     degraded = band_images(rec, *centre[:2], folder)
     band = ink_band(centre_images, *degraded, *sheets)
-    scorer = {**scorer, "learned": learned_entry(rec, centre, degraded, fashion["train_x"].numpy())}
+    scorer = {**scorer, "learned": learned_entry(rec, centre, degraded, fashion["train_x"].numpy()),
+              "pixels": pixel_entry(rec, splits, centre[0], [*degraded, *sheets], fashion["train_x"].numpy())}
     reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band)
     reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
