@@ -28,7 +28,7 @@ def strokes(rng: np.random.Generator, n: int, size: int, vertical: bool) -> np.n
 @pytest.mark.parametrize("size", [28, 30])  # 30 -> 15 -> 7: the second pooling drops a row and a column
 def test_numpy_scores_equal_torch_s_layers_in_float64_on_the_stored_weights(size: int) -> None:
     rng = np.random.default_rng(0)
-    entry = fit_pixels(strokes(rng, 64, size, True), strokes(rng, 64, size, False), epochs=1)
+    entry = fit_pixels([strokes(rng, 64, size, True)], strokes(rng, 64, size, False), epochs=1)
     net = pixel_reject._network(size).double().eval()
     stored = [unpack(entry[k]) for k in ("conv1", "b1", "conv2", "b2", "w3", "b3", "w4")] + [np.array([entry["b4"]])]
     with torch.no_grad():
@@ -44,8 +44,9 @@ def test_it_learns_the_outliers_it_is_shown_and_is_deterministic(monkeypatch: py
     rng = np.random.default_rng(1)
     digits, outliers = strokes(rng, 1500, 28, True), strokes(rng, 750, 28, False)
     monkeypatch.setattr(pixel_reject, "EPOCHS", 3)  # read at call time
-    entry = fit_pixels(digits[:1200], outliers[:600])
-    assert entry["fitted_on"]["epochs"] == 3 and entry == fit_pixels(digits[:1200], outliers[:600])
+    entry = fit_pixels([digits[:1000], digits[1000:1200]], outliers[:600])  # two groups of digits
+    assert entry["fitted_on"]["epochs"] == 3 and entry["fitted_on"]["digit_groups"] == [1000, 200]
+    assert entry == fit_pixels([digits[:1000], digits[1000:1200]], outliers[:600])
     d, o = pixel_scores(digits[1200:], entry), pixel_scores(outliers[600:], entry)
     assert (o < np.quantile(d, 0.01)).mean() > 0.95  # at 99 % of held-back digits, nearly every outlier is refused
 
@@ -56,7 +57,7 @@ def test_damaged_pixel_weights_are_refused(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     emb, labels = rng.normal(size=(200, 8)), np.arange(200) % 2
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    entry = fit_pixels(strokes(rng, 64, 28, True), strokes(rng, 64, 28, False), epochs=1)
+    entry = fit_pixels([strokes(rng, 64, 28, True)], strokes(rng, 64, 28, False), epochs=1)
     stored = {"score": "pixels", "threshold": 0.0, "checkpoint_sha256": "abc", **fit_scorer(emb, labels),
               "pixels": entry}
     (tmp_path / "reject.json").write_text(json.dumps(stored))

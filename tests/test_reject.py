@@ -15,7 +15,15 @@ from PIL import Image
 from utils.core.errors import CheckpointError
 from utils.inference.gallery import Gallery
 from utils.inference.recognizer import Recognizer
-from utils.inference.reject import DIGIT_ACCEPT, TEMPERATURE, calibrate, class_centres, load_reject, scores
+from utils.inference.reject import (
+    DIGIT_ACCEPT,
+    POSITIVE_ACCEPT,
+    TEMPERATURE,
+    calibrate,
+    class_centres,
+    load_reject,
+    scores,
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -106,6 +114,20 @@ def test_calibration_accepts_99_percent_of_digits_and_keeps_the_score_that_accep
     assert means["centre"] != means["energy"] and r["score"] == min(means, key=means.get)
     assert r["threshold"] == r["candidates"][r["score"]]["threshold"] and len(r["centres"]) == 10
     assert r["band_alone"]["nondigits_accepted"]["noise"] == 0.0
+    # genuine digits of a kind the winner turns away (those halfway between two classes, as an example): the
+    # winner is passed over for the best score that accepts POSITIVE_ACCEPT of every positive kind ...
+    positives = {"between": (images[:300], between.astype(np.float32)), "plain": (images[:300], digits[:300])}
+    worst = {k: min(calibrate((images, digits), nondigits, scorer, band, positives)["candidates"][k]
+                    ["positives_accepted"].values()) for k in r["candidates"]}
+    q = calibrate((images, digits), nondigits, scorer, band, positives)
+    fit = [k for k in worst if worst[k] >= POSITIVE_ACCEPT]
+    assert q["score"] == (min(fit, key=means.get) if fit else max(worst, key=worst.get))
+    assert worst[r["score"]] < POSITIVE_ACCEPT and q["score"] != r["score"]
+    # ... or, when none does, the one whose worst positive kind is accepted most
+    hard = {"far": (images[:300], far.astype(np.float32))}
+    h = calibrate((images, digits), nondigits, scorer, band, hard)
+    far_ok = {k: c["positives_accepted"]["far"] for k, c in h["candidates"].items()}
+    assert max(far_ok.values()) < POSITIVE_ACCEPT and h["score"] == max(far_ok, key=far_ok.get)
 
 
 def test_a_group_of_degraded_digits_widens_the_ink_band_to_admit_soft_ink() -> None:
@@ -187,6 +209,7 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     monkeypatch.setattr(command, "N_OUTLIERS", 60)
     monkeypatch.setattr(command, "N_PIXEL_DIGITS", 300)
     monkeypatch.setattr(command, "N_PIXEL_OUTLIERS", 120)
+    monkeypatch.setattr(command, "N_PIXEL_DEGRADED", 10)
     monkeypatch.setattr(pixel_reject, "EPOCHS", 2)
     tmp = compared_copy
     r = call_main("wild", f"--ckpt_dir={tmp / 'ckp'}", f"--results_dir={tmp / 'results'}", "--per_font=1", cwd=tmp)
@@ -205,7 +228,10 @@ def test_wild_command_calibrates_stores_and_exports_the_reject_option(compared_c
     assert report["test"]["lookalikes"] > 0 and "look-alikes" in (tmp / "results" / "wild" / "wild.md").read_text()
     cands = report["reject"]["candidates"]
     assert set(cands) == {"centre", "energy", "knn", "mahalanobis", "learned", "pixels"}  # the chosen: the fewest
-    assert stored["score"] == min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
+    assert all(set(c["positives_accepted"]) == set(wild.POSITIVE) for c in cands.values())
+    fit = [k for k, c in cands.items() if min(c["positives_accepted"].values()) >= 0.95]
+    assert stored["score"] == min(fit, key=lambda k: cands[k]["nondigits_accepted_mean"]) if fit else \
+        max(cands, key=lambda k: min(cands[k]["positives_accepted"].values()))
     assert set(report["test"]["separation"]) == {*report["test"]["nondigits_accepted"], "lookalikes"}
     assert all(0 <= r["auroc"] <= 1 for r in report["test"]["separation"].values())
     assert (tmp / "results" / "wild" / "resnet18_arcface_kinds_det.png").stat().st_size > 10_000

@@ -40,19 +40,24 @@ def _network(size: int) -> torch.nn.Sequential:
                          nn.Linear(C2 * (size // 4) ** 2, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
 
 
-def fit_pixels(digits: np.ndarray, outliers: np.ndarray, epochs: int | None = None, seed: int = 0) -> dict:
-    """The detector of digits uint8 [N, S, S] against outliers [M, S, S] (EPOCHS passes unless given), as stored
-    in reject.json."""
+def fit_pixels(digit_groups: list[np.ndarray], outliers: np.ndarray, epochs: int | None = None,
+               seed: int = 0) -> dict:
+    """The detector of digits, uint8 [N_g, S, S] per group, against outliers [M, S, S] (EPOCHS passes unless
+    given), as stored in reject.json. Every group weighs the same: a few thousand degraded or pen-written digits
+    count as much as 50,000 of MNIST's, so that the threshold set on MNIST's digits does not turn them away."""
     import torch
     import torch.nn.functional as F
 
-    size, epochs = digits.shape[1], EPOCHS if epochs is None else epochs
+    groups = [g for g in digit_groups if len(g)]
+    size, epochs = groups[0].shape[1], EPOCHS if epochs is None else epochs
     torch.manual_seed(seed)
     net = _network(size)
-    x = torch.from_numpy(np.concatenate([digits, outliers])).float()[:, None] / 255.0
-    y = torch.cat([torch.ones(len(digits)), torch.zeros(len(outliers))])
-    # each side counts half, whatever its size (as in learned_reject.py), scaled to a mean weight of 1
-    w = torch.where(y == 1, 0.5 / len(digits), 0.5 / len(outliers)) * len(y)
+    x = torch.from_numpy(np.concatenate([*groups, outliers])).float()[:, None] / 255.0
+    n_digits = sum(len(g) for g in groups)
+    y = torch.cat([torch.ones(n_digits), torch.zeros(len(outliers))])
+    # digits and outliers count half each; within the digits each group the same; scaled to a mean weight of 1
+    w = torch.cat([torch.full((len(g),), 0.5 / len(groups) / len(g)) for g in groups] +
+                  [torch.full((len(outliers),), 0.5 / len(outliers))]) * len(y)
     opt = torch.optim.AdamW(net.parameters(), LR, weight_decay=WEIGHT_DECAY)
     order = torch.Generator().manual_seed(seed)
     net.train()
@@ -67,7 +72,8 @@ def fit_pixels(digits: np.ndarray, outliers: np.ndarray, epochs: int | None = No
     p = [t.detach().double().numpy() for t in net.parameters()]
     return {"size": size, "conv1": pack(p[0]), "b1": pack(p[1]), "conv2": pack(p[2]), "b2": pack(p[3]),
             "w3": pack(p[4]), "b3": pack(p[5]), "w4": pack(p[6]), "b4": float(p[7][0]),
-            "fitted_on": {"digits": len(digits), "outliers": len(outliers), "epochs": epochs, "seed": seed,
+            "fitted_on": {"digits": n_digits, "digit_groups": [len(g) for g in groups], "outliers": len(outliers),
+                          "epochs": epochs, "seed": seed,
                           "last_batch_loss": loss.item()}}
 
 

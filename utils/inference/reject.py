@@ -47,6 +47,7 @@ FITTED = ("learned", "pixels")  # fitted on generated outliers: present only whe
 STORED = ("centres", "knn", "mahalanobis", *FITTED)  # a scorer's arrays (kept out of reports)
 TEMPERATURE = 1 / 16
 DIGIT_ACCEPT = 0.99  # the operating point: the share of validation digits accepted
+POSITIVE_ACCEPT = 0.95  # a score must accept this share of every validation kind of genuine digit (issue 33)
 KNN_K, KNN_PER_CLASS = 5, 100
 MAHA_RANK = 32
 
@@ -148,12 +149,22 @@ def in_band(x: np.ndarray, band: dict) -> np.ndarray:
     return ((s >= np.asarray(band["low"])) & (s <= np.asarray(band["high"]))).all(1)
 
 
+def accepted_share(group: dict[str, tuple[np.ndarray, np.ndarray]], scorer: dict, kind: str, threshold: float,
+                   band: dict) -> dict[str, float]:
+    """Per kind of image in `group` ({kind: (images, unit embeddings)}): the share inside the band and scoring at
+    or above the threshold."""
+    return {k: float(((scores(e, scorer, kind, x) >= threshold) & in_band(x, band)).mean())
+            for k, (x, e) in group.items()}
+
+
 def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[np.ndarray, np.ndarray]],
-              scorer: dict, band: dict) -> dict:
-    """Each score's threshold and its acceptance of each kind of non-digit, a digit being an image whose
-    ink statistics lie in `band` and whose score reaches the threshold; the threshold makes exactly
-    DIGIT_ACCEPT of the validation `digits` pass both. The score that accepts the fewest non-digits (mean
-    over the kinds) is chosen. (images uint8, unit embeddings) pairs."""
+              scorer: dict, band: dict, positives: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+    """Each score's threshold and its acceptance of each kind of non-digit (and of each kind of genuine digit in
+    `positives`), a digit being an image whose ink statistics lie in `band` and whose score reaches the
+    threshold; the threshold makes exactly DIGIT_ACCEPT of the validation `digits` pass both. Chosen: the score
+    that accepts the fewest non-digits (mean over the kinds) among those that accept POSITIVE_ACCEPT of every
+    positive kind; if none does, the one whose worst positive kind is accepted most. (images uint8, unit
+    embeddings) pairs."""
     cands = {}
     x, emb = digits
     ok = in_band(x, band)
@@ -163,11 +174,14 @@ def calibrate(digits: tuple[np.ndarray, np.ndarray], nondigits: dict[str, tuple[
         if not np.isfinite(thr):
             raise RunFailed(f"the ink band keeps only {ok.mean():.1%} of the validation digits, under "
                              f"{DIGIT_ACCEPT:.0%}: they are not drawn like the band's digits")
-        per = {k: float(((scores(e, scorer, kind, xi) >= thr) & in_band(xi, band)).mean())
-               for k, (xi, e) in nondigits.items()}
+        per = accepted_share(nondigits, scorer, kind, thr, band)
         cands[kind] = {"threshold": thr, "digits_accepted": float((d >= thr).mean()), "nondigits_accepted": per,
                        "nondigits_accepted_mean": float(np.mean(list(per.values())))}
-    best = min(cands, key=lambda k: cands[k]["nondigits_accepted_mean"])
+        if positives:
+            cands[kind]["positives_accepted"] = accepted_share(positives, scorer, kind, thr, band)
+    worst = {k: min(c.get("positives_accepted", {"": 1.0}).values()) for k, c in cands.items()}
+    keep = [k for k in cands if worst[k] >= POSITIVE_ACCEPT]
+    best = min(keep, key=lambda k: cands[k]["nondigits_accepted_mean"]) if keep else max(cands, key=worst.get)
     per_band = {k: float(in_band(xi, band).mean()) for k, (xi, _) in nondigits.items()}
     return {"score": best, "threshold": cands[best]["threshold"], "temperature": TEMPERATURE, **scorer,
             "band": band, "candidates": cands,

@@ -43,7 +43,7 @@ from utils.scoring import paper_plots, plots
 
 NORMS = NORMALISE_MODES  # every normalisation is tried on validation; the last one is kept in memory
 N_CENTRES, N_GALLERY, N_FASHION, N_POSITIVE, N_OUTLIERS = 10_000, 20, 2_000, 300, 10_000
-N_PIXEL_DIGITS, N_PIXEL_OUTLIERS = 50_000, 30_000  # the "pixels" score's fit: every training digit but the gallery's
+N_PIXEL_DIGITS, N_PIXEL_DEGRADED, N_PIXEL_OUTLIERS = 50_000, 1_000, 30_000  # the "pixels" score's fit
 
 
 def top1(emb: np.ndarray, gallery: np.ndarray, gallery_y: np.ndarray) -> np.ndarray:
@@ -141,19 +141,33 @@ def learned_entry(rec: Recognizer, centre: tuple[np.ndarray, np.ndarray, np.ndar
     return entry
 
 
-def pixel_entry(rec: Recognizer, splits: Splits, centre_images: np.ndarray, more_digits: list[np.ndarray],
-                fashion_train: np.ndarray) -> dict:
-    """The "pixels" score (pixel_reject.py): the first N_PIXEL_DIGITS training-split digits after the gallery's, with
-    `more_digits` (degraded copies, the validation fonts' sheets), against N_PIXEL_OUTLIERS generated outliers, as the
-    prepared images the network reads."""
+def pixel_entry(rec: Recognizer, splits: Splits, centre_images: np.ndarray, sheets: list[np.ndarray],
+                fashion_train: np.ndarray, folder: Path) -> dict:
+    """The "pixels" score (pixel_reject.py), fitted on the prepared images the network reads: three groups of
+    digits of equal weight (the first N_PIXEL_DIGITS training-split digits after the gallery's; N_PIXEL_DEGRADED
+    degraded or pen-written copies of them per positive kind; the validation fonts' sheets) against
+    N_PIXEL_OUTLIERS generated outliers."""
     t0 = time.perf_counter()
-    train_x = splits.train_x.numpy()
-    digits = np.delete(train_x, enrolment(splits.train_y.numpy())[0], axis=0)[:N_PIXEL_DIGITS]
-    entry = fit_pixels(np.concatenate([digits, *more_digits]),
-                       generated_outliers(rec, centre_images, fashion_train, N_PIXEL_OUTLIERS))
+    train_x, train_y = splits.train_x.numpy(), splits.train_y.numpy()
+    keep = np.delete(np.arange(len(train_y)), enrolment(train_y)[0])[:N_PIXEL_DIGITS]
+    made = write_degraded(folder, train_x[keep], train_y[keep], N_PIXEL_DEGRADED, 36)
+    groups = [train_x[keep], rec.load([p for p, _, _ in made]), np.concatenate(sheets)]
+    entry = fit_pixels(groups, generated_outliers(rec, centre_images, fashion_train, N_PIXEL_OUTLIERS))
     say(f"pixels score: {entry['fitted_on']['outliers']} generated outliers against {entry['fitted_on']['digits']} "
         f"digits, {entry['fitted_on']['epochs']} passes ({time.perf_counter() - t0:.0f} s)", False)
     return entry
+
+
+def validation_positives(rec: Recognizer, splits: Splits, folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{kind: (images, unit embeddings)}: N_POSITIVE genuine digits of each positive kind made from the first half of
+    the validation split (the held-out ones come from its second half), which every reject score must accept."""
+    half = len(splits.val_y) // 2
+    made = write_degraded(folder, splits.val_x.numpy()[:half], splits.val_y.numpy()[:half], N_POSITIVE, 35)
+    out = {}
+    for kind in POSITIVE:
+        x = rec.load([p for p, k, _ in made if k == kind])
+        out[kind] = (x, rec.embed_loaded(x))
+    return out
 
 
 def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fashion: dict, gal: tuple,
@@ -177,11 +191,13 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     degraded = band_images(rec, *centre[:2], folder)
     band = ink_band(centre_images, *degraded, *sheets)
     scorer = {**scorer, "learned": learned_entry(rec, centre, degraded, fashion["train_x"].numpy()),
-              "pixels": pixel_entry(rec, splits, centre[0], [*degraded, *sheets], fashion["train_x"].numpy())}
-    reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band)
+              "pixels": pixel_entry(rec, splits, centre[0], sheets, fashion["train_x"].numpy(), folder / "pixels")}
+    positives = validation_positives(rec, splits, folder / "positives")
+    reject = calibrate((splits.val_x.numpy(), val_digits), val_non, scorer, band, positives)
     reject |= {"checkpoint_sha256": rec.model_id, "normalise": chosen, "made_by": code_identity(),
                "calibrated_on": {"digits": f"MNIST validation split ({len(val_digits)} images)",
                                  "nondigits": {k: len(e) for k, (_, e) in val_non.items()},
+                                 "positives": {k: len(e) for k, (_, e) in positives.items()},
                                  "centres": f"{len(centre_images)} training-split images (not the gallery's)",
                                  "ink_band": f"those images, {N_POSITIVE} degraded or pen-written ones per kind "
                                              f"({', '.join(POSITIVE)}) and the validation fonts' digit sheets "
@@ -324,6 +340,11 @@ def _cell(v: float | None) -> str:
     return "" if v is None else f" {pct(v)} |"
 
 
+def _worst(shares: dict[str, float]) -> str:
+    kind = min(shares, key=shares.get)
+    return f"{pct(shares[kind])} ({kind})"
+
+
 def markdown(name: str, r: dict) -> str:
     """The tables of one model's report (results/wild/wild.md; the docs quote their rows)."""
     t, v, norms = r["test"], r["validation"]["top1"], list(r["validation"]["top1"])
@@ -360,11 +381,14 @@ def markdown(name: str, r: dict) -> str:
     rows += ["", "Validation (the choices): top-1 per normalisation, and each reject score at 99 % of the "
              "validation digits accepted:\n", "| style | " + " | ".join(norms) + " |", "|---" * (len(norms) + 1) + "|"]
     rows += [f"| {s} | " + " | ".join(pct(v[n][s]) for n in norms) + " |" for s in STYLES]
-    rows += ["", "| score | threshold | validation digits accepted | validation non-digits accepted (mean of kinds) |",
-             "|---|---|---|---|"]
+    cands = r["reject"]["candidates"]
+    pos = all("positives_accepted" in c for c in cands.values())  # reports before the positives' rule have none
+    rows += ["", "| score | threshold | validation digits accepted | validation non-digits accepted (mean of kinds) |"
+             + (" validation positive kinds accepted (worst) |" if pos else ""), "|---|---|---|---|" + "---|" * pos]
     rows += [f"| {k} + ink band | {c['threshold']:.4f} | {pct(c['digits_accepted'])} | "
-             f"{pct(c['nondigits_accepted_mean'])} |" for k, c in r["reject"]["candidates"].items()]
+             f"{pct(c['nondigits_accepted_mean'])} |" + (f" {_worst(c['positives_accepted'])} |" if pos else "")
+             for k, c in cands.items()]
     b = r["reject"]["band_alone"]
     rows += [f"| ink band alone | | {pct(b['digits_accepted'])} | "
-             f"{pct(sum(b['nondigits_accepted'].values()) / len(b['nondigits_accepted']))} |"]
+             f"{pct(sum(b['nondigits_accepted'].values()) / len(b['nondigits_accepted']))} |" + " |" * pos]
     return "\n".join(rows) + "\n\n"
