@@ -226,7 +226,7 @@ def test_the_seeds_page_quotes_the_committed_tables(lang: str, folder: str) -> N
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_the_wild_page_quotes_the_committed_tables(lang: str) -> None:
     """docs/*/wild.md quotes every row of results/wild/wild.md, which is what wild.json's reports render to."""
-    from utils.inference.wild_study import markdown
+    from utils.inference.wild_report import markdown
 
     table = ROOT / "results" / "wild" / "wild.md"
     if not table.is_file():
