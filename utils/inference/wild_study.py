@@ -177,7 +177,9 @@ def calibrate_on_validation(rec: Recognizer, wild_val: dict, splits: Splits, fas
     """Choose the normalisation of new images and calibrate the reject option, on validation data only: the
     validation wild fonts, MNIST's validation split, Fashion-MNIST's train split; the ink band from training
     digits (`centre`: images, labels, embeddings), degraded copies of them and the validation fonts' sheets of
-    every style; the learned score from the same digits against generated outliers. Sets both on `rec`."""
+    every style; the learned and pixels scores from such digits against generated outliers; every score held to
+    accepting POSITIVE_ACCEPT of each kind of degraded copy of validation digits (`validation_positives`). Sets
+    both on `rec`."""
     say("validation: normalisation and the reject score", False)
     val = measure_digits(rec, wild_val["digits"], NORMS, gal)
     # the normalisation that reads the validation wild digits best (mean over styles)
