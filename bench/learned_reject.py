@@ -38,8 +38,8 @@ from utils.core.provenance import code_identity, machine
 from utils.data.loading import load_idx_dataset, load_splits
 from utils.data.wild import make_wild_set
 from utils.inference import wild_study as ws
-from utils.inference.learned_reject import fit_learned, learned_scores
-from utils.inference.reject import DIGIT_ACCEPT, calibrate, fit_scorer, in_band, load_reject
+from utils.inference.learned_reject import fit_learned
+from utils.inference.reject import calibrate, fit_scorer, load_reject
 
 GRID = ((32, 1e-6, True), (128, 1e-4, True), (128, 1e-6, True), (256, 1e-6, True), (128, 1e-6, False))
 
@@ -51,18 +51,6 @@ OPTIONS = {"model_name": Option("", "the calibrated model: <ckpt_dir>/<model_nam
                                     "mean and ensemble too"),
            "rows": Option("", "GRID rows to fit (0-based, comma-separated; default all)"),
            "out": Option("", "JSON to write (default results/bench/learned_reject_<model>.json)")}
-
-
-def ensemble_accepted(members: list[dict], val_digits: tuple[np.ndarray, np.ndarray],
-                      val_non: dict[str, tuple[np.ndarray, np.ndarray]], band: dict) -> dict[str, float]:
-    """Each validation kind's share accepted by the mean of the members' scores, at the operating point of
-    reject.calibrate (DIGIT_ACCEPT of the validation digits inside the band and over the threshold)."""
-    def score(e: np.ndarray) -> np.ndarray:
-        return np.mean([learned_scores(e, m) for m in members], axis=0)
-
-    x, e = val_digits
-    thr = np.quantile(np.where(in_band(x, band), score(e), -np.inf), 1 - DIGIT_ACCEPT, method="lower")
-    return {k: float(((score(ek) >= thr) & in_band(xk, band)).mean()) for k, (xk, ek) in val_non.items()}
 
 
 def main(argv: list[str]) -> None:
@@ -114,7 +102,8 @@ def main(argv: list[str]) -> None:
                   f"(fit {rows[-1]['seconds']:.0f} s)", flush=True)
         if len(seeds) > 1:
             means = [r["nondigits_accepted_mean"] for r in rows[-len(seeds):]]
-            per = ensemble_accepted(entries, val_digits, val_non, reject["band"])
+            per = calibrate(val_digits, val_non, {**scorer, "learned": {"members": entries}},
+                            reject["band"])["candidates"]["learned"]["nondigits_accepted"]
             summary.append({"hidden": hidden, "l2": l2, "degraded_digits": with_degraded, "seeds": seeds,
                             "mean_over_seeds": float(np.mean(means)), "std_over_seeds": float(np.std(means, ddof=1)),
                             "ensemble_nondigits_accepted": per,

@@ -72,6 +72,9 @@ def fit_learned(digits: np.ndarray, outliers: np.ndarray, hidden: int = HIDDEN, 
 
 
 def learned_scores(emb: np.ndarray, entry: dict) -> np.ndarray:
-    """s(e) of unit embeddings [N, D] under a stored `fit_learned` entry: higher = more digit-like."""
+    """s(e) of unit embeddings [N, D] under a stored `fit_learned` entry, or the mean over an ensemble's
+    {"members": [entries]} (bench.learned_reject compares them): higher = more digit-like."""
+    if "members" in entry:
+        return np.mean([learned_scores(emb, m) for m in entry["members"]], axis=0)
     w1, b1, w2 = unpack(entry["w1"]), unpack(entry["b1"]), unpack(entry["w2"])
     return np.maximum(emb.astype(np.float64) @ w1.T + b1, 0.0) @ w2 + float(entry["b2"])
